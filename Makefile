@@ -1,0 +1,20 @@
+.PHONY: run test lint format lock migrations-check
+
+# Bring up web + worker + beat (+ fake ESP) with demo data.
+run:
+	@bash deploy/local/run.sh
+
+# The whole test suite against real PostgreSQL and Redis.
+test:
+	@bash deploy/local/test.sh $(ARGS)
+
+lint:
+	@.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+format:
+	@.venv/bin/ruff format . && .venv/bin/ruff check --fix .
+
+# Re-pin requirements/*.txt from requirements/*.in.
+lock:
+	@.venv/bin/pip install --quiet pip-tools
+	@for f in base test; do .venv/bin/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links --no-header -o requirements/$$f.txt requirements/$$f.in; done

@@ -1,0 +1,1 @@
+"""Lists, segments, campaigns and runs (see README)."""

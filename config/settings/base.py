@@ -1,0 +1,209 @@
+"""Settings shared by every environment.
+
+Variables are documented in README.md ("Configuration"). Secrets have no
+default here; ``local`` and ``test`` supply throw-away ones.
+"""
+
+from kombu import Queue
+
+from config.env import BASE_DIR, env
+
+SECRET_KEY = env("SECRET_KEY")
+DEBUG = env.bool("DEBUG", default=False)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# Absolute base of links placed in emails (unsubscribe, preferences).
+SITE_URL = env("SITE_URL", default="http://127.0.0.1:8000").rstrip("/")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_celery_beat",
+    "anymail",
+    "notifier",
+    "campaigns",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# SQLite is the embedded default for `make run`; PostgreSQL in production and
+# tests. The SQLite options let a web process and Celery workers write the same
+# file: WAL allows readers during a write, IMMEDIATE takes the write lock at
+# BEGIN so two writers queue on the busy timeout instead of deadlocking.
+DATABASES = {
+    "default": env.db_url(
+        "DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'var' / 'notifier.sqlite3'}"
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+else:
+    # Reuse connections in long-lived worker processes.
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env("TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# --- Email -------------------------------------------------------------------
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Notifier <notifier@localhost>")
+# Domain used in the stable Message-ID of every Delivery: <delivery-N.KEY@domain>.
+NOTIFIER_MESSAGE_ID_DOMAIN = env("MESSAGE_ID_DOMAIN", default="notifier.localhost")
+
+ANYMAIL = {
+    "POSTMARK_SERVER_TOKEN": env("POSTMARK_SERVER_TOKEN", default=""),
+    "POSTMARK_API_URL": env("POSTMARK_API_URL", default="https://api.postmarkapp.com/"),
+    # We read every recipient's status ourselves and record rejections as
+    # permanent failures instead of letting Anymail raise for them.
+    "IGNORE_RECIPIENT_STATUS": True,
+    # (connect, read) seconds: a hung ESP must not hold a batch for long.
+    "REQUESTS_TIMEOUT": (
+        env.float("ESP_CONNECT_TIMEOUT", default=5.0),
+        env.float("ESP_READ_TIMEOUT", default=20.0),
+    ),
+    "WEBHOOK_SECRET": env("ANYMAIL_WEBHOOK_SECRET", default=""),
+}
+
+# Named transports. A Delivery records which one it leaves through; each has
+# its own Django email backend and its own global rate limit (messages/second,
+# 0 = unlimited) shared by all workers through Redis.
+NOTIFIER_TRANSPORTS = {
+    "esp": {
+        "BACKEND": env("ESP_BACKEND", default="anymail.backends.postmark.EmailBackend"),
+        "OPTIONS": {},
+        "RATE_LIMIT": env.float("ESP_RATE_LIMIT", default=0),
+    },
+    "smtp": {
+        "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+        "OPTIONS": {
+            "host": env("SMTP_HOST", default="127.0.0.1"),
+            "port": env.int("SMTP_PORT", default=1025),
+            "username": env("SMTP_USER", default=""),
+            "password": env("SMTP_PASSWORD", default=""),
+            "use_tls": env.bool("SMTP_STARTTLS", default=False),
+            "use_ssl": env.bool("SMTP_SSL", default=False),
+            "timeout": env.float("SMTP_TIMEOUT", default=20.0),
+        },
+        "RATE_LIMIT": env.float("SMTP_RATE_LIMIT", default=0),
+    },
+}
+NOTIFIER_DEFAULT_TRANSPORT = env("NOTIFIER_DEFAULT_TRANSPORT", default="esp")
+# Attempts per Delivery before a transient error becomes a permanent failure.
+NOTIFIER_MAX_ATTEMPTS = env.int("NOTIFIER_MAX_ATTEMPTS", default=6)
+# Exponential backoff: base * 2**(attempt-1), capped, with +/-50% jitter.
+NOTIFIER_BACKOFF_BASE = env.float("NOTIFIER_BACKOFF_BASE", default=30.0)
+NOTIFIER_BACKOFF_CAP = env.float("NOTIFIER_BACKOFF_CAP", default=3600.0)
+# How long a batch owns the rows it claimed. A worker that dies loses its
+# claim after this; the sweeper then recovers the rows. Batches renew it.
+NOTIFIER_LEASE_SECONDS = env.int("NOTIFIER_LEASE_SECONDS", default=120)
+# Deliveries per batch task.
+NOTIFIER_BATCH_SIZE = env.int("NOTIFIER_BATCH_SIZE", default=200)
+# A pending row dispatched to Celery but not claimed after this many seconds
+# is dispatched again by the sweeper (its task was lost, e.g. Redis restarted
+# without persistence). Claims are conditional, so a second task is harmless.
+NOTIFIER_REDISPATCH_SECONDS = env.int("NOTIFIER_REDISPATCH_SECONDS", default=300)
+
+# --- Redis and Celery ---------------------------------------------------------
+REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
+
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
+CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=REDIS_URL)
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_TIMEZONE = TIME_ZONE
+CELERY_ENABLE_UTC = True
+# Ack after the task ran, and requeue it if the worker process was killed, so
+# a crash never loses a task. Tasks are safe to run twice (conditional claims).
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# One message at a time per process: long batches must not hide others behind
+# them in a prefetch buffer (https://docs.celeryq.dev/en/stable/userguide/optimizing.html).
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Redis redelivers an unacked task after the visibility timeout. It must be
+# longer than the longest task (the hard time limit below) or a running task
+# is delivered twice; retries therefore live in the database, never in long
+# countdowns/ETAs.
+CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=900)
+CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 60
+CELERY_RESULT_EXPIRES = 24 * 3600
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_SEND_TASK_EVENTS = True  # for Flower
+CELERY_TASK_SEND_SENT_EVENT = True
+# Separate queues so bulk work never delays urgent mail.
+CELERY_TASK_DEFAULT_QUEUE = "maintenance"
+CELERY_TASK_QUEUES = [
+    Queue("transactional"),
+    Queue("campaigns"),
+    Queue("digests"),
+    Queue("maintenance"),
+]
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Installed into django-celery-beat's tables by the DatabaseScheduler at start.
+CELERY_BEAT_SCHEDULE = {
+    "notifier-sweep": {
+        "task": "notifier.sweep",
+        "schedule": env.float("NOTIFIER_SWEEP_SECONDS", default=10.0),
+        "options": {"queue": "maintenance", "expires": 60},
+    },
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+}

@@ -1,0 +1,21 @@
+"""Errors the public API raises for bad input. Each carries a clear message."""
+
+
+class NotifierError(ValueError):
+    """Bad input: nothing was stored."""
+
+
+class InvalidAddress(NotifierError):
+    pass
+
+
+class InvalidTemplate(NotifierError):
+    pass
+
+
+class InvalidContext(NotifierError):
+    pass
+
+
+class UnknownTransport(NotifierError):
+    pass

@@ -1,0 +1,133 @@
+"""What a transport's answer (or exception) means for a Delivery.
+
+* ``sent``      accepted; ``esp_message_id`` set.
+* ``retry``     transient: connection refused, connect timeout, SMTP 4xx,
+                ESP 429/5xx. Nothing was accepted, so trying again is safe.
+* ``failed``    permanent: SMTP 5xx, ESP rejected/invalid, a broken render.
+* ``unknown``   in doubt: the request reached the transport but no answer came
+                back (read timeout, connection dropped mid-request). The ESP
+                may have accepted it, so it is not resent automatically.
+"""
+
+import smtplib
+import socket
+from dataclasses import asdict, dataclass, field
+
+import requests
+from anymail.exceptions import (
+    AnymailAPIError,
+    AnymailError,
+    AnymailInvalidAddress,
+    AnymailRecipientsRefused,
+    AnymailSerializationError,
+    AnymailUnsupportedFeature,
+)
+
+SENT, RETRY, FAILED, UNKNOWN = "sent", "retry", "failed", "unknown"
+
+
+@dataclass
+class Outcome:
+    status: str
+    esp_message_id: str = ""
+    error: str = ""
+    retry_after: float | None = None
+    attempts: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def as_journal(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_journal(cls, data: dict) -> "Outcome":
+        return cls(**data)
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text[:2000]
+
+
+def _retry_after(response) -> float | None:
+    if response is None:
+        return None
+    value = response.headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _never_reached_server(exc: BaseException) -> bool:
+    """True when a requests error happened before anything was sent.
+
+    Anymail re-raises requests errors with its own message; the original is
+    the ``__cause__``.
+    """
+    chain = []
+    while exc is not None and len(chain) < 5:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    if any(isinstance(e, requests.exceptions.ConnectTimeout) for e in chain):
+        return True
+    text = " ".join(repr(e.args[0] if e.args else e) for e in chain)
+    markers = ("NewConnectionError", "Connection refused", "Name or service not known")
+    return any(marker in text for marker in markers)
+
+
+def classify_exception(exc: BaseException) -> Outcome:
+    """Map an exception raised while handing a message over to an Outcome."""
+    # An HTTP answer from the ESP (Anymail's error is also a requests.HTTPError).
+    if isinstance(exc, AnymailAPIError) and getattr(exc, "status_code", None) is not None:
+        status = getattr(exc, "status_code", None)
+        response = getattr(exc, "response", None)
+        if status in (408, 429) or status >= 500:
+            return Outcome(RETRY, error=_short(exc), retry_after=_retry_after(response))
+        return Outcome(FAILED, error=_short(exc))
+    # No HTTP answer: requests errors reach us wrapped by Anymail (the wrapper
+    # also subclasses the original requests exception type).
+    if isinstance(exc, requests.exceptions.RequestException):
+        if _never_reached_server(exc):
+            return Outcome(RETRY, error=_short(exc))
+        return Outcome(UNKNOWN, error=f"No answer from the ESP after sending: {_short(exc)}")
+    if isinstance(exc, AnymailAPIError):
+        return Outcome(RETRY, error=_short(exc))
+    if isinstance(
+        exc,
+        AnymailRecipientsRefused
+        | AnymailInvalidAddress
+        | AnymailUnsupportedFeature
+        | AnymailSerializationError,
+    ):
+        return Outcome(FAILED, error=_short(exc))
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        codes = [code for code, _msg in exc.recipients.values()]
+        if codes and all(400 <= code < 500 for code in codes):
+            return Outcome(RETRY, error=_short(exc))
+        return Outcome(FAILED, error=_short(exc))
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        return Outcome(UNKNOWN, error=f"SMTP server closed the connection mid-send: {exc}")
+    if isinstance(exc, smtplib.SMTPResponseException):
+        if 400 <= exc.smtp_code < 500:
+            return Outcome(RETRY, error=_short(exc))
+        return Outcome(FAILED, error=_short(exc))
+    if isinstance(exc, ConnectionRefusedError | socket.gaierror | smtplib.SMTPConnectError):
+        return Outcome(RETRY, error=_short(exc))
+    if isinstance(exc, TimeoutError | OSError):
+        return Outcome(UNKNOWN, error=f"Transport timed out or failed mid-send: {_short(exc)}")
+    if isinstance(exc, AnymailError):
+        return Outcome(FAILED, error=_short(exc))
+    return Outcome(UNKNOWN, error=f"Unexpected error while sending: {_short(exc)}")
+
+
+def classify_sent_message(message, email: str) -> Outcome:
+    """Read the per-recipient result of a message the backend accepted."""
+    status = getattr(message, "anymail_status", None)
+    if status is None:  # plain Django backends (SMTP): accepted by the server
+        return Outcome(SENT, esp_message_id=message.extra_headers.get("Message-ID", ""))
+    recipient = status.recipients.get(email)
+    if recipient is None:
+        return Outcome(SENT, esp_message_id=status.message_id or "")
+    if recipient.status in ("rejected", "invalid", "failed"):
+        return Outcome(FAILED, error=f"ESP {recipient.status} the address {email}.")
+    return Outcome(SENT, esp_message_id=recipient.message_id or status.message_id or "")

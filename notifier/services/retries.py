@@ -1,0 +1,125 @@
+"""The sweeper and staff-initiated retries.
+
+The sweeper (beat, every ``NOTIFIER_SWEEP_SECONDS``) keeps the promise that
+no Delivery stays ``sending`` forever and none waits forever in ``pending``:
+
+1. claims whose lease expired (the worker died) are recovered from their
+   hand-off journal (see ``journal.py``);
+2. pending rows that are due and have no live task (never dispatched, a
+   retry whose backoff has passed, or a task lost with Redis) are dispatched.
+
+Retries wait in the database (``next_attempt_at``), never in Celery
+countdowns, which Redis would redeliver after the visibility timeout.
+"""
+
+import logging
+from collections.abc import Iterable
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from notifier.models import Delivery
+from notifier.services import journal
+from notifier.services.dispatch import deliveries_dispatch, group_by_kind
+from notifier.services.outcomes import UNKNOWN, Outcome
+from notifier.services.sending import apply_outcome, deliveries_write
+
+logger = logging.getLogger(__name__)
+
+JOURNAL_LOST = (
+    "The claim's hand-off journal was lost (Redis restarted without persistence?); "
+    "the message may or may not have been sent"
+)
+
+
+def deliveries_recover_expired(*, max_claims: int = 200) -> dict[str, int]:
+    """Recover rows whose claim's lease has expired. Returns counts by status."""
+    now = timezone.now()
+    tokens = list(
+        Delivery.objects.filter(status=Delivery.Status.SENDING, lease_expires_at__lt=now)
+        .values_list("claim_token", flat=True)
+        .distinct()[:max_claims]
+    )
+    counts: dict[str, int] = {}
+    for token in tokens:
+        entries = journal.journal_recover(token)
+        rows = list(Delivery.objects.filter(claim_token=token, status=Delivery.Status.SENDING))
+        for delivery in rows:
+            entry = None if entries is None else entries.get(delivery.id)
+            if entries is None:
+                outcome = Outcome(UNKNOWN, error=JOURNAL_LOST)
+            elif entry is None:
+                # Never handed over: due again at once, by another worker.
+                delivery.status = Delivery.Status.PENDING
+                delivery.claim_token = None
+                delivery.lease_expires_at = None
+                delivery.dispatched_at = None
+                delivery.updated_at = now
+                delivery.status_reason = "Recovered after its worker stopped"
+                counts["pending"] = counts.get("pending", 0) + 1
+                continue
+            elif entry == journal.HANDED:
+                outcome = Outcome(
+                    UNKNOWN,
+                    error="The worker stopped after handing the message over, before the answer was recorded",
+                    attempts=delivery.attempts + 1,
+                )
+            else:
+                outcome = Outcome.from_journal(entry)
+            apply_outcome(delivery, outcome, now=now)
+            counts[delivery.status] = counts.get(delivery.status, 0) + 1
+        deliveries_write(rows, claim_token=token)
+        journal.journal_close(token)
+        logger.warning("Recovered expired claim %s: %d rows", token, len(rows))
+    return counts
+
+
+def deliveries_dispatch_due(*, limit: int = 20_000) -> int:
+    """Dispatch pending rows that are due and have no live task."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.NOTIFIER_REDISPATCH_SECONDS)
+    rows = list(
+        Delivery.objects.filter(status=Delivery.Status.PENDING, next_attempt_at__lte=now)
+        .filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=stale))
+        .order_by("next_attempt_at")
+        .values_list("id", "kind")[:limit]
+    )
+    if not rows:
+        return 0
+    deliveries_dispatch(ids_by_kind=group_by_kind(rows))
+    return len(rows)
+
+
+def deliveries_sweep() -> dict[str, int]:
+    recovered = deliveries_recover_expired()
+    dispatched = deliveries_dispatch_due()
+    return {"dispatched": dispatched, **{f"recovered_{k}": v for k, v in recovered.items()}}
+
+
+RETRYABLE = (Delivery.Status.FAILED, Delivery.Status.UNKNOWN)
+
+
+def deliveries_retry(*, ids: Iterable[int], include_unknown: bool = False) -> int:
+    """Staff decision: send failed (and, if asked, in-doubt) deliveries again.
+
+    Attempts start again from zero; the previous error stays in ``last_error``
+    until the next outcome. Returns how many rows were queued.
+    """
+    statuses = list(RETRYABLE) if include_unknown else [Delivery.Status.FAILED]
+    now = timezone.now()
+    ids = list(ids)
+    rows = list(Delivery.objects.filter(id__in=ids, status__in=statuses).values_list("id", "kind"))
+    if not rows:
+        return 0
+    Delivery.objects.filter(id__in=[pk for pk, _ in rows], status__in=statuses).update(
+        status=Delivery.Status.PENDING,
+        attempts=0,
+        next_attempt_at=now,
+        dispatched_at=None,
+        status_reason="Retry requested by staff",
+        updated_at=now,
+    )
+    deliveries_dispatch(ids_by_kind=group_by_kind(rows))
+    return len(rows)

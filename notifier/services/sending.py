@@ -1,0 +1,453 @@
+"""Claim, render, send and record a batch of Deliveries.
+
+Invariants, in the order a batch meets them:
+
+1. **Claim.** ``pending -> sending`` is one conditional UPDATE carrying a fresh
+   claim token and a lease. Two workers given the same ids cannot both win a
+   row; a row whose ``next_attempt_at`` is in the future is not claimed.
+2. **Hand-off.** Before a message is handed to the transport its id is marked
+   in the claim's Redis journal (``journal.py``); the answer replaces the mark.
+   The database is written in bulk every ``FLUSH_EVERY`` outcomes, so a batch
+   of 500 costs a few queries, and a crash loses nothing: the sweeper replays
+   the journal.
+3. **Lease.** The batch renews its lease before it runs out; if the renewal
+   finds its rows gone (the sweeper recovered them) it stops at once.
+4. **Release.** Rows the batch did not hand over (paused run, lost claim,
+   transport down) go back to ``pending`` before the task ends.
+"""
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from email.utils import formataddr
+from uuid import uuid4
+
+from django.conf import settings
+from django.core.mail import EmailMultiAlternatives, get_connection
+from django.db import DatabaseError, connection
+from django.utils import timezone
+
+from notifier import templating
+from notifier.errors import UnknownTransport
+from notifier.models import Delivery
+from notifier.services import journal
+from notifier.services.outcomes import (
+    FAILED,
+    RETRY,
+    SENT,
+    UNKNOWN,
+    Outcome,
+    classify_exception,
+    classify_sent_message,
+)
+from notifier.services.ratelimit import rate_limit_wait
+from notifier.services.recipients import recipient_render_data
+from notifier.services.suppressions import SUPPRESSED_RECIPIENT_STATUSES, active_suppressions
+
+logger = logging.getLogger(__name__)
+
+FLUSH_EVERY = 100
+FLUSH_SECONDS = 2.0
+GUARD_EVERY_SECONDS = 0.5
+
+OUTCOME_FIELDS = [
+    "status",
+    "status_reason",
+    "attempts",
+    "next_attempt_at",
+    "last_error",
+    "esp_message_id",
+    "claim_token",
+    "lease_expires_at",
+    "dispatched_at",
+    "sent_at",
+    "updated_at",
+]
+
+# --- Extension points ---------------------------------------------------------
+# A run guard is told the run ids in a batch and answers, for any of them,
+# "pause" (hand the rows back, not due until resumed) or "cancel". The
+# campaigns app registers one; notifier itself never imports campaigns.
+RunGuard = Callable[[set[int]], dict[int, str]]
+_run_guards: list[RunGuard] = []
+# Message hooks may add context and headers (unsubscribe links, for example).
+MessageHook = Callable[[Delivery, dict, dict], None]
+_message_hooks: list[MessageHook] = []
+
+
+def register_run_guard(guard: RunGuard) -> None:
+    if guard not in _run_guards:
+        _run_guards.append(guard)
+
+
+def register_message_hook(hook: MessageHook) -> None:
+    if hook not in _message_hooks:
+        _message_hooks.append(hook)
+
+
+def _check_run_guards(run_ids: set[int]) -> dict[int, str]:
+    verdicts: dict[int, str] = {}
+    for guard in _run_guards:
+        verdicts.update(guard(run_ids))
+    return verdicts
+
+
+# --- Outcomes -----------------------------------------------------------------
+
+
+def backoff_seconds(attempts: int, retry_after: float | None = None) -> float:
+    """Exponential backoff with +/-50% jitter, at least the ESP's Retry-After."""
+    base = settings.NOTIFIER_BACKOFF_BASE * (2 ** max(0, attempts - 1))
+    delay = min(settings.NOTIFIER_BACKOFF_CAP, base) * random.uniform(0.5, 1.5)
+    if retry_after:
+        delay = max(delay, retry_after)
+    return delay
+
+
+def apply_outcome(delivery: Delivery, outcome: Outcome, *, now) -> None:
+    """Set the fields of ``delivery`` for ``outcome`` (in memory only)."""
+    delivery.claim_token = None
+    delivery.lease_expires_at = None
+    delivery.updated_at = now
+    if outcome.attempts:
+        delivery.attempts = outcome.attempts
+    if outcome.status == SENT:
+        delivery.status = Delivery.Status.SENT
+        delivery.esp_message_id = outcome.esp_message_id[:255]
+        delivery.sent_at = now
+        delivery.last_error = ""
+        delivery.status_reason = ""
+    elif outcome.status == RETRY and delivery.attempts < settings.NOTIFIER_MAX_ATTEMPTS:
+        delivery.status = Delivery.Status.PENDING
+        delivery.next_attempt_at = now + timedelta(
+            seconds=backoff_seconds(delivery.attempts, outcome.retry_after)
+        )
+        delivery.dispatched_at = None
+        delivery.last_error = outcome.error
+        delivery.status_reason = (
+            f"Transient error, attempt {delivery.attempts} of {settings.NOTIFIER_MAX_ATTEMPTS}"
+        )
+    elif outcome.status == RETRY:
+        delivery.status = Delivery.Status.FAILED
+        delivery.last_error = outcome.error
+        delivery.status_reason = f"Gave up after {delivery.attempts} attempts"
+    elif outcome.status == FAILED:
+        delivery.status = Delivery.Status.FAILED
+        delivery.last_error = outcome.error
+        delivery.status_reason = "Permanent error"
+    elif outcome.status == UNKNOWN:
+        delivery.status = Delivery.Status.UNKNOWN
+        delivery.last_error = outcome.error
+        delivery.status_reason = (
+            "Handed to the transport but no answer was recorded; not resent automatically"
+        )
+    elif outcome.status in (Delivery.Status.SUPPRESSED, Delivery.Status.CANCELLED):
+        delivery.status = outcome.status
+        delivery.status_reason = outcome.error
+    else:  # pragma: no cover - programming error
+        raise ValueError(f"unknown outcome {outcome.status}")
+
+
+def deliveries_write(rows: list[Delivery], *, claim_token=None) -> int:
+    """Write outcome fields of ``rows`` in one statement per 500 rows.
+
+    With ``claim_token``, only rows still held by that claim are written.
+    A dropped database connection is retried once on a fresh connection (the
+    write is idempotent).
+    """
+    if not rows:
+        return 0
+    queryset = Delivery.objects.all()
+    if claim_token is not None:
+        queryset = queryset.filter(claim_token=claim_token)
+    for attempt in (1, 2):
+        try:
+            return queryset.bulk_update(rows, OUTCOME_FIELDS, batch_size=500)
+        except DatabaseError:
+            if attempt == 2 or connection.in_atomic_block:
+                raise
+            logger.warning("Database error while recording outcomes; reconnecting", exc_info=True)
+            connection.close()
+    return 0
+
+
+# --- Messages -----------------------------------------------------------------
+
+
+def _content(delivery: Delivery) -> tuple[str, str, str]:
+    if delivery.template_id:
+        t = delivery.template
+        return t.subject, t.html_body, t.text_body
+    return delivery.subject, delivery.html_body, delivery.text_body
+
+
+def delivery_build_message(delivery: Delivery, connection_=None) -> EmailMultiAlternatives:
+    """Render ``delivery`` into an email message (raises on a broken render)."""
+    context = templating.plain_data(delivery.context or {})
+    context["recipient"] = recipient_render_data(delivery.recipient)
+    headers = {"Message-ID": delivery.message_id}
+    headers.update(delivery.headers or {})
+    for hook in _message_hooks:
+        hook(delivery, context, headers)
+    subject_src, html_src, text_src = _content(delivery)
+    subject, html, text = templating.render_message(
+        subject=subject_src, html_body=html_src, text_body=text_src, context=context
+    )
+    recipient = delivery.recipient
+    message = EmailMultiAlternatives(
+        subject=subject,
+        body=text,
+        from_email=delivery.from_email or settings.DEFAULT_FROM_EMAIL,
+        to=[formataddr((recipient.name, recipient.email)) if recipient.name else recipient.email],
+        headers=headers,
+        connection=connection_,
+    )
+    if html:
+        message.attach_alternative(html, "text/html")
+    # Anymail sends these as ESP metadata: webhooks then name the delivery.
+    message.metadata = {"delivery": str(delivery.uuid)}
+    return message
+
+
+def transport_connection(name: str):
+    try:
+        config = settings.NOTIFIER_TRANSPORTS[name]
+    except KeyError:
+        raise UnknownTransport(
+            f"Unknown transport {name!r}; configured: {', '.join(settings.NOTIFIER_TRANSPORTS)}"
+        ) from None
+    return get_connection(config["BACKEND"], fail_silently=False, **config.get("OPTIONS", {}))
+
+
+# --- The batch ----------------------------------------------------------------
+
+
+class _Batch:
+    def __init__(self, delivery_ids: Iterable[int]):
+        self.ids = sorted(set(delivery_ids))
+        self.token = uuid4()
+        self.lease = settings.NOTIFIER_LEASE_SECONDS
+        self.rows: list[Delivery] = []
+        self.done: list[Delivery] = []  # outcome applied, not yet written
+        self.finished_ids: set[int] = set()
+        self.held_ids: set[int] = set()  # rows of paused runs
+        self.counts: dict[str, int] = {}
+        self.stopped = False
+        self.last_flush = time.monotonic()
+        self.renew_at = 0.0
+        self.next_guard_check = 0.0
+        self.run_verdicts: dict[int, str] = {}
+
+    # claim / lease ------------------------------------------------------------
+    def claim(self) -> None:
+        if not self.ids:
+            return
+        journal.journal_open(self.token)
+        now = timezone.now()
+        claimed = Delivery.objects.filter(
+            id__in=self.ids, status=Delivery.Status.PENDING, next_attempt_at__lte=now
+        ).update(
+            status=Delivery.Status.SENDING,
+            claim_token=self.token,
+            lease_expires_at=now + timedelta(seconds=self.lease),
+            updated_at=now,
+        )
+        self.renew_at = time.monotonic() + self.lease / 2
+        if not claimed:
+            journal.journal_close(self.token)
+            return
+        self.rows = list(
+            Delivery.objects.filter(claim_token=self.token)
+            .select_related("recipient", "template")
+            .order_by("id")
+        )
+
+    def renew_lease_if_due(self) -> None:
+        if time.monotonic() < self.renew_at:
+            return
+        self.flush()
+        now = timezone.now()
+        renewed = Delivery.objects.filter(
+            claim_token=self.token, status=Delivery.Status.SENDING
+        ).update(lease_expires_at=now + timedelta(seconds=self.lease))
+        self.renew_at = time.monotonic() + self.lease / 2
+        if not renewed:
+            logger.warning("Claim %s was recovered by the sweeper; stopping batch", self.token)
+            self.stopped = True
+
+    # outcomes -------------------------------------------------------------------
+    def finish_row(self, delivery: Delivery, outcome: Outcome) -> None:
+        apply_outcome(delivery, outcome, now=timezone.now())
+        self.done.append(delivery)
+        self.finished_ids.add(delivery.id)
+        self.counts[delivery.status] = self.counts.get(delivery.status, 0) + 1
+        if len(self.done) >= FLUSH_EVERY or time.monotonic() - self.last_flush > FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.done:
+            deliveries_write(self.done, claim_token=self.token)
+            self.done = []
+        self.last_flush = time.monotonic()
+
+    def release_unfinished(self) -> None:
+        """Hand rows this batch did not finish back to ``pending``.
+
+        Rows of a paused run are held (no ``next_attempt_at``) until resumed;
+        others are due at once and the sweeper dispatches them again.
+        """
+        unfinished = [d.id for d in self.rows if d.id not in self.finished_ids]
+        held = [i for i in unfinished if i in self.held_ids]
+        others = [i for i in unfinished if i not in self.held_ids]
+        self._release(held, hold=True)
+        self._release(others, hold=False)
+
+    def _release(self, ids: list[int], *, hold: bool) -> None:
+        if not ids:
+            return
+        fields = {
+            "status": Delivery.Status.PENDING,
+            "claim_token": None,
+            "lease_expires_at": None,
+            "dispatched_at": None,
+            "updated_at": timezone.now(),
+        }
+        if hold:
+            fields["next_attempt_at"] = None
+        Delivery.objects.filter(
+            id__in=ids, claim_token=self.token, status=Delivery.Status.SENDING
+        ).update(**fields)
+        self.finished_ids.update(ids)
+        self.counts["released"] = self.counts.get("released", 0) + len(ids)
+
+    # guards ---------------------------------------------------------------------
+    def verdict_for(self, delivery: Delivery) -> str | None:
+        if delivery.run_id is None or not _run_guards:
+            return None
+        if time.monotonic() >= self.next_guard_check:
+            run_ids = {d.run_id for d in self.rows if d.run_id is not None}
+            self.run_verdicts = _check_run_guards(run_ids)
+            self.next_guard_check = time.monotonic() + GUARD_EVERY_SECONDS
+        return self.run_verdicts.get(delivery.run_id)
+
+    # the work ---------------------------------------------------------------------
+    def skip_suppressed(self) -> None:
+        suppressed = active_suppressions(d.recipient.email for d in self.rows)
+        for delivery in self.rows:
+            reason = suppressed.get(delivery.recipient.email)
+            if reason is None and delivery.recipient.status in SUPPRESSED_RECIPIENT_STATUSES:
+                reason = f"recipient {delivery.recipient.status}"
+            if reason is not None:
+                self.finish_row(
+                    delivery, Outcome(Delivery.Status.SUPPRESSED, error=f"Suppressed: {reason}")
+                )
+
+    def run(self) -> None:
+        self.skip_suppressed()
+        by_transport: dict[str, list[Delivery]] = {}
+        for delivery in self.rows:
+            if delivery.id not in self.finished_ids:
+                by_transport.setdefault(delivery.transport, []).append(delivery)
+        for transport, rows in by_transport.items():
+            if self.stopped:
+                break
+            self.send_over(transport, rows)
+
+    def send_over(self, transport: str, rows: list[Delivery]) -> None:
+        try:
+            conn = transport_connection(transport)
+            conn.open()
+        except UnknownTransport as exc:
+            for delivery in rows:
+                self.finish_row(delivery, Outcome(FAILED, error=str(exc)))
+            return
+        except Exception as exc:  # transport down: nothing was handed over
+            error = f"Could not connect to transport {transport!r}: {exc}"
+            for delivery in rows:
+                self.finish_row(
+                    delivery, Outcome(RETRY, error=error, attempts=delivery.attempts + 1)
+                )
+            return
+        rate = settings.NOTIFIER_TRANSPORTS[transport].get("RATE_LIMIT") or 0
+        try:
+            for delivery in rows:
+                self.renew_lease_if_due()
+                if self.stopped:
+                    return
+                verdict = self.verdict_for(delivery)
+                if verdict == "cancel":
+                    self.finish_row(
+                        delivery, Outcome(Delivery.Status.CANCELLED, error="Run cancelled")
+                    )
+                    continue
+                if verdict == "pause":
+                    self.held_ids.add(delivery.id)  # released at the end of the batch
+                    continue
+                self.send_one(conn, delivery, transport, rate)
+        finally:
+            try:
+                conn.close()
+            except Exception:
+                logger.warning("Error closing %s connection", transport, exc_info=True)
+
+    def send_one(self, conn, delivery: Delivery, transport: str, rate: float) -> None:
+        try:
+            message = delivery_build_message(delivery, conn)
+        except Exception as exc:
+            self.finish_row(delivery, Outcome(FAILED, error=f"Could not render: {exc}"))
+            return
+        rate_limit_wait(transport=transport, per_second=rate)
+        try:
+            may_send = journal.journal_mark_handed(self.token, delivery.id)
+        except Exception:
+            logger.exception("Journal unavailable; stopping batch before hand-off")
+            may_send = False
+        if not may_send:
+            self.stopped = True
+            return
+        attempts = delivery.attempts + 1
+        try:
+            conn.send_messages([message])
+        except Exception as exc:
+            outcome = classify_exception(exc)
+            if outcome.status == UNKNOWN and transport == "smtp":
+                # The SMTP connection is unusable after a mid-send failure.
+                conn.close()
+        else:
+            outcome = classify_sent_message(message, delivery.recipient.email)
+        outcome.attempts = attempts
+        try:
+            journal.journal_record(self.token, delivery.id, outcome.as_journal())
+        except Exception:
+            logger.warning("Could not journal the outcome of %s", delivery.id, exc_info=True)
+        self.finish_row(delivery, outcome)
+
+    def finish(self) -> None:
+        try:
+            self.flush()
+            self.release_unfinished()
+        finally:
+            if not self.done:
+                try:
+                    journal.journal_close(self.token)
+                except Exception:
+                    logger.warning("Could not close journal %s", self.token, exc_info=True)
+
+
+def deliveries_send_batch(*, delivery_ids: Iterable[int]) -> dict[str, int]:
+    """Send the given deliveries that are pending and due. Safe to run twice.
+
+    Returns counts per resulting status (and ``released`` for rows handed
+    back unsent).
+    """
+    batch = _Batch(delivery_ids)
+    batch.claim()
+    if not batch.rows:
+        return {}
+    try:
+        batch.run()
+    finally:
+        batch.finish()
+    return batch.counts

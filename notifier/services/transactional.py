@@ -1,0 +1,148 @@
+"""``notifier.send``: one message from application code.
+
+The Delivery is written in the caller's transaction and its task published
+only after that transaction commits (a worker never races the row), on the
+``transactional`` queue so no campaign can delay it.
+"""
+
+from datetime import datetime
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from notifier import templating
+from notifier.errors import InvalidContext, InvalidTemplate, NotifierError, UnknownTransport
+from notifier.models import Delivery, Recipient, Template
+from notifier.services.dispatch import delivery_dispatch_on_commit
+from notifier.services.recipients import recipient_get_or_create, recipient_render_data
+from notifier.services.suppressions import SUPPRESSED_RECIPIENT_STATUSES, active_suppressions
+
+
+def _resolve_template(template) -> Template | None:
+    if template is None or isinstance(template, Template):
+        return template
+    if isinstance(template, str):
+        try:
+            return Template.objects.get(name=template)
+        except Template.DoesNotExist:
+            raise InvalidTemplate(f"No template named {template!r}.") from None
+    raise InvalidTemplate("template must be a Template or a template name.")
+
+
+def send(
+    *,
+    to: str | Recipient,
+    template: Template | str | None = None,
+    subject: str | None = None,
+    html: str | None = None,
+    text: str | None = None,
+    context: dict | None = None,
+    idempotency_key: str | None = None,
+    send_at: datetime | None = None,
+    from_email: str | None = None,
+    transport: str | None = None,
+    headers: dict | None = None,
+    name: str = "",
+    kind: str = Delivery.Kind.TRANSACTIONAL,
+) -> Delivery:
+    """Queue one email and return its Delivery.
+
+    Give either ``template`` (a Template or its name) or inline ``subject`` and
+    ``html``/``text``. The same ``idempotency_key`` twice returns the first
+    Delivery and sends once. A suppressed address gets a Delivery marked
+    ``suppressed`` and no email. Bad input raises ``NotifierError`` (with a
+    message saying what is wrong) and stores nothing.
+    """
+    if idempotency_key is not None:
+        if not isinstance(idempotency_key, str) or not idempotency_key.strip():
+            raise NotifierError("idempotency_key must be a non-empty string.")
+        if len(idempotency_key) > 255:
+            raise NotifierError("idempotency_key is longer than 255 characters.")
+        existing = Delivery.objects.filter(idempotency_key=idempotency_key).first()
+        if existing is not None:
+            return existing
+
+    template_obj = _resolve_template(template)
+    if template_obj is None:
+        if not subject or not (html or text):
+            raise InvalidTemplate("Give a template, or a subject and an html or text body.")
+    elif subject or html or text:
+        raise InvalidTemplate("Give either a template or inline content, not both.")
+    if send_at is not None and timezone.is_naive(send_at):
+        raise NotifierError("send_at must be timezone-aware.")
+    transport = transport or settings.NOTIFIER_DEFAULT_TRANSPORT
+    if transport not in settings.NOTIFIER_TRANSPORTS:
+        raise UnknownTransport(f"Unknown transport {transport!r}.")
+    try:
+        plain_context = templating.plain_data(context or {})
+    except templating.ContextNotPlainData as exc:
+        raise InvalidContext(str(exc)) from exc
+    if not isinstance(plain_context, dict):
+        raise InvalidContext("context must be a dict.")
+    if headers and not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+        raise NotifierError("headers must map strings to strings.")
+
+    if isinstance(to, Recipient):
+        recipient_email = to.email
+    else:
+        from notifier.services.recipients import normalize_email
+
+        recipient_email = normalize_email(to)
+
+    # Render once now, so a template that cannot render with this context is
+    # the caller's error, raised here, not a failed send later.
+    subject_src = template_obj.subject if template_obj else subject
+    html_src = template_obj.html_body if template_obj else (html or "")
+    text_src = template_obj.text_body if template_obj else (text or "")
+    preview_context = dict(plain_context)
+    preview_context["recipient"] = recipient_render_data(
+        to if isinstance(to, Recipient) else Recipient(email=recipient_email, name=name)
+    )
+    try:
+        templating.render_message(
+            subject=subject_src, html_body=html_src, text_body=text_src, context=preview_context
+        )
+    except templating.TemplateSyntaxProblem as exc:
+        raise InvalidTemplate(f"Template does not compile: {exc}") from exc
+    except Exception as exc:
+        raise InvalidTemplate(f"Template does not render with this context: {exc}") from exc
+
+    with transaction.atomic():
+        recipient = (
+            to
+            if isinstance(to, Recipient)
+            else recipient_get_or_create(email=recipient_email, name=name)
+        )
+        suppressed = active_suppressions([recipient.email]).get(recipient.email)
+        if suppressed is None and recipient.status in SUPPRESSED_RECIPIENT_STATUSES:
+            suppressed = f"recipient {recipient.status}"
+        fields = dict(
+            recipient=recipient,
+            kind=kind,
+            template=template_obj,
+            subject="" if template_obj else subject,
+            html_body="" if template_obj else (html or ""),
+            text_body="" if template_obj else (text or ""),
+            context=plain_context,
+            from_email=from_email or "",
+            headers=headers or {},
+            transport=transport,
+            idempotency_key=idempotency_key,
+            next_attempt_at=send_at or timezone.now(),
+        )
+        if suppressed is not None:
+            fields.update(
+                status=Delivery.Status.SUPPRESSED, status_reason=f"Suppressed: {suppressed}"
+            )
+        try:
+            with transaction.atomic():
+                delivery = Delivery.objects.create(**fields)
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+            return Delivery.objects.get(idempotency_key=idempotency_key)
+        due = send_at is None or send_at <= timezone.now()
+        if delivery.status == Delivery.Status.PENDING and due:
+            delivery_dispatch_on_commit(delivery)
+    return delivery

@@ -1,0 +1,233 @@
+"""The batch sender in-process, against the fake ESP / SMTP sink, real PG + Redis."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from notifier import send
+from notifier.models import Delivery
+from notifier.services import journal
+from notifier.services.retries import deliveries_recover_expired
+from notifier.services.sending import deliveries_send_batch
+from notifier.services.suppressions import suppression_add
+from tests.notifier.factories import RecipientFactory, TemplateFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def _queue(n=1, **kwargs):
+    template = kwargs.pop("template", None) or TemplateFactory()
+    return [
+        send(template=template, to=f"user{i}@example.com", context={"code": i}, **kwargs)
+        for i in range(n)
+    ]
+
+
+def test_sent_with_rendered_content_message_id_and_esp_id(fake_esp):
+    (delivery,) = _queue(1)
+    counts = deliveries_send_batch(delivery_ids=[delivery.id])
+    assert counts == {"sent": 1}
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.SENT
+    assert delivery.attempts == 1
+    (message,) = fake_esp.messages
+    assert delivery.esp_message_id == message["MessageID"]
+    assert message["To"] == "user0@example.com"
+    assert message["Subject"] == "Hello"  # no name given: empty first name, trimmed
+    assert "your code is <b>0</b>" in message["HtmlBody"]
+    assert "your code is **0**" in message["TextBody"]
+    assert message["Headers"]["Message-ID"] == delivery.message_id
+    assert message["Metadata"] == {"delivery": str(delivery.uuid)}
+
+
+def test_running_the_same_batch_twice_sends_once(fake_esp):
+    deliveries = _queue(3)
+    ids = [d.id for d in deliveries]
+    deliveries_send_batch(delivery_ids=ids)
+    assert deliveries_send_batch(delivery_ids=ids) == {}
+    assert len(fake_esp.messages) == 3
+
+
+def test_transient_error_goes_back_to_pending_with_backoff(fake_esp, settings):
+    settings.NOTIFIER_BACKOFF_BASE = 60
+    fake_esp.faults["script"] = [{"status": 503}]
+    (delivery,) = _queue(1)
+    before = timezone.now()
+    deliveries_send_batch(delivery_ids=[delivery.id])
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.PENDING
+    assert delivery.attempts == 1
+    assert "503" in delivery.last_error
+    # 60 s base with +/-50% jitter
+    assert (
+        before + timedelta(seconds=29) < delivery.next_attempt_at < before + timedelta(seconds=91)
+    )
+    assert delivery.dispatched_at is None
+
+
+def test_429_honours_retry_after(fake_esp, settings):
+    settings.NOTIFIER_BACKOFF_BASE = 1
+    fake_esp.faults["script"] = [{"status": 429, "retry_after": 120}]
+    (delivery,) = _queue(1)
+    deliveries_send_batch(delivery_ids=[delivery.id])
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.PENDING
+    assert delivery.next_attempt_at >= timezone.now() + timedelta(seconds=110)
+
+
+def test_not_claimed_before_its_next_attempt(fake_esp):
+    (delivery,) = _queue(1)
+    Delivery.objects.filter(pk=delivery.pk).update(
+        next_attempt_at=timezone.now() + timedelta(minutes=5)
+    )
+    assert deliveries_send_batch(delivery_ids=[delivery.id]) == {}
+    assert fake_esp.messages == []
+
+
+def test_attempts_exhausted_fails_with_the_reason(fake_esp, settings):
+    settings.NOTIFIER_MAX_ATTEMPTS = 2
+    fake_esp.faults["script"] = [{"status": 500}, {"status": 502}]
+    (delivery,) = _queue(1)
+    deliveries_send_batch(delivery_ids=[delivery.id])
+    Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
+    deliveries_send_batch(delivery_ids=[delivery.id])
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.FAILED
+    assert delivery.attempts == 2
+    assert "Gave up after 2 attempts" in delivery.status_reason
+    assert "502" in delivery.last_error
+
+
+def test_rejected_address_fails_at_once(fake_esp):
+    fake_esp.faults["reject"] = ["user0@example.com"]
+    (delivery,) = _queue(1)
+    deliveries_send_batch(delivery_ids=[delivery.id])
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.FAILED
+    assert delivery.status_reason == "Permanent error"
+    assert "rejected" in delivery.last_error
+    assert fake_esp.messages == []
+
+
+def test_read_timeout_after_acceptance_is_marked_unknown_not_retried(fake_esp):
+    fake_esp.faults["script"] = [{"hang_after_accept": 3}]
+    (delivery,) = _queue(1)
+    deliveries_send_batch(delivery_ids=[delivery.id])
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.UNKNOWN
+    assert "No answer from the ESP" in delivery.last_error
+    assert len(fake_esp.messages) == 1  # it did arrive: resending would duplicate
+
+
+def test_connection_refused_is_transient(fake_esp, settings):
+    settings.ANYMAIL = {**settings.ANYMAIL, "POSTMARK_API_URL": "http://127.0.0.1:9/"}
+    (delivery,) = _queue(1)
+    deliveries_send_batch(delivery_ids=[delivery.id])
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.PENDING
+    assert delivery.attempts == 1
+
+
+def test_address_suppressed_after_queueing_is_not_sent(fake_esp):
+    (delivery,) = _queue(1)
+    suppression_add(email="user0@example.com", reason="complaint")
+    deliveries_send_batch(delivery_ids=[delivery.id])
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.SUPPRESSED
+    assert fake_esp.messages == []
+
+
+def test_smtp_transport_sends_raw_message_with_message_id(smtp_sink):
+    (delivery,) = _queue(1, transport="smtp")
+    assert deliveries_send_batch(delivery_ids=[delivery.id]) == {"sent": 1}
+    delivery.refresh_from_db()
+    (received,) = smtp_sink.messages
+    assert received["rcpt_tos"] == ["user0@example.com"]
+    assert received["message"]["Message-ID"] == delivery.message_id
+    assert delivery.esp_message_id == delivery.message_id
+
+
+def test_smtp_5xx_is_permanent_and_4xx_transient(smtp_sink):
+    smtp_sink.reject["user0@example.com"] = (550, "No such user")
+    smtp_sink.reject["user1@example.com"] = (451, "Try later")
+    first, second = _queue(2, transport="smtp")
+    deliveries_send_batch(delivery_ids=[first.id, second.id])
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert first.status == Delivery.Status.FAILED and "550" in first.last_error
+    assert second.status == Delivery.Status.PENDING and "451" in second.last_error
+
+
+def test_batch_of_500_uses_a_bounded_number_of_queries(fake_esp, django_assert_max_num_queries):
+    template = TemplateFactory()
+    recipients = RecipientFactory.create_batch(500)
+    now = timezone.now()
+    Delivery.objects.bulk_create(
+        [
+            Delivery(recipient=r, template=template, context={"code": r.pk}, next_attempt_at=now)
+            for r in recipients
+        ]
+    )
+    ids = list(Delivery.objects.values_list("id", flat=True))
+    # claim + load + suppressions + one bulk write per 100 outcomes + slack
+    with django_assert_max_num_queries(15):
+        counts = deliveries_send_batch(delivery_ids=ids)
+    assert counts == {"sent": 500}
+    assert len(fake_esp.messages) == 500
+    assert Delivery.objects.filter(status="sent").count() == 500
+
+
+def _claim_by_dead_worker(deliveries, journal_entries):
+    """Simulate a worker that claimed rows, journaled, then died."""
+    token = "00000000-0000-0000-0000-00000000dead"
+    journal.journal_open(token)
+    for delivery_id, value in journal_entries.items():
+        if value == "h":
+            journal.journal_mark_handed(token, delivery_id)
+        else:
+            journal.journal_record(token, delivery_id, value)
+    Delivery.objects.filter(id__in=[d.id for d in deliveries]).update(
+        status="sending", claim_token=token, lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    return token
+
+
+def test_recovery_uses_the_journal(fake_esp):
+    sent, handed, untouched = _queue(3)
+    token = _claim_by_dead_worker(
+        [sent, handed, untouched],
+        {
+            sent.id: {"status": "sent", "esp_message_id": "esp-1", "attempts": 1},
+            handed.id: "h",
+        },
+    )
+    counts = deliveries_recover_expired()
+    assert counts == {"sent": 1, "unknown": 1, "pending": 1}
+    for d in (sent, handed, untouched):
+        d.refresh_from_db()
+    assert (sent.status, sent.esp_message_id) == ("sent", "esp-1")
+    assert handed.status == "unknown" and handed.attempts == 1
+    assert untouched.status == "pending" and untouched.claim_token is None
+    # A worker that was only slow can no longer hand anything over.
+    assert journal.journal_mark_handed(token, untouched.id) is False
+
+
+def test_recovery_with_lost_journal_marks_rows_in_doubt(fake_esp):
+    (delivery,) = _queue(1)
+    token = _claim_by_dead_worker([delivery], {})
+    journal.journal_close(token)  # as if Redis lost its data
+    deliveries_recover_expired()
+    delivery.refresh_from_db()
+    assert delivery.status == "unknown"
+    assert "journal was lost" in delivery.last_error
+
+
+def test_lease_not_expired_is_left_alone(fake_esp):
+    (delivery,) = _queue(1)
+    Delivery.objects.filter(pk=delivery.pk).update(
+        status="sending",
+        claim_token="00000000-0000-0000-0000-000000000001",
+        lease_expires_at=timezone.now() + timedelta(minutes=1),
+    )
+    assert deliveries_recover_expired() == {}
