@@ -124,6 +124,9 @@ def _addr_specs(field: str) -> list[str]:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body are separate writes: without this, Nagle's algorithm
+    # and the client's delayed ACK add ~40 ms to every response.
+    disable_nagle_algorithm = True
     server: "FakeESPServer"
 
     def log_message(self, format, *args):

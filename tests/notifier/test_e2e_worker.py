@@ -1,0 +1,142 @@
+"""End to end: send() -> Redis -> a real Celery worker process -> fake ESP -> PG.
+
+These tests commit (``transaction=True``) so the worker process sees the rows.
+"""
+
+import time
+
+import pytest
+from django.utils import timezone
+
+from notifier import send
+from notifier.models import Delivery
+from notifier.services.suppressions import suppression_add
+from notifier.tasks import send_deliveries, sweep
+from tests.conftest import wait_for
+from tests.notifier.factories import TemplateFactory
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
+
+
+def _status(delivery):
+    delivery.refresh_from_db()
+    return delivery.status
+
+
+def _sweep_until(predicate, timeout=30):
+    """Run the sweeper through the worker (as beat would) until predicate holds."""
+
+    def check():
+        if predicate():
+            return True
+        sweep.apply_async(queue="maintenance").get(timeout=10)
+        return predicate()
+
+    return wait_for(check, timeout=timeout, interval=0.3)
+
+
+def test_send_reaches_the_esp_once_and_is_marked_sent(celery_worker_process, fake_esp):
+    template = TemplateFactory(subject="Your code {{ code }}")
+    delivery = send(
+        template=template, to="ann@example.com", name="Ann Smith", context={"code": "4711"}
+    )
+    wait_for(lambda: _status(delivery) == Delivery.Status.SENT)
+    (message,) = fake_esp.messages
+    assert message["Subject"] == "Your code 4711"
+    assert message["To"] == "Ann Smith <ann@example.com>"
+    assert "Hi Ann Smith" in message["HtmlBody"]
+    assert delivery.esp_message_id == message["MessageID"]
+    assert delivery.attempts == 1 and delivery.sent_at is not None
+
+
+def test_transient_failure_is_retried_then_sent(celery_worker_process, fake_esp):
+    fake_esp.faults["script"] = [{"status": 503}, {"status": 429, "retry_after": 0}]
+    delivery = send(subject="s", text="hello", to="bob@example.com")
+    wait_for(lambda: delivery.refresh_from_db() or delivery.attempts == 1)
+    _sweep_until(lambda: _status(delivery) == Delivery.Status.SENT)
+    assert delivery.attempts == 3
+    assert len(fake_esp.messages) == 1
+    assert fake_esp.requests == 3
+
+
+def test_permanent_failure_ends_failed_with_the_reason(celery_worker_process, fake_esp):
+    fake_esp.faults["reject"] = ["carol@example.com"]
+    delivery = send(subject="s", text="hello", to="carol@example.com")
+    wait_for(lambda: _status(delivery) == Delivery.Status.FAILED)
+    assert "rejected" in delivery.last_error
+    assert delivery.attempts == 1
+    assert fake_esp.messages == []
+
+
+def test_repeated_idempotency_key_sends_once(celery_worker_process, fake_esp):
+    first = send(subject="s", text="t", to="dan@example.com", idempotency_key="order-42")
+    second = send(subject="s", text="t", to="dan@example.com", idempotency_key="order-42")
+    assert first.pk == second.pk
+    wait_for(lambda: _status(first) == Delivery.Status.SENT)
+    time.sleep(0.5)
+    assert len(fake_esp.messages) == 1
+
+
+def test_suppressed_address_is_never_sent_to(celery_worker_process, fake_esp):
+    suppression_add(email="erin@example.com", reason="unsubscribed")
+    delivery = send(subject="s", text="t", to="erin@example.com")
+    assert delivery.status == Delivery.Status.SUPPRESSED
+    # Even if a task for it is published, the worker will not send it.
+    send_deliveries.apply_async(args=[[delivery.id]], queue="transactional").get(timeout=10)
+    assert fake_esp.messages == []
+    assert _status(delivery) == Delivery.Status.SUPPRESSED
+
+
+def test_smtp_transport_end_to_end(celery_worker_process, smtp_sink):
+    delivery = send(
+        subject="Hi {{ n }}",
+        text="n={{ n }}",
+        to="fay@example.com",
+        context={"n": 7},
+        transport="smtp",
+    )
+    wait_for(lambda: _status(delivery) == Delivery.Status.SENT)
+    (received,) = smtp_sink.messages
+    assert received["message"]["Subject"] == "Hi 7"
+    assert received["message"]["Message-ID"] == delivery.message_id
+
+
+def test_killed_worker_loses_nothing_and_resends_nothing(start_worker, fake_esp):
+    """SIGKILL a worker mid-batch: handed-over messages are not sent again,
+    the rest are sent after the lease expires, the in-doubt one is marked."""
+    template = TemplateFactory()
+    later = timezone.now() + timezone.timedelta(days=1)
+    deliveries = [
+        send(template=template, to=f"k{i}@example.com", context={"code": i}, send_at=later)
+        for i in range(12)
+    ]
+    ids = [d.id for d in deliveries]
+    Delivery.objects.filter(id__in=ids).update(next_attempt_at=timezone.now())
+    # The 4th request is accepted by the ESP and then hangs: the worker is
+    # killed while waiting for that answer.
+    fake_esp.faults["script"] = [{}, {}, {}, {"hang_after_accept": 30}]
+    doomed = start_worker(
+        "doomed", queues="kill-test", NOTIFIER_LEASE_SECONDS=3, ESP_READ_TIMEOUT=60
+    )
+    send_deliveries.apply_async(args=[ids], queue="kill-test")
+    wait_for(lambda: len(fake_esp.messages) == 4, timeout=30)
+    time.sleep(0.3)
+    doomed.kill()
+
+    assert Delivery.objects.filter(id__in=ids, status="sending").count() >= 9
+    time.sleep(3.5)  # the lease expires
+    start_worker("rescuer", queues="transactional,maintenance")
+    _sweep_until(
+        lambda: not Delivery.objects.filter(id__in=ids, status__in=["sending", "pending"]).exists()
+    )
+
+    by_status = {}
+    for d in Delivery.objects.filter(id__in=ids).order_by("id"):
+        by_status.setdefault(d.status, []).append(d)
+    assert len(by_status["sent"]) == 11
+    (in_doubt,) = by_status["unknown"]
+    assert in_doubt.id == ids[3]
+    assert "before the answer was recorded" in in_doubt.last_error
+    # Exactly one message per recipient reached the ESP: none lost, none twice.
+    received = sorted(m["To"] for m in fake_esp.messages)
+    assert received == sorted(f"k{i}@example.com" for i in range(12))
