@@ -4,7 +4,7 @@ Variables are documented in README.md ("Configuration"). Secrets have no
 default here; ``local`` and ``test`` supply throw-away ones.
 """
 
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from config.env import BASE_DIR, env
 
@@ -182,12 +182,15 @@ CELERY_WORKER_SEND_TASK_EVENTS = True  # for Flower
 CELERY_TASK_SEND_SENT_EVENT = True
 # Separate queues so bulk work never delays urgent mail.
 CELERY_TASK_DEFAULT_QUEUE = "maintenance"
+# Each queue has its own exchange and routing key: with Celery's defaults
+# they would all share the default exchange and key, and every task would be
+# copied into every queue.
 CELERY_TASK_QUEUES = [
-    Queue("transactional"),
-    Queue("campaigns"),
-    Queue("digests"),
-    Queue("maintenance"),
+    Queue(name, Exchange(name, type="direct"), routing_key=name)
+    for name in ("transactional", "campaigns", "digests", "maintenance")
 ]
+CELERY_TASK_DEFAULT_EXCHANGE = "maintenance"
+CELERY_TASK_DEFAULT_ROUTING_KEY = "maintenance"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Installed into django-celery-beat's tables by the DatabaseScheduler at start.
 CELERY_BEAT_SCHEDULE = {
