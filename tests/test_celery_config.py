@@ -3,19 +3,15 @@
 from django.conf import settings
 
 from config.celery import app
-from notifier.redis import get_redis
 
 
-def test_each_queue_receives_only_its_own_tasks():
-    r = get_redis()
-    queues = ("transactional", "campaigns", "digests", "maintenance")
-    for queue in queues:
-        r.delete(queue)
-    with app.connection_for_write() as conn:
-        app.send_task("notifier.sweep", queue="campaigns", connection=conn)
-    lengths = {queue: r.llen(queue) for queue in queues}
-    assert lengths == {"transactional": 0, "campaigns": 1, "digests": 0, "maintenance": 0}
-    r.delete("campaigns")
+def test_each_queue_has_its_own_exchange_and_routing_key():
+    """Shared routing keys would copy every task into every queue."""
+    routes = {q.name: (q.exchange.name, q.routing_key) for q in app.conf.task_queues}
+    assert set(routes) == {"transactional", "campaigns", "digests", "maintenance"}
+    assert all(routes[name] == (name, name) for name in routes)
+    route = app.amqp.router.route({"queue": "campaigns"}, "notifier.send_deliveries")
+    assert route["queue"].routing_key == "campaigns"
 
 
 def test_reliability_settings():
