@@ -1,4 +1,4 @@
-.PHONY: run test lint format lock migrations-check
+.PHONY: run test bench lint format lock
 
 # Bring up web + worker + beat (+ fake ESP) with demo data.
 run:
@@ -7,6 +7,11 @@ run:
 # The whole test suite against real PostgreSQL and Redis.
 test:
 	@bash deploy/local/test.sh $(ARGS)
+
+# Throughput, scale and latency against the floor and django-post-office.
+# Quick: make bench ARGS="--n 2000 --parts throughput"
+bench:
+	@bash deploy/local/bench.sh $(ARGS)
 
 lint:
 	@.venv/bin/ruff check . && .venv/bin/ruff format --check .
@@ -17,4 +22,4 @@ format:
 # Re-pin requirements/*.txt from requirements/*.in.
 lock:
 	@.venv/bin/pip install --quiet pip-tools
-	@for f in base test; do .venv/bin/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links --no-header -o requirements/$$f.txt requirements/$$f.in; done
+	@for f in base test bench; do .venv/bin/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links --no-header -o requirements/$$f.txt requirements/$$f.in; done

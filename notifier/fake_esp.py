@@ -40,9 +40,11 @@ DEFAULT_FAULTS = {
 
 
 class FakeESPState:
-    def __init__(self, token: str | None, record_path: str | None = None):
+    def __init__(self, token: str | None, record_path: str | None = None, light: bool = False):
         self.token = token
         self.record_path = record_path
+        # Light mode keeps no bodies (for benchmarks of hundreds of thousands).
+        self.light = light
         self.lock = threading.Lock()
         self.messages: list[dict] = []
         self.requests = 0
@@ -94,14 +96,17 @@ class FakeESPState:
         record = {
             "MessageID": message_id,
             "To": to,
-            "From": payload.get("From"),
-            "Subject": payload.get("Subject"),
-            "HtmlBody": payload.get("HtmlBody"),
-            "TextBody": payload.get("TextBody"),
-            "Headers": headers,
             "Metadata": payload.get("Metadata") or {},
             "ReceivedAt": datetime.now(UTC).isoformat(),
         }
+        if not self.light:
+            record.update(
+                From=payload.get("From"),
+                Subject=payload.get("Subject"),
+                HtmlBody=payload.get("HtmlBody"),
+                TextBody=payload.get("TextBody"),
+                Headers=headers,
+            )
         with self.lock:
             self.messages.append(record)
             if self.record_path:

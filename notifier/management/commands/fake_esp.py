@@ -14,10 +14,13 @@ class Command(BaseCommand):
             "--record", default=None, help="Append accepted messages to this JSONL file."
         )
         parser.add_argument("--verbose", action="store_true")
+        parser.add_argument(
+            "--light", action="store_true", help="Keep only recipient and metadata (benchmarks)."
+        )
 
-    def handle(self, *args, host, port, record, verbose, **options):
+    def handle(self, *args, host, port, record, verbose, light, **options):
         token = settings.ANYMAIL.get("POSTMARK_SERVER_TOKEN") or None
-        server = FakeESPServer((host, port), FakeESPState(token, record), verbose=verbose)
+        server = FakeESPServer((host, port), FakeESPState(token, record, light), verbose=verbose)
         self.stdout.write(
             f"Fake ESP (Postmark API) on {server.url} - inspect {server.url}_fake/messages",
         )

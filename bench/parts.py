@@ -1,0 +1,451 @@
+"""The benchmark's parts. Imported after ``django.setup()`` by ``bench.run``."""
+
+import multiprocessing as mp
+import resource
+import statistics
+import subprocess
+import time
+from datetime import datetime
+
+from django.conf import settings
+from django.core.management import call_command
+from django.db import connection, connections
+
+from bench.run import HTML, ITEMS, PY, ROOT, SUBJECT, TEXT, Row
+from notifier.models import Delivery, Recipient, Template
+
+# --- data -------------------------------------------------------------------------
+
+
+def prepare_database() -> None:
+    """A fresh benchmark database, migrated."""
+    import psycopg
+
+    name = settings.DATABASES["default"]["NAME"]
+    params = settings.DATABASES["default"]
+    dsn = f"host={params['HOST'] or '127.0.0.1'} port={params['PORT'] or 5432} user={params['USER']} dbname=postgres"
+    if params.get("PASSWORD"):
+        dsn += f" password={params['PASSWORD']}"
+    connections.close_all()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    call_command("migrate", verbosity=0)
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER SYSTEM SET synchronous_commit = on")  # the default, stated
+
+
+def ensure_recipients(n: int) -> None:
+    """Recipients u0..u(n-1)@bench.example, created set-based."""
+    have = Recipient.objects.filter(email__endswith="@bench.example").count()
+    if have >= n:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO notifier_recipient
+                (email, name, attributes, time_zone, locale, status, created_at, updated_at)
+            SELECT 'u' || i || '@bench.example', 'Reader ' || i,
+                   jsonb_build_object('plan', CASE WHEN i %% 3 = 0 THEN 'pro' ELSE 'free' END,
+                                      'vip', i %% 10 = 0),
+                   'UTC', 'en', 'active', now(), now()
+            FROM generate_series(%s, %s - 1) AS i
+            ON CONFLICT (email) DO NOTHING
+            """,
+            [have, n],
+        )
+
+
+def recipient_data(i: int) -> dict:
+    return {
+        "email": f"u{i}@bench.example",
+        "name": f"Reader {i}",
+        "first_name": "Reader",
+        "locale": "en",
+        "time_zone": "UTC",
+        "attributes": {"plan": "pro" if i % 3 == 0 else "free", "vip": i % 10 == 0},
+    }
+
+
+def bench_template() -> Template:
+    template, _ = Template.objects.update_or_create(
+        name="Bench weekly picks",
+        defaults={"subject": SUBJECT, "html_body": HTML, "text_body": TEXT},
+    )
+    return template
+
+
+# --- floor ------------------------------------------------------------------------
+
+
+def _floor_process(transport: str, indices: range, queue) -> None:
+    from django.core.mail import EmailMultiAlternatives
+
+    from notifier import templating
+    from notifier.services.sending import transport_connection
+
+    conn = transport_connection(transport)
+    conn.open()
+    sent = 0
+    for i in indices:
+        context = {"items": ITEMS, "recipient": recipient_data(i)}
+        subject, html, text = templating.render_message(
+            subject=SUBJECT, html_body=HTML, text_body=TEXT, context=context
+        )
+        message = EmailMultiAlternatives(
+            subject,
+            text,
+            settings.DEFAULT_FROM_EMAIL,
+            [f"u{i}@bench.example"],
+            headers={"Message-ID": f"<floor-{i}@bench.example>"},
+            connection=conn,
+        )
+        message.attach_alternative(html, "text/html")
+        sent += conn.send_messages([message])
+    conn.close()
+    queue.put(sent)
+
+
+def floor(stack, transport: str, n: int, w: int) -> dict:
+    connections.close_all()
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    chunks = [range(k, n, w) for k in range(w)]
+    started = time.monotonic()
+    procs = [ctx.Process(target=_floor_process, args=(transport, c, queue)) for c in chunks]
+    for p in procs:
+        p.start()
+    sent = sum(queue.get() for _ in procs)
+    for p in procs:
+        p.join()
+    elapsed = time.monotonic() - started
+    return {"sent": sent, "seconds": elapsed}
+
+
+# --- post-office ------------------------------------------------------------------
+
+
+def post_office(stack, transport: str, n: int, w: int) -> dict:
+    from post_office import mail
+    from post_office.models import Email, EmailTemplate
+
+    Email.objects.all().delete()
+    template, _ = EmailTemplate.objects.update_or_create(
+        name="bench", defaults={"subject": SUBJECT, "content": TEXT, "html_content": HTML}
+    )
+    started = time.monotonic()
+    chunk = 2000
+    for start in range(0, n, chunk):
+        mail.send_many(
+            [
+                {
+                    "recipients": [f"u{i}@bench.example"],
+                    "sender": settings.DEFAULT_FROM_EMAIL,
+                    "template": template,
+                    "context": {"items": ITEMS, "recipient": recipient_data(i)},
+                }
+                for i in range(start, min(n, start + chunk))
+            ]
+        )
+    queued = time.monotonic() - started
+    connections.close_all()
+    drain = subprocess.run(
+        [PY, "manage.py", "send_queued_mail", "--processes", str(w)],
+        cwd=ROOT,
+        env={**stack.env, "BENCH_TRANSPORT": transport},
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.monotonic() - started
+    if drain.returncode:
+        raise RuntimeError(f"send_queued_mail failed: {drain.stderr[-2000:]}")
+    sent = Email.objects.filter(status=0).count()  # STATUS.sent
+    return {"sent": sent, "seconds": elapsed, "queue seconds": queued}
+
+
+# --- ours -------------------------------------------------------------------------
+
+
+def launch_campaign(n: int, transport: str):
+    """Create a campaign over the first ``n`` bench recipients and launch it.
+
+    Returns the CampaignRun. Uses the campaigns services, as staff would.
+    """
+    from bench.campaign import launch
+
+    return launch(n=n, transport=transport, template=bench_template())
+
+
+def wait_run_done(run_id: int, n: int, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    open_statuses = [Delivery.Status.PENDING, Delivery.Status.SENDING]
+    while time.monotonic() < deadline:
+        still_open = Delivery.objects.filter(run_id=run_id, status__in=open_statuses).exists()
+        if not still_open and Delivery.objects.filter(run_id=run_id).count() >= n:
+            return time.monotonic()
+        time.sleep(0.2)
+    raise TimeoutError(f"run {run_id} not finished after {timeout}s")
+
+
+def ours(stack, transport: str, n: int, w: int, workers=None) -> dict:
+    ensure_recipients(n)
+    own = workers is None
+    if own:
+        workers = stack.start_workers("campaigns", "campaigns,maintenance", w)
+    connections.close_all()
+    started = time.monotonic()
+    run = launch_campaign(n, transport)
+    done = wait_run_done(run.pk, n, timeout=max(120, n / 50))
+    elapsed = done - started
+    counts = _status_counts(run.pk)
+    if own:
+        stack.stop(workers, "campaign worker (ours)")
+    return {"sent": counts.get("sent", 0), "seconds": elapsed, "run": run.pk, "statuses": counts}
+
+
+def _status_counts(run_id: int) -> dict:
+    from django.db.models import Count
+
+    return dict(
+        Delivery.objects.filter(run_id=run_id)
+        .values_list("status")
+        .annotate(c=Count("id"))
+        .values_list("status", "c")
+    )
+
+
+# --- the parts --------------------------------------------------------------------
+
+
+def _check(stack, transport, n, result, before) -> str:
+    received = stack.received(transport) - before
+    if result.get("sent", 0) < n or received < n:
+        return f"LOST: {n - min(result.get('sent', 0), received)} of {n} missing"
+    if received > n:
+        return f"DUPLICATED: {received - n} extra messages"
+    return "ok"
+
+
+def _distinct_check(stack, n) -> str:
+    messages = stack.esp_messages()
+    recipients = [m["To"] for m in messages]
+    dupes = len(recipients) - len(set(recipients))
+    if dupes:
+        return f"DUPLICATED: {dupes} recipients got more than one"
+    if len(set(recipients)) < n:
+        return f"LOST: {n - len(set(recipients))} recipients got nothing"
+    return "ok"
+
+
+def throughput(stack, transport: str, n: int, w: int) -> list[Row]:
+    rows = []
+    rates = {}
+    for name, fn in (("floor", floor), ("ours", ours), ("post-office", post_office)):
+        if transport == "esp":
+            stack.esp_reset()
+        before = stack.received(transport)
+        try:
+            result = fn(stack, transport, n, w)
+        except Exception as exc:  # reported, not hidden
+            rows.append(Row("throughput", f"{name} / {transport}", {}, f"ERROR: {exc}"))
+            continue
+        verdict = _check(stack, transport, n, result, before)
+        if verdict == "ok" and transport == "esp":
+            verdict = _distinct_check(stack, n)
+        rate = n / result["seconds"] if verdict == "ok" else 0.0
+        rates[name] = rate
+        figures = {"N": n, "W": w, "seconds": round(result["seconds"], 2), "msg/s": round(rate, 1)}
+        if "queue seconds" in result:
+            figures["queueing s"] = round(result["queue seconds"], 2)
+        rows.append(Row("throughput", f"{name} / {transport}", figures, verdict))
+    if rates.get("ours") and rates.get("floor"):
+        ratio = rates["ours"] / rates["floor"]
+        rows.append(
+            Row(
+                "throughput",
+                f"ours/floor ({transport})",
+                {"ratio": round(ratio, 2), "target": ">= 0.7"},
+                "ok" if ratio >= 0.7 else f"below target by {0.7 - ratio:.2f}",
+            )
+        )
+    if rates.get("ours") and rates.get("post-office"):
+        ratio = rates["ours"] / rates["post-office"]
+        rows.append(
+            Row(
+                "throughput",
+                f"ours/post-office ({transport})",
+                {"ratio": round(ratio, 2), "target": ">= 2"},
+                "ok" if ratio >= 2 else f"below target by {2 - ratio:.2f}",
+            )
+        )
+    return rows
+
+
+def scale(stack, args) -> list[Row]:
+    rows = []
+    # Materialise a huge run in a separate launcher process: its time and
+    # peak memory are the launcher's alone.
+    ensure_recipients(args.materialise)
+    template = bench_template()
+    out = subprocess.run(
+        [PY, "-m", "bench.launcher", str(args.materialise), str(template.pk)],
+        cwd=ROOT,
+        env=stack.env,
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode:
+        rows.append(
+            Row("scale", f"materialise {args.materialise:,}", {}, f"ERROR: {out.stderr[-500:]}")
+        )
+    else:
+        import json
+
+        figures = json.loads(out.stdout.strip().splitlines()[-1])
+        stack.memory["launcher (materialise)"] = figures["peak_rss_mb"]
+        rows.append(
+            Row(
+                "scale",
+                f"materialise {args.materialise:,}",
+                {
+                    "seconds": figures["seconds"],
+                    "rows": figures["rows"],
+                    "queries": figures["queries"],
+                    "target s": 20,
+                },
+                "ok"
+                if figures["seconds"] <= 20 and figures["rows"] == args.materialise
+                else "over target"
+                if figures["rows"] == args.materialise
+                else "LOST rows",
+            )
+        )
+    rates = {}
+    for size in [int(s) for s in args.scale_sizes.split(",") if s]:
+        stack.esp_reset()
+        result = ours(stack, "esp", size, args.w)
+        verdict = _check(stack, "esp", size, result, 0)
+        rate = size / result["seconds"] if verdict == "ok" else 0
+        rates[size] = rate
+        rows.append(
+            Row(
+                "scale",
+                f"throughput at {size:,}",
+                {"seconds": round(result["seconds"], 1), "msg/s": round(rate, 1)},
+                verdict,
+            )
+        )
+    if len(rates) >= 2:
+        small, large = min(rates), max(rates)
+        if rates[small]:
+            change = rates[large] / rates[small] - 1
+            rows.append(
+                Row(
+                    "scale",
+                    f"{large:,} vs {small:,}",
+                    {"change": f"{change:+.1%}", "target": "within 10%"},
+                    "ok" if abs(change) <= 0.10 or change > 0 else f"slower by {abs(change):.1%}",
+                )
+            )
+    return rows
+
+
+def urgent(stack, args) -> list[Row]:
+    from notifier import send
+
+    n = args.urgent_campaign
+    ensure_recipients(n)
+    stack.esp_reset()
+    campaign_workers = stack.start_workers("campaigns", "campaigns,maintenance", args.w)
+    transactional = stack.start_workers("urgent", "transactional", 1)
+    connections.close_all()
+    run = launch_campaign(n, "esp")
+    time.sleep(2)  # the campaign is sending
+    committed = {}
+    for i in range(args.urgent_sends):
+        delivery = send(
+            subject="Your code {{ c }}",
+            text="Code {{ c }}",
+            to=f"urgent{i}@bench.example",
+            context={"c": i},
+            idempotency_key=f"bench-urgent-{time.time()}-{i}",
+        )
+        committed[str(delivery.uuid)] = time.time()
+        time.sleep(0.02)
+    campaign_running = Delivery.objects.filter(run_id=run.pk, status="pending").exists()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (
+            Delivery.objects.filter(
+                kind="transactional", status="sent", idempotency_key__startswith="bench-urgent-"
+            ).count()
+            >= args.urgent_sends
+        ):
+            break
+        time.sleep(0.2)
+    messages = [
+        m for m in stack.esp_messages() if m.get("Metadata", {}).get("delivery") in committed
+    ]
+    latencies = sorted(
+        datetime.fromisoformat(m["ReceivedAt"]).timestamp() - committed[m["Metadata"]["delivery"]]
+        for m in messages
+    )
+    stack.stop(transactional, "transactional worker")
+    wait_run_done(run.pk, n, timeout=max(300, n / 30))
+    stack.stop(campaign_workers, "campaign worker (ours)")
+    if len(latencies) < args.urgent_sends:
+        return [
+            Row(
+                "urgent",
+                "transactional during campaign",
+                {"received": len(latencies)},
+                f"LOST: {args.urgent_sends - len(latencies)} transactional messages",
+            )
+        ]
+    p50 = statistics.median(latencies)
+    p99 = latencies[max(0, int(len(latencies) * 0.99) - 1)]
+    return [
+        Row(
+            "urgent",
+            f"{args.urgent_sends} sends during a {n:,} campaign",
+            {
+                "p50 ms": round(p50 * 1000, 1),
+                "p99 ms": round(p99 * 1000, 1),
+                "target p99 ms": 1000,
+                "campaign still sending": campaign_running,
+            },
+            "ok" if p99 <= 1.0 else "over target",
+        )
+    ]
+
+
+def print_table(rows: list[Row], args, elapsed: float) -> None:
+    import platform
+
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_gb = 0.0
+    if platform.system() == "Linux":
+        with open("/proc/meminfo") as meminfo:
+            mem_gb = int(meminfo.readline().split()[1]) / 1024 / 1024
+    print()
+    print(
+        f"Notifier benchmark - {datetime.now():%Y-%m-%d %H:%M} - {mp.cpu_count()} cores ({cpu}), "
+        f"{mem_gb:.0f} GiB - W={args.w} batch={args.batch} - total {elapsed:.0f} s"
+    )
+    width = max((len(r.label) for r in rows), default=10)
+    for part in dict.fromkeys(r.part for r in rows):
+        print(f"\n[{part}]")
+        for r in rows:
+            if r.part == part:
+                figures = "  ".join(f"{k}={v}" for k, v in r.figures.items())
+                print(f"  {r.label:<{width}}  {figures}  -> {r.verdict}")
+    rusage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\n(bench driver peak RSS {rusage:.0f} MB)")
