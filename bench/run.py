@@ -17,21 +17,11 @@ Run: ``make bench`` or ``make bench ARGS="--n 2000 --parts throughput"``.
 """
 
 import argparse
-import json
 import os
-import shutil
-import signal
-import socket
-import statistics
-import subprocess
 import sys
 import time
-import urllib.request
-from dataclasses import dataclass, field
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PY = sys.executable
+from bench.stack import PY, ROOT, Row, Stack
 
 SUBJECT = "{{ recipient.first_name }}, your picks for this week"
 HTML = """<html><body>
@@ -47,190 +37,6 @@ TEXT = """Hello {{ recipient.name }},
 {% for item in items %}{{ forloop.counter }}. {{ item.title }} - {{ item.price|floatformat:2 }} EUR
 {% endfor %}"""
 ITEMS = [{"sku": f"SKU{i}", "title": f"Product number {i}", "price": 9.5 + i} for i in range(6)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def peak_rss_mb(pid: int) -> float:
-    """Peak resident memory (VmHWM) of a live process, in MB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except FileNotFoundError:
-        pass
-    return 0.0
-
-
-def children(pid: int) -> list[int]:
-    try:
-        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    except FileNotFoundError:
-        return []
-    return [int(p) for p in out.split()]
-
-
-@dataclass
-class Row:
-    part: str
-    label: str
-    figures: dict = field(default_factory=dict)
-    verdict: str = "ok"
-
-
-class Stack:
-    """Fake ESP, SMTP sink and Celery workers for the benchmark."""
-
-    def __init__(self, args):
-        self.args = args
-        self.procs: list[subprocess.Popen] = []
-        self.esp_port = free_port()
-        self.smtp_port = free_port()
-        self.env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "config.settings.bench",
-            "POSTMARK_API_URL": f"http://127.0.0.1:{self.esp_port}/",
-            "SMTP_HOST": "127.0.0.1",
-            "SMTP_PORT": str(self.smtp_port),
-            "NOTIFIER_BATCH_SIZE": str(args.batch),
-            "LOG_LEVEL": "WARNING",
-        }
-        os.environ.update({k: v for k, v in self.env.items() if k != "LOG_LEVEL"})
-        self.sink_log = ROOT / "var" / "bench-smtp-sink.log"
-        self.memory: dict[str, float] = {}
-
-    def start_services(self):
-        self.esp = self._spawn(
-            [PY, "manage.py", "fake_esp", "--port", str(self.esp_port), "--light"], "esp"
-        )
-        self._wait_port(self.esp_port)
-        sink = shutil.which("smtp-sink") or (
-            "/usr/sbin/smtp-sink" if Path("/usr/sbin/smtp-sink").exists() else None
-        )
-        self.has_smtp = bool(sink)
-        if sink:
-            self.sink_log.parent.mkdir(exist_ok=True)
-            user = "root" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
-            with open(self.sink_log, "w") as log:
-                self.sink = subprocess.Popen(
-                    [sink, "-c", "-u", user, f"127.0.0.1:{self.smtp_port}", "512"],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            self.procs.append(self.sink)
-            self._wait_port(self.smtp_port)
-
-    def _spawn(self, cmd, name, env=None):
-        log = open(ROOT / "var" / f"bench-{name}.log", "w")  # noqa: SIM115
-        proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=env or self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.procs.append(proc)
-        return proc
-
-    @staticmethod
-    def _wait_port(port, timeout=20):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"nothing listening on {port}")
-
-    # fake ESP ------------------------------------------------------------------
-    def esp_reset(self):
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.esp_port}/_fake/messages", method="DELETE"
-        )
-        urllib.request.urlopen(request).read()
-
-    def esp_messages(self) -> list[dict]:
-        url = f"http://127.0.0.1:{self.esp_port}/_fake/messages"
-        return json.loads(urllib.request.urlopen(url, timeout=120).read())
-
-    def esp_count(self) -> int:
-        url = f"http://127.0.0.1:{self.esp_port}/_fake/stats"
-        return json.loads(urllib.request.urlopen(url).read())["messages"]
-
-    def sink_count(self) -> int:
-        text = self.sink_log.read_text(errors="replace") if self.sink_log.exists() else ""
-        counts = [
-            int(part.split("=")[1])
-            for part in text.replace("\r", " ").split()
-            if part.startswith("mesg=")
-        ]
-        return counts[-1] if counts else 0
-
-    def received(self, transport) -> int:
-        return self.esp_count() if transport == "esp" else self.sink_count()
-
-    # workers ------------------------------------------------------------------
-    def start_workers(self, name, queues, concurrency, **env):
-        proc = self._spawn(
-            [
-                PY,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "-Q",
-                queues,
-                "-c",
-                str(concurrency),
-                "-n",
-                f"{name}@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "--loglevel",
-                "WARNING",
-                "-O",
-                "fair",
-            ],
-            f"worker-{name}",
-            env={**self.env, **env},
-        )
-        from config.celery import app
-
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            replies = app.control.ping(timeout=0.5) or []
-            if any(next(iter(r)).startswith(f"{name}@") for r in replies):
-                return proc
-        raise RuntimeError(f"worker {name} did not start; see var/bench-worker-{name}.log")
-
-    def stop(self, proc, label=None):
-        if label:
-            pids = [proc.pid, *children(proc.pid)]
-            self.memory[label] = max(
-                self.memory.get(label, 0.0), max((peak_rss_mb(p) for p in pids), default=0.0)
-            )
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-
-    def stop_all(self):
-        for proc in self.procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
 
 
 def main(argv=None):
@@ -294,4 +100,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["HTML", "ITEMS", "SUBJECT", "TEXT", "Row", "Stack", "statistics"]
+__all__ = ["HTML", "ITEMS", "PY", "ROOT", "SUBJECT", "TEXT", "Row", "Stack"]
