@@ -1,4 +1,4 @@
-.PHONY: run test bench lint format lock
+.PHONY: run test bench chaos lint format lock
 
 # Bring up web + worker + beat (+ fake ESP) with demo data.
 run:
@@ -12,6 +12,11 @@ test:
 # Quick: make bench ARGS="--n 2000 --parts throughput"
 bench:
 	@bash deploy/local/bench.sh $(ARGS)
+
+# Kill, restart and fail the real stack; count every message.
+# Quick: make chaos ARGS="--quick"
+chaos:
+	@bash deploy/local/chaos.sh $(ARGS)
 
 lint:
 	@.venv/bin/ruff check . && .venv/bin/ruff format --check .
