@@ -33,6 +33,18 @@ end
 return 0
 """
 
+_HANDOFF = """
+if redis.call('HEXISTS', KEYS[1], '__open__') == 1
+   and redis.call('HEXISTS', KEYS[1], '__recovered__') == 0 then
+  if ARGV[2] ~= '' then
+    redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+  end
+  redis.call('HSET', KEYS[1], ARGV[1], 'h')
+  return 1
+end
+return 0
+"""
+
 _RECOVER = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return false
@@ -63,6 +75,15 @@ def journal_mark_handed(token, delivery_id: int) -> bool:
     the batch must stop handing anything over.
     """
     return bool(get_redis().eval(_MARK_HANDED, 1, _key(token), str(delivery_id)))
+
+
+def journal_handoff(token, delivery_id: int, previous: tuple[int, dict] | None = None) -> bool:
+    """``journal_mark_handed`` that also records the previous row's outcome.
+
+    One round trip per message instead of two.
+    """
+    prev_id, prev_outcome = (str(previous[0]), json.dumps(previous[1])) if previous else ("", "")
+    return bool(get_redis().eval(_HANDOFF, 1, _key(token), str(delivery_id), prev_id, prev_outcome))
 
 
 def journal_record(token, delivery_id: int, outcome: dict) -> None:
