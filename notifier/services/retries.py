@@ -92,9 +92,26 @@ def deliveries_dispatch_due(*, limit: int = 20_000) -> int:
     return len(rows)
 
 
+SWEEP_LOCK_KEY = "notifier:sweep-lock"
+
+
 def deliveries_sweep() -> dict[str, int]:
-    recovered = deliveries_recover_expired()
-    dispatched = deliveries_dispatch_due()
+    """One sweep at a time (two beats, or a slow sweep overlapping the next
+    tick, would only duplicate work: every step is safe to run twice)."""
+    from uuid import uuid4
+
+    from notifier.redis import get_redis
+
+    r = get_redis()
+    token = str(uuid4())
+    if not r.set(SWEEP_LOCK_KEY, token, nx=True, ex=120):
+        return {"skipped": 1}
+    try:
+        recovered = deliveries_recover_expired()
+        dispatched = deliveries_dispatch_due()
+    finally:
+        if r.get(SWEEP_LOCK_KEY) == token:
+            r.delete(SWEEP_LOCK_KEY)
     return {"dispatched": dispatched, **{f"recovered_{k}": v for k, v in recovered.items()}}
 
 
