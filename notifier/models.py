@@ -216,6 +216,12 @@ class DeliveryEvent(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        indexes = [
+            # Soft bounces of one address within a window (events.soft_bounce_limit_reached).
+            models.Index(
+                fields=["email", "event_type", "occurred_at"], name="deliveryevent_email_type_idx"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.event_type} {self.email}"
