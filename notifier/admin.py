@@ -183,9 +183,15 @@ class SuppressionForm(forms.ModelForm):
         from notifier.errors import InvalidAddress
 
         try:
-            return normalize_email(self.cleaned_data["email"])
+            email = normalize_email(self.cleaned_data["email"])
         except InvalidAddress as exc:
             raise forms.ValidationError(str(exc)) from exc
+        active = Suppression.objects.filter(email=email, lifted_at__isnull=True).first()
+        if self.instance.pk is None and active is not None:
+            raise forms.ValidationError(
+                f"{email} is already suppressed ({active.get_reason_display()})."
+            )
+        return email
 
 
 @admin.register(Suppression)
