@@ -6,6 +6,7 @@ POST with no CSRF token, as RFC 8058 requires (mail providers post to it);
 a GET never changes anything, so link scanners cannot unsubscribe anyone.
 """
 
+from django.contrib.auth.decorators import login_not_required
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
@@ -50,6 +51,7 @@ def _one_click(request) -> bool:
 
 
 @csrf_exempt
+@login_not_required
 @never_cache
 @require_http_methods(["GET", "HEAD", "POST"])
 def unsubscribe(request, token: str):
@@ -71,6 +73,7 @@ def unsubscribe(request, token: str):
     return render(request, "notifier/public/unsubscribe.html", context)
 
 
+@login_not_required
 @never_cache
 @require_http_methods(["GET", "HEAD", "POST"])
 def preferences(request, token: str):

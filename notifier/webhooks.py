@@ -21,6 +21,7 @@ from anymail import urls as anymail_urls
 from anymail.exceptions import AnymailError, AnymailWebhookValidationFailure
 from anymail.utils import get_request_basic_auth
 from django.conf import settings
+from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig
 from django.http import Http404, HttpResponse
 from django.utils.crypto import constant_time_compare
@@ -80,6 +81,7 @@ def _text(status: int, message: str, **headers) -> HttpResponse:
 
 
 @csrf_exempt
+@login_not_required
 def esp_tracking_webhook(request, esp: str):
     if esp not in settings.NOTIFIER_WEBHOOK_ESPS or esp not in _tracking_view_classes():
         raise Http404("No such webhook.")

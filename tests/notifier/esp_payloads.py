@@ -144,6 +144,18 @@ def postmark_click(*, message_id, email, delivery_uuid=None, at="2026-03-01T12:2
     }
 
 
+def postmark_subscription_change(*, message_id, email, reason="ManualSuppression"):
+    return {
+        "RecordType": "SubscriptionChange",
+        **_common(message_id, None),
+        "ChangedAt": "2026-03-01T17:17:32Z",
+        "Recipient": email,
+        "Origin": "Recipient",
+        "SuppressSending": True,
+        "SuppressionReason": reason,
+    }
+
+
 def mailgun_event(*, signing_key: str, event: str, email: str, delivery_uuid: str, token: str):
     timestamp = "1772359205"
     signature = hmac.new(

@@ -1,6 +1,9 @@
 """ESP tracking webhooks: real Postmark (and Mailgun) bodies posted to the endpoint."""
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from datetime import timedelta
 
@@ -13,6 +16,7 @@ from notifier.models import Delivery, DeliveryEvent, Recipient, Suppression
 from notifier.selectors import delivery_event_totals
 from notifier.services.events import delivery_event_record
 from notifier.services.sending import deliveries_send_batch
+from tests.conftest import ROOT
 from tests.notifier.esp_payloads import (
     MAILGUN_URL,
     basic_auth,
@@ -23,6 +27,7 @@ from tests.notifier.esp_payloads import (
     postmark_delivery,
     postmark_open,
     postmark_spam_complaint,
+    postmark_subscription_change,
 )
 from tests.notifier.factories import DeliveryFactory, RecipientFactory
 
@@ -201,6 +206,22 @@ def test_event_for_an_unknown_message_is_kept_and_still_suppresses(client):
     assert event.delivery is None
     assert event.email == "gone@example.com"
     assert Suppression.objects.get().email == "gone@example.com"
+
+
+@pytest.mark.parametrize(
+    "postmark_reason, reason",
+    [("ManualSuppression", "unsubscribed"), ("HardBounce", "hard_bounce")],
+)
+def test_esp_side_subscription_change_suppresses(client, fake_esp, postmark_reason, reason):
+    delivery = _sent()
+    body = postmark_subscription_change(
+        message_id=delivery.esp_message_id, email=delivery.recipient.email, reason=postmark_reason
+    )
+    assert post_webhook(client, body).status_code == 200
+    assert Suppression.objects.get().reason == reason
+    assert DeliveryEvent.objects.get().delivery_id == delivery.id
+    post_webhook(client, body)
+    assert DeliveryEvent.objects.count() == 1
 
 
 def test_run_totals(client, fake_esp, django_assert_max_num_queries):
@@ -417,3 +438,39 @@ def test_mailgun_without_credentials_is_401_even_with_a_good_signature(client, m
     )
     assert post_webhook(client, body, url=MAILGUN_URL, auth=None).status_code == 401
     assert not DeliveryEvent.objects.exists()
+
+
+# --- production refuses to run webhooks (and bulk mail links) unprotected ----------
+
+
+def _production_check(**env_extra) -> subprocess.CompletedProcess:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ANYMAIL_WEBHOOK_SECRET", "DEBUG", "SITE_URL", "DJANGO_SETTINGS_MODULE")
+    }
+    env.update(
+        DJANGO_SETTINGS_MODULE="config.settings.production",
+        SECRET_KEY="production-check-" + "k" * 50,
+        **env_extra,
+    )
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "ERROR"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.django_db(databases=[])
+def test_production_refuses_to_start_without_a_webhook_secret_or_with_http_links():
+    missing = _production_check(SITE_URL="https://mail.example.org")
+    assert missing.returncode != 0
+    assert "ANYMAIL_WEBHOOK_SECRET is required" in missing.stderr
+    http = _production_check(ANYMAIL_WEBHOOK_SECRET="u:p", SITE_URL="http://mail.example.org")
+    assert http.returncode != 0
+    assert "notifier.E001" in http.stderr
+    ok = _production_check(ANYMAIL_WEBHOOK_SECRET="u:p", SITE_URL="https://mail.example.org")
+    assert ok.returncode == 0, ok.stderr
