@@ -97,6 +97,9 @@ class Delivery(models.Model):
         sending -> unknown      handed to the transport, answer never recorded
                                 (the worker died); never resent automatically
         pending -> suppressed | cancelled
+        sent | unknown -> delivered -> bounced -> complained
+                                ESP events (services.events), only forwards;
+                                an event proves an in-doubt message was sent
 
     A row in ``sending`` is owned by the batch whose ``claim_token`` it carries
     until ``lease_expires_at``; after that the sweeper recovers it.
