@@ -21,7 +21,7 @@ from notifier.models import (
 )
 from notifier.services.recipients import normalize_email, recipient_render_data
 from notifier.services.retries import deliveries_retry
-from notifier.services.suppressions import suppression_lift
+from notifier.services.suppressions import suppression_add, suppression_lift
 
 
 class RecipientForm(forms.ModelForm):
@@ -174,17 +174,58 @@ class DeliveryEventAdmin(admin.ModelAdmin):
         return False
 
 
-class LiftForm(forms.Form):
-    reason = forms.CharField(widget=forms.Textarea, required=True)
+class SuppressionForm(forms.ModelForm):
+    class Meta:
+        model = Suppression
+        fields = ["email", "reason", "note"]
+
+    def clean_email(self):
+        from notifier.errors import InvalidAddress
+
+        try:
+            email = normalize_email(self.cleaned_data["email"])
+        except InvalidAddress as exc:
+            raise forms.ValidationError(str(exc)) from exc
+        active = Suppression.objects.filter(email=email, lifted_at__isnull=True).first()
+        if self.instance.pk is None and active is not None:
+            raise forms.ValidationError(
+                f"{email} is already suppressed ({active.get_reason_display()})."
+            )
+        return email
 
 
 @admin.register(Suppression)
 class SuppressionAdmin(admin.ModelAdmin):
-    list_display = ("email", "reason", "created_at", "lifted_at", "lifted_reason")
+    """Staff see every suppression and lift them with a recorded reason.
+
+    Suppressions are never deleted (history of why an address was not mailed);
+    lifting keeps the row with who lifted it, when and why.
+    """
+
+    form = SuppressionForm
+    list_display = ("email", "reason", "created_at", "lifted_at", "lifted_by", "lifted_reason")
     list_filter = ("reason", ("lifted_at", admin.EmptyFieldListFilter))
     search_fields = ("email",)
     readonly_fields = ("created_at", "lifted_at", "lifted_reason", "lifted_by")
+    list_select_related = ("lifted_by",)
+    show_full_result_count = False
     actions = ["lift"]
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is not None:
+            return ("email", "reason", *self.readonly_fields)
+        return self.readonly_fields
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        created = suppression_add(email=obj.email, reason=obj.reason, note=obj.note)
+        obj.pk, obj.created_at = created.pk, created.created_at
+        obj._state.adding = False
 
     @admin.action(
         description="Lift selected suppressions (asks for a reason)", permissions=["change"]
@@ -201,6 +242,7 @@ class SuppressionAdmin(admin.ModelAdmin):
                     "queryset": queryset,
                     "title": "Lift suppressions",
                     "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+                    "asked_again": "lift_reason" in request.POST,
                 },
             )
         lifted = 0

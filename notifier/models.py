@@ -97,6 +97,9 @@ class Delivery(models.Model):
         sending -> unknown      handed to the transport, answer never recorded
                                 (the worker died); never resent automatically
         pending -> suppressed | cancelled
+        sent | unknown -> delivered -> bounced -> complained
+                                ESP events (services.events), only forwards;
+                                an event proves an in-doubt message was sent
 
     A row in ``sending`` is owned by the batch whose ``claim_token`` it carries
     until ``lease_expires_at``; after that the sweeper recovers it.
@@ -216,6 +219,12 @@ class DeliveryEvent(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        indexes = [
+            # Soft bounces of one address within a window (events.soft_bounce_limit_reached).
+            models.Index(
+                fields=["email", "event_type", "occurred_at"], name="deliveryevent_email_type_idx"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.event_type} {self.email}"

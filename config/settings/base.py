@@ -210,3 +210,15 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
 }
+
+# --- Recipient lifecycle: unsubscribe, preferences, ESP events ----------------
+# Anymail tracking webhooks served at /webhooks/anymail/<esp>/tracking/, one
+# per ESP named here (Anymail's names: postmark, mailgun, sendgrid, ...).
+NOTIFIER_WEBHOOK_ESPS = env.list("ESP_WEBHOOKS", default=["postmark"])
+# Larger webhook bodies are refused with 400 before they are parsed.
+NOTIFIER_WEBHOOK_MAX_BYTES = env.int("WEBHOOK_MAX_BYTES", default=1_000_000)
+# This many soft bounces of one address within the window suppress it.
+NOTIFIER_SOFT_BOUNCE_LIMIT = env.int("SOFT_BOUNCE_LIMIT", default=3)
+NOTIFIER_SOFT_BOUNCE_WINDOW_DAYS = env.int("SOFT_BOUNCE_WINDOW_DAYS", default=7)
+# Address added to List-Unsubscribe as a mailto: alternative (empty: https only).
+NOTIFIER_UNSUBSCRIBE_MAILTO = env("UNSUBSCRIBE_MAILTO", default="")

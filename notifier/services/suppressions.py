@@ -1,3 +1,11 @@
+"""Who is never mailed.
+
+A Suppression (one active row per address) is checked by ``send()`` and by
+every batch before anything is handed over, so adding one stops pending mail
+at once. ``Recipient.status`` mirrors the reason for staff; lifting the last
+active suppression of an address makes its recipient active again.
+"""
+
 from collections.abc import Iterable
 
 from django.db import IntegrityError, transaction
@@ -13,6 +21,13 @@ SUPPRESSED_RECIPIENT_STATUSES = (
     Recipient.Status.ERASED,
 )
 
+RECIPIENT_STATUS_FOR_REASON = {
+    Suppression.Reason.UNSUBSCRIBED: Recipient.Status.UNSUBSCRIBED,
+    Suppression.Reason.HARD_BOUNCE: Recipient.Status.BOUNCED,
+    Suppression.Reason.SOFT_BOUNCES: Recipient.Status.BOUNCED,
+    Suppression.Reason.COMPLAINT: Recipient.Status.COMPLAINED,
+}
+
 
 def active_suppressions(emails: Iterable[str]) -> dict[str, str]:
     """Map each suppressed address among ``emails`` to its reason (one query)."""
@@ -26,18 +41,32 @@ def active_suppressions(emails: Iterable[str]) -> dict[str, str]:
 def suppression_add(*, email: str, reason: str, note: str = "") -> Suppression:
     """Suppress ``email`` (idempotent: an active suppression is kept as is)."""
     email = normalize_email(email)
+    if reason not in Suppression.Reason.values:
+        raise ValueError(f"Unknown suppression reason {reason!r}.")
     try:
         with transaction.atomic():
-            return Suppression.objects.create(email=email, reason=reason, note=note)
+            suppression = Suppression.objects.create(email=email, reason=reason, note=note)
     except IntegrityError:
         return Suppression.objects.get(email=email, lifted_at__isnull=True)
+    status = RECIPIENT_STATUS_FOR_REASON.get(reason)
+    if status is not None:
+        Recipient.objects.filter(email=email, status=Recipient.Status.ACTIVE).update(
+            status=status, updated_at=timezone.now()
+        )
+    return suppression
 
 
 def suppression_lift(*, suppression: Suppression, reason: str, user=None) -> Suppression:
-    if not reason.strip():
+    """Lift ``suppression``, recording why and by whom."""
+    if not reason or not reason.strip():
         raise ValueError("Say why the suppression is lifted.")
-    suppression.lifted_at = timezone.now()
-    suppression.lifted_reason = reason
-    suppression.lifted_by = user
-    suppression.save(update_fields=["lifted_at", "lifted_reason", "lifted_by"])
+    with transaction.atomic():
+        lifted = Suppression.objects.filter(pk=suppression.pk, lifted_at__isnull=True).update(
+            lifted_at=timezone.now(), lifted_reason=reason.strip(), lifted_by=user
+        )
+        suppression.refresh_from_db()
+        if lifted:
+            Recipient.objects.filter(
+                email=suppression.email, status__in=RECIPIENT_STATUS_FOR_REASON.values()
+            ).update(status=Recipient.Status.ACTIVE, updated_at=timezone.now())
     return suppression

@@ -1,6 +1,7 @@
 import factory
+from django.utils import timezone
 
-from notifier.models import Recipient, Template
+from notifier.models import Delivery, Recipient, Template
 
 
 class RecipientFactory(factory.django.DjangoModelFactory):
@@ -20,3 +21,17 @@ class TemplateFactory(factory.django.DjangoModelFactory):
     subject = "Hello {{ recipient.first_name }}"
     html_body = "<p>Hi {{ recipient.name }}, your code is <b>{{ code }}</b>.</p>"
     text_body = ""
+
+
+class DeliveryFactory(factory.django.DjangoModelFactory):
+    """A pending outbox row, as a campaign run or a digest writes it."""
+
+    class Meta:
+        model = Delivery
+
+    recipient = factory.SubFactory(RecipientFactory)
+    kind = Delivery.Kind.CAMPAIGN
+    template = factory.SubFactory(TemplateFactory)
+    context = factory.LazyFunction(lambda: {"code": "A1"})
+    transport = "esp"
+    next_attempt_at = factory.LazyFunction(timezone.now)

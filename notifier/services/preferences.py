@@ -1,0 +1,60 @@
+"""What a recipient wants per topic: instant, hourly, daily, or off.
+
+Turning a topic off also switches the recipient's notifications of that topic
+that are still waiting for a digest to ``off``, so no digest picks them up.
+"""
+
+from django.db import transaction
+
+from notifier.models import Frequency, Notification, Preference, Recipient, Topic
+
+
+def preference_set(*, recipient: Recipient, topic: Topic, frequency: str) -> Preference:
+    if frequency not in Frequency.values:
+        raise ValueError(f"Unknown frequency {frequency!r}.")
+    with transaction.atomic():
+        preference, _created = Preference.objects.update_or_create(
+            recipient=recipient, topic=topic, defaults={"frequency": frequency}
+        )
+        if frequency == Frequency.OFF:
+            Notification.objects.filter(
+                recipient=recipient, topic=topic, included_at__isnull=True
+            ).exclude(frequency=Frequency.OFF).update(frequency=Frequency.OFF)
+    return preference
+
+
+def preferences_update(*, recipient: Recipient, frequencies: dict[int, str]) -> int:
+    """Set several topics at once (``{topic_id: frequency}``); returns changes made."""
+    topics = Topic.objects.in_bulk(list(frequencies))
+    current = dict(
+        Preference.objects.filter(recipient=recipient, topic_id__in=list(topics)).values_list(
+            "topic_id", "frequency"
+        )
+    )
+    changed = 0
+    with transaction.atomic():
+        for topic_id, frequency in frequencies.items():
+            topic = topics.get(topic_id)
+            if topic is None:
+                continue
+            if current.get(topic_id, topic.default_frequency) == frequency:
+                continue
+            preference_set(recipient=recipient, topic=topic, frequency=frequency)
+            changed += 1
+    return changed
+
+
+def preferences_all_off(*, recipient: Recipient) -> int:
+    """Turn every topic off for ``recipient``; returns the number of topics."""
+    topics = list(Topic.objects.all())
+    with transaction.atomic():
+        Preference.objects.bulk_create(
+            [Preference(recipient=recipient, topic=t, frequency=Frequency.OFF) for t in topics],
+            update_conflicts=True,
+            unique_fields=["recipient", "topic"],
+            update_fields=["frequency", "updated_at"],
+        )
+        Notification.objects.filter(recipient=recipient, included_at__isnull=True).exclude(
+            frequency=Frequency.OFF
+        ).update(frequency=Frequency.OFF)
+    return len(topics)

@@ -1,0 +1,276 @@
+"""Signed unsubscribe and preference links, and what unsubscribing does.
+
+A link carries a token made by ``django.core.signing`` (an HMAC keyed by
+``SECRET_KEY``, with one salt per purpose, so an unsubscribe token is no
+preference token and no other signed value of the site is either) over the
+recipient's id and a scope. Nothing in it can be guessed or changed without
+the key. Tokens do not expire: a link in an old email must still work
+(rotate ``SECRET_KEY`` through ``SECRET_KEY_FALLBACKS`` to keep them valid).
+
+Scopes:
+
+* ``all``          a Suppression: nothing is sent to the address any more;
+* ``topics``       every topic preference off (digests and notifications);
+* ``topic:<key>``  that topic's preference off;
+* ``<name>:<id>``  a registered scope handler (``register_scope_handler``;
+                   the campaigns app handles ``list:<id>``). Without a
+                   handler the request is treated as ``all``: an unsubscribe
+                   must never be a no-op.
+"""
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from django.conf import settings
+from django.core import signing
+from django.urls import reverse
+
+from notifier.errors import InvalidAddress, NotifierError
+from notifier.models import Delivery, Frequency, Recipient, Suppression, Topic
+from notifier.services.preferences import preference_set, preferences_all_off
+from notifier.services.suppressions import suppression_add, suppression_lift
+
+logger = logging.getLogger(__name__)
+
+UNSUBSCRIBE_SALT = "notifier.unsubscribe"
+PREFERENCES_SALT = "notifier.preferences"
+MAX_TOKEN_LENGTH = 512
+
+SCOPE_ALL = "all"
+SCOPE_TOPICS = "topics"
+SCOPE_RE = re.compile(r"^(all|topics|[a-z][a-z0-9_]{0,19}:[A-Za-z0-9_.-]{1,64})$")
+
+# A delivery asks for List-Unsubscribe with this header (stripped before
+# sending): a scope (``topic:orders``) or ``yes`` for the default scope.
+REQUEST_HEADER = "X-Notifier-Unsubscribe"
+LIST_KINDS = frozenset({Delivery.Kind.CAMPAIGN, Delivery.Kind.DIGEST})
+DEFAULT_SCOPE_FOR_KIND = {Delivery.Kind.DIGEST: SCOPE_TOPICS}
+
+
+class InvalidLink(NotifierError):
+    """A token that was tampered with, truncated, or made for something else."""
+
+
+# --- Extension points ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScopeHandler:
+    # Does the unsubscribe; returns a sentence for the recipient.
+    unsubscribe: Callable[..., str]
+    # Names what the scope covers ("the Weekly news list").
+    describe: Callable[[str], str] | None = None
+
+
+_scope_handlers: dict[str, ScopeHandler] = {}
+# A resolver names the scope of a delivery's unsubscribe link (or None).
+ScopeResolver = Callable[[Delivery], str | None]
+_scope_resolvers: list[ScopeResolver] = []
+
+
+def register_scope_handler(
+    name: str,
+    *,
+    unsubscribe: Callable[..., str],
+    describe: Callable[[str], str] | None = None,
+) -> None:
+    """Handle ``<name>:<value>`` scopes: ``unsubscribe(recipient=..., value=...)``."""
+    if name in ("topic", SCOPE_ALL, SCOPE_TOPICS) or not SCOPE_RE.match(f"{name}:x"):
+        raise ValueError(f"Cannot register scope {name!r}.")
+    _scope_handlers[name] = ScopeHandler(unsubscribe=unsubscribe, describe=describe)
+
+
+def register_scope_resolver(resolver: ScopeResolver) -> None:
+    if resolver not in _scope_resolvers:
+        _scope_resolvers.append(resolver)
+
+
+# --- Tokens ---------------------------------------------------------------------
+
+
+def _signer(salt: str) -> signing.Signer:
+    return signing.Signer(salt=salt)
+
+
+def unsubscribe_token(*, recipient_id: int, scope: str = SCOPE_ALL) -> str:
+    if not SCOPE_RE.match(scope):
+        raise ValueError(f"Invalid unsubscribe scope {scope!r}.")
+    return _signer(UNSUBSCRIBE_SALT).sign_object({"r": recipient_id, "s": scope})
+
+
+def preferences_token(*, recipient_id: int) -> str:
+    return _signer(PREFERENCES_SALT).sign_object({"r": recipient_id})
+
+
+def _read(token: str, salt: str) -> dict:
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidLink("This link is not valid.")
+    try:
+        data = _signer(salt).unsign_object(token)
+    except (signing.BadSignature, ValueError, UnicodeDecodeError):
+        raise InvalidLink("This link is not valid.") from None
+    recipient_id = data.get("r") if isinstance(data, dict) else None
+    if type(recipient_id) is not int:
+        raise InvalidLink("This link is not valid.")
+    return data
+
+
+def _recipient(recipient_id: int) -> Recipient:
+    try:
+        return Recipient.objects.get(pk=recipient_id)
+    except Recipient.DoesNotExist:
+        raise InvalidLink("This link is not valid any more.") from None
+
+
+def unsubscribe_token_read(token: str) -> tuple[Recipient, str]:
+    """Return the recipient and scope of an unsubscribe token, or raise InvalidLink."""
+    data = _read(token, UNSUBSCRIBE_SALT)
+    scope = data.get("s")
+    if not isinstance(scope, str) or not SCOPE_RE.match(scope) or set(data) != {"r", "s"}:
+        raise InvalidLink("This link is not valid.")
+    return _recipient(data["r"]), scope
+
+
+def preferences_token_read(token: str) -> Recipient:
+    data = _read(token, PREFERENCES_SALT)
+    if set(data) != {"r"}:
+        raise InvalidLink("This link is not valid.")
+    return _recipient(data["r"])
+
+
+def _absolute(path: str) -> str:
+    return f"{settings.SITE_URL}{path}"
+
+
+def unsubscribe_url(*, recipient_id: int, scope: str = SCOPE_ALL) -> str:
+    token = unsubscribe_token(recipient_id=recipient_id, scope=scope)
+    return _absolute(reverse("notifier:unsubscribe", args=[token]))
+
+
+def preferences_url(*, recipient_id: int) -> str:
+    token = preferences_token(recipient_id=recipient_id)
+    return _absolute(reverse("notifier:preferences", args=[token]))
+
+
+# --- What a scope means -------------------------------------------------------------
+
+
+def scope_describe(scope: str) -> str:
+    """A phrase for pages: what unsubscribing from ``scope`` stops."""
+    if scope == SCOPE_ALL:
+        return "all email from us"
+    if scope == SCOPE_TOPICS:
+        return "all notifications and digests"
+    name, _, value = scope.partition(":")
+    if name == "topic":
+        topic = Topic.objects.filter(key=value).first()
+        return f"“{topic.name}” notifications" if topic else "these notifications"
+    handler = _scope_handlers.get(name)
+    if handler and handler.describe:
+        return handler.describe(value)
+    return "this mailing"
+
+
+def recipient_unsubscribe(*, recipient: Recipient, scope: str, source: str = "link") -> str:
+    """Unsubscribe ``recipient`` from ``scope`` at once; returns a sentence saying what changed.
+
+    Idempotent: doing it twice leaves the same state. A Suppression is seen by
+    every batch before its next hand-off, and a topic turned off takes its
+    waiting notifications with it, so pending mail of the scope is not sent.
+    """
+    if scope == SCOPE_ALL:
+        return _unsubscribe_all(
+            recipient=recipient, note=f"Unsubscribed by the recipient ({source})"
+        )
+    if scope == SCOPE_TOPICS:
+        preferences_all_off(recipient=recipient)
+        return "You will get no more notifications or digests."
+    name, _, value = scope.partition(":")
+    if name == "topic":
+        topic = Topic.objects.filter(key=value).first()
+        if topic is None:
+            return "These notifications no longer exist; nothing more will be sent for them."
+        preference_set(recipient=recipient, topic=topic, frequency=Frequency.OFF)
+        return f"You will get no more “{topic.name}” notifications."
+    handler = _scope_handlers.get(name)
+    if handler is None:
+        logger.warning("No handler for unsubscribe scope %r; suppressing the address", scope)
+        return _unsubscribe_all(
+            recipient=recipient,
+            note=f"Unsubscribed by the recipient from {scope} ({source}); "
+            "no handler for that scope, so from everything",
+        )
+    return handler.unsubscribe(recipient=recipient, value=value)
+
+
+def _unsubscribe_all(*, recipient: Recipient, note: str) -> str:
+    if recipient.status != Recipient.Status.ERASED:
+        try:
+            suppression_add(
+                email=recipient.email, reason=Suppression.Reason.UNSUBSCRIBED, note=note
+            )
+        except InvalidAddress:
+            logger.warning("Recipient %s has an invalid address; nothing to suppress", recipient.pk)
+    return "You will get no more email from us."
+
+
+def recipient_resubscribe(*, recipient: Recipient) -> bool:
+    """Lift the recipient's own unsubscribe (never a bounce or complaint: staff lift those)."""
+    suppression = Suppression.objects.filter(
+        email=recipient.email, lifted_at__isnull=True, reason=Suppression.Reason.UNSUBSCRIBED
+    ).first()
+    if suppression is None:
+        return False
+    suppression_lift(
+        suppression=suppression, reason="Resubscribed by the recipient on the preference page"
+    )
+    return True
+
+
+# --- The message hook -----------------------------------------------------------------
+
+
+def _pop_header(headers: dict, name: str) -> str | None:
+    for key in list(headers):
+        if key.lower() == name.lower():
+            return str(headers.pop(key)).strip()
+    return None
+
+
+def delivery_unsubscribe_scope(delivery: Delivery, requested: str | None = None) -> str:
+    if requested and SCOPE_RE.match(requested):
+        return requested
+    for resolver in _scope_resolvers:
+        scope = resolver(delivery)
+        if scope and SCOPE_RE.match(scope):
+            return scope
+    return DEFAULT_SCOPE_FOR_KIND.get(delivery.kind, SCOPE_ALL)
+
+
+def unsubscribe_message_hook(delivery: Delivery, context: dict, headers: dict) -> None:
+    """Give every message its links, and bulk mail its RFC 8058 headers.
+
+    Campaign and digest mail (and any delivery carrying the request header)
+    gets ``List-Unsubscribe`` (https, plus mailto when configured) and
+    ``List-Unsubscribe-Post: List-Unsubscribe=One-Click``. Templates see
+    ``unsubscribe_url`` and ``preferences_url``.
+    """
+    requested = _pop_header(headers, REQUEST_HEADER)
+    if requested is not None and requested.lower() in ("", "0", "no", "false"):
+        requested = None
+    scope = delivery_unsubscribe_scope(delivery, requested)
+    token = unsubscribe_token(recipient_id=delivery.recipient_id, scope=scope)
+    one_click = _absolute(reverse("notifier:unsubscribe", args=[token]))
+    context["unsubscribe_url"] = one_click
+    context["preferences_url"] = preferences_url(recipient_id=delivery.recipient_id)
+    if delivery.kind not in LIST_KINDS and not requested:
+        return
+    targets = [f"<{one_click}>"]
+    mailto = settings.NOTIFIER_UNSUBSCRIBE_MAILTO
+    if mailto:
+        targets.append(f"<mailto:{mailto}?subject={quote('unsubscribe ' + token, safe='')}>")
+    headers["List-Unsubscribe"] = ", ".join(targets)
+    headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
