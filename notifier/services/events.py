@@ -17,7 +17,8 @@ Anymail's ``tracking`` signal hands each authenticated webhook event to
    within ``NOTIFIER_SOFT_BOUNCE_WINDOW_DAYS``.
 
 An event whose Delivery is still ``sending`` (the webhook beat the batch's
-write) is stored and still suppresses, but does not move the status.
+bulk write) moves it too: the batch's write keeps a status an event already
+advanced (see ``notifier.services.sending._update_from_values``).
 """
 
 import hashlib
@@ -50,9 +51,9 @@ SOFT_TYPES = (SOFT_BOUNCE, EventType.DEFERRED)
 S = Delivery.Status
 # event type -> (new status, statuses it may move from)
 STATUS_MOVES = {
-    EventType.DELIVERED: (S.DELIVERED, (S.SENT, S.UNKNOWN)),
-    EventType.BOUNCED: (S.BOUNCED, (S.SENT, S.UNKNOWN, S.DELIVERED)),
-    EventType.COMPLAINED: (S.COMPLAINED, (S.SENT, S.UNKNOWN, S.DELIVERED, S.BOUNCED)),
+    EventType.DELIVERED: (S.DELIVERED, (S.SENDING, S.SENT, S.UNKNOWN)),
+    EventType.BOUNCED: (S.BOUNCED, (S.SENDING, S.SENT, S.UNKNOWN, S.DELIVERED)),
+    EventType.COMPLAINED: (S.COMPLAINED, (S.SENDING, S.SENT, S.UNKNOWN, S.DELIVERED, S.BOUNCED)),
 }
 SUPPRESS_AT_ONCE = {
     EventType.BOUNCED: Suppression.Reason.HARD_BOUNCE,

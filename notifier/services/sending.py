@@ -202,7 +202,13 @@ def _update_from_values(rows: list[Delivery], claim_token) -> int:
     for row in rows:
         params.append(row.pk)
         params.extend(getattr(row, f) for f in OUTCOME_FIELDS)
-    assignments = ", ".join(f"{f} = v.{f}" for f in OUTCOME_FIELDS)
+    assignments = ", ".join(f"{f} = v.{f}" for f in OUTCOME_FIELDS if f != "status")
+    # A webhook may have moved the row on (delivered, bounced...) before
+    # this batch wrote "sent": keep what the ESP told us since.
+    assignments += (
+        ", status = CASE WHEN v.status = 'sent' AND d.status IN "
+        "('delivered', 'bounced', 'complained') THEN d.status ELSE v.status END"
+    )
     sql = (
         f"UPDATE {table} AS d SET {assignments} "
         f"FROM (VALUES {', '.join([placeholder] * len(rows))}) AS v(id, {', '.join(OUTCOME_FIELDS)}) "

@@ -231,3 +231,20 @@ def test_lease_not_expired_is_left_alone(fake_esp):
         lease_expires_at=timezone.now() + timedelta(minutes=1),
     )
     assert deliveries_recover_expired() == {}
+
+
+def test_outcome_write_keeps_a_status_a_webhook_already_advanced(fake_esp):
+    from notifier.services.outcomes import SENT, Outcome
+    from notifier.services.sending import apply_outcome, deliveries_write
+
+    (delivery,) = _queue(1)
+    token = "00000000-0000-0000-0000-0000000000aa"
+    Delivery.objects.filter(pk=delivery.pk).update(status="sending", claim_token=token)
+    # The ESP's "Delivery" webhook arrives before the batch's bulk write.
+    Delivery.objects.filter(pk=delivery.pk).update(status="delivered")
+    delivery.refresh_from_db()
+    apply_outcome(delivery, Outcome(SENT, esp_message_id="esp-9", attempts=1), now=timezone.now())
+    assert deliveries_write([delivery], claim_token=token) == 1
+    delivery.refresh_from_db()
+    assert delivery.status == "delivered"
+    assert delivery.esp_message_id == "esp-9"
