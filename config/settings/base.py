@@ -206,9 +206,8 @@ CELERY_BEAT_SCHEDULE = {
 # --- HTTP API and operations (api/, ops/, deploy/) ------------------------------
 from config.logging import build_logging  # noqa: E402
 
-# WhiteNoise serves collected static files (the admin's CSS/JS) from the web
-# process itself, right after SecurityMiddleware as its docs require.
-MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
+# Where collectstatic puts the admin's CSS/JS (served by WhiteNoise in production).
+STATIC_ROOT = env("STATIC_ROOT", default=str(BASE_DIR / "staticfiles"))
 # One JSON object per line in production (LOG_FORMAT=json); ids of the
 # delivery/run being sent are added to every line by LogContextFilter.
 LOG_FORMAT = env("LOG_FORMAT", default="plain")

@@ -37,6 +37,10 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 # set SECURE_HSTS_PRELOAD=false if subdomains must keep plain HTTP.
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=True)
 
+# WhiteNoise serves collected static files (the admin's CSS/JS) from the web
+# process itself, right after SecurityMiddleware as its docs require.
+MIDDLEWARE = [*MIDDLEWARE]  # noqa: F405
+MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
 # Compressed, content-hashed static files (collectstatic at image build),
 # served by WhiteNoise with far-future cache headers.
 STORAGES = {
