@@ -65,7 +65,7 @@ def test_get_needs_a_token_too(api):
 
 
 def test_the_request_after_the_limit_gets_429_with_retry_after():
-    token, secret = api_token_create(service="billing", rate_limit_per_minute=3)
+    _token, secret = api_token_create(service="billing", rate_limit_per_minute=3)
     api = ApiClient(secret)
     answers = [api.post(MESSAGES, {**INLINE, "to": f"p{i}@example.com"}) for i in range(3)]
     assert [a.status_code for a in answers] == [202, 202, 202]
