@@ -8,7 +8,6 @@ be healthy again once it is back, with no process restarted by hand.
 """
 
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import requests
 
 from tests.conftest import ROOT, wait_for
 from tests.ops.private_services import PrivatePostgres, PrivateRedis, free_port
+from tests.ops.production import manage, production_env
 
 pytestmark = pytest.mark.worker
 
@@ -71,29 +71,20 @@ def stack():
         postgres.start()
         postgres.create_database("notifier")
         port = free_port()
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PYTEST"))},
-            "DJANGO_SETTINGS_MODULE": "config.settings.production",
-            "SECRET_KEY": secrets.token_urlsafe(50),
-            "ANYMAIL_WEBHOOK_SECRET": f"esp:{secrets.token_urlsafe(24)}",
-            "DATABASE_URL": postgres.url("notifier"),
-            "REDIS_URL": redis_server.url,
-            "ALLOWED_HOSTS": "127.0.0.1",
-            "STATIC_ROOT": str(workdir / "static"),
-            "DB_CONN_MAX_AGE": "0",
-            "NOTIFIER_SWEEP_SECONDS": "1",
-            "HEALTH_BEAT_MAX_AGE": "10",
-        }
+        env = production_env(
+            DATABASE_URL=postgres.url("notifier"),
+            REDIS_URL=redis_server.url,
+            ALLOWED_HOSTS="127.0.0.1",
+            STATIC_ROOT=str(workdir / "static"),
+            DB_CONN_MAX_AGE="0",
+            NOTIFIER_SWEEP_SECONDS="1",
+            HEALTH_BEAT_MAX_AGE="10",
+            METRICS_TOKEN=None,
+            LOG_FORMAT="json",
+        )
         processes = Stack(workdir, env)
-        for command in (["migrate", "--noinput"], ["collectstatic", "--noinput"]):
-            subprocess.run(
-                [sys.executable, "manage.py", *command],
-                cwd=ROOT,
-                env=env,
-                check=True,
-                capture_output=True,
-                timeout=300,
-            )
+        manage("migrate", "--noinput", env=env, check=True)
+        manage("collectstatic", "--noinput", env=env, check=True)
         processes.start(
             "web",
             str(BIN / "gunicorn"),

@@ -50,7 +50,11 @@ def test_every_line_about_a_send_names_its_delivery_and_run(json_log, fake_esp):
     recipients = [RecipientFactory() for _ in range(2)]
     deliveries = [
         Delivery.objects.create(
-            recipient=r, subject="s", text_body="t", run_id=41, status="pending",
+            recipient=r,
+            subject="s",
+            text_body="t",
+            run_id=41,
+            status="pending",
             next_attempt_at="2000-01-01T00:00:00Z",
         )
         for r in recipients
