@@ -1,5 +1,7 @@
 """/metrics (state read from PostgreSQL and Redis) and each worker's own metrics."""
 
+import json
+
 import pytest
 import requests
 from django.test import Client
@@ -78,11 +80,12 @@ def test_a_worker_serves_send_latency_and_outcomes(start_worker, fake_esp, tmp_p
 
     port = free_port()
     # Its own queue: the shared test worker must not take this batch.
-    start_worker(
+    worker = start_worker(
         "metrics",
         queues="metrics-test",
         WORKER_METRICS_PORT=port,
         PROMETHEUS_MULTIPROC_DIR=str(tmp_path),
+        LOG_FORMAT="json",
     )
     delivery = send(
         to="ann@example.com",
@@ -104,3 +107,12 @@ def test_a_worker_serves_send_latency_and_outcomes(start_worker, fake_esp, tmp_p
     assert (
         samples[("notifier_send_outcomes_total", (("outcome", "sent"), ("transport", "esp")))] == 1
     )
+
+    # The worker logs JSON lines naming the delivery it sent.
+    lines = [
+        json.loads(line)
+        for line in worker.log_path.read_text().splitlines()
+        if line.startswith("{") and str(delivery.uuid) in line
+    ]
+    handed = [line for line in lines if line["message"].startswith("Handed to esp: sent")]
+    assert len(handed) == 1 and handed[0]["delivery_id"] == delivery.pk
