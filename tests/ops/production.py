@@ -16,7 +16,8 @@ def documented_env() -> dict[str, str]:
         if not line or line.startswith("#"):
             continue
         name, value = line.split("=", 1)
-        env[name] = re.sub(r"<[^>]*>", lambda _m: secrets.token_urlsafe(40), value)
+        value = value.removeprefix('"').removesuffix('"')
+        env[name] = re.sub(r"<[^>@]*>", lambda _m: secrets.token_urlsafe(40), value)
     return env
 
 
