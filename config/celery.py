@@ -1,11 +1,22 @@
 """The Celery app. Configuration lives in Django settings (``CELERY_*``)."""
 
+import logging.config
 import os
 
 from celery import Celery
+from celery.signals import setup_logging
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 
 app = Celery("notifier")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@setup_logging.connect
+def use_django_logging(**kwargs) -> None:
+    """Workers and beat log through Django's LOGGING (JSON in production, with
+    the ids of the delivery being sent) instead of Celery's own format."""
+    from django.conf import settings
+
+    logging.config.dictConfig(settings.LOGGING)

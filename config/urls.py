@@ -7,5 +7,7 @@ admin.site.index_title = "Email and notifications"
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/", include("api.urls")),
+    path("", include("ops.urls")),
     path("", include("notifier.urls")),
 ]

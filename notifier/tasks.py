@@ -8,6 +8,7 @@ from celery import shared_task
 
 from notifier.services.retries import deliveries_sweep
 from notifier.services.sending import deliveries_send_batch
+from ops.heartbeat import beat_heartbeat_record
 
 
 @shared_task(name="notifier.send_deliveries", acks_late=True, reject_on_worker_lost=True)
@@ -17,4 +18,6 @@ def send_deliveries(delivery_ids: list[int]) -> dict[str, int]:
 
 @shared_task(name="notifier.sweep", acks_late=True, ignore_result=True)
 def sweep() -> dict[str, int]:
+    # The health check reads this stamp to tell whether beat is alive.
+    beat_heartbeat_record()
     return deliveries_sweep()

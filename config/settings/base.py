@@ -26,6 +26,8 @@ INSTALLED_APPS = [
     "anymail",
     "notifier",
     "campaigns",
+    "api",
+    "ops",
 ]
 
 MIDDLEWARE = [
@@ -201,16 +203,6 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
-    },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
-}
-
 # --- Recipient lifecycle: unsubscribe, preferences, ESP events ----------------
 # Anymail tracking webhooks served at /webhooks/anymail/<esp>/tracking/, one
 # per ESP named here (Anymail's names: postmark, mailgun, sendgrid, ...).
@@ -222,3 +214,34 @@ NOTIFIER_SOFT_BOUNCE_LIMIT = env.int("SOFT_BOUNCE_LIMIT", default=3)
 NOTIFIER_SOFT_BOUNCE_WINDOW_DAYS = env.int("SOFT_BOUNCE_WINDOW_DAYS", default=7)
 # Address added to List-Unsubscribe as a mailto: alternative (empty: https only).
 NOTIFIER_UNSUBSCRIBE_MAILTO = env("UNSUBSCRIBE_MAILTO", default="")
+
+# --- HTTP API and operations (api/, ops/, deploy/) ------------------------------
+from config.logging import build_logging  # noqa: E402
+
+# Where collectstatic puts the admin's CSS/JS (served by WhiteNoise in production).
+STATIC_ROOT = env("STATIC_ROOT", default=str(BASE_DIR / "staticfiles"))
+# One JSON object per line in production (LOG_FORMAT=json); ids of the
+# delivery/run being sent are added to every line by LogContextFilter.
+LOG_FORMAT = env("LOG_FORMAT", default="plain")
+LOG_LEVEL = env("LOG_LEVEL", default="INFO")
+LOGGING = build_logging(fmt=LOG_FORMAT, level=LOG_LEVEL)
+# Largest API request body accepted; larger ones get 413 before being read.
+API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=256 * 1024)
+# Requests per minute per API token unless the token sets its own limit.
+API_RATE_LIMIT_PER_MINUTE = env.int("API_RATE_LIMIT_PER_MINUTE", default=600)
+# How long an Idempotency-Key's first answer is kept for replay.
+API_IDEMPOTENCY_HOURS = env.int("API_IDEMPOTENCY_HOURS", default=24)
+# Beat counts as dead when the sweeper has not run for this long.
+HEALTH_BEAT_MAX_AGE = env.int(
+    "HEALTH_BEAT_MAX_AGE",
+    default=max(60, int(6 * CELERY_BEAT_SCHEDULE["notifier-sweep"]["schedule"])),
+)
+# How long the health check waits for Celery workers to answer a ping.
+HEALTH_WORKER_TIMEOUT = env.float("HEALTH_WORKER_TIMEOUT", default=1.0)
+# If set, /metrics requires "Authorization: Bearer <METRICS_TOKEN>".
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+# Port on which each Celery worker serves its own /metrics (0: off).
+WORKER_METRICS_PORT = env.int("WORKER_METRICS_PORT", default=0)
+# Directory where a prefork worker's children write metric samples (read by
+# prometheus-client itself; one empty directory per worker process).
+PROMETHEUS_MULTIPROC_DIR = env("PROMETHEUS_MULTIPROC_DIR", default="")

@@ -29,6 +29,7 @@ from django.core.mail import EmailMultiAlternatives, get_connection
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
+from config.logging import log_context
 from notifier import templating
 from notifier.errors import UnknownTransport
 from notifier.models import Delivery
@@ -45,6 +46,7 @@ from notifier.services.outcomes import (
 from notifier.services.ratelimit import rate_limit_wait
 from notifier.services.recipients import recipient_render_data
 from notifier.services.suppressions import SUPPRESSED_RECIPIENT_STATUSES, active_suppressions
+from ops.instruments import observe_send
 
 logger = logging.getLogger(__name__)
 
@@ -443,6 +445,13 @@ class _Batch:
                 logger.warning("Error closing %s connection", transport, exc_info=True)
 
     def send_one(self, conn, delivery: Delivery, transport: str, rate: float) -> None:
+        # Every log line about this send names the delivery and its run.
+        with log_context(
+            delivery_id=delivery.id, delivery=str(delivery.uuid), run_id=delivery.run_id
+        ):
+            self._send_one(conn, delivery, transport, rate)
+
+    def _send_one(self, conn, delivery: Delivery, transport: str, rate: float) -> None:
         try:
             message = delivery_build_message(delivery, conn)
         except Exception as exc:
@@ -459,6 +468,7 @@ class _Batch:
             self.stopped = True
             return
         attempts = delivery.attempts + 1
+        started = time.monotonic()
         try:
             conn.send_messages([message])
         except Exception as exc:
@@ -469,6 +479,10 @@ class _Batch:
         else:
             outcome = classify_sent_message(message, delivery.recipient.email)
         outcome.attempts = attempts
+        observe_send(
+            transport=transport, outcome=outcome.status, seconds=time.monotonic() - started
+        )
+        logger.info("Handed to %s: %s %s", transport, outcome.status, outcome.error or "")
         # Journaled with the next hand-off (one round trip per message); if
         # the worker dies first, this row is the one left in doubt.
         self.unjournaled = (delivery.id, outcome.as_journal())
@@ -493,11 +507,12 @@ def deliveries_send_batch(*, delivery_ids: Iterable[int]) -> dict[str, int]:
     back unsent).
     """
     batch = _Batch(delivery_ids)
-    batch.claim()
-    if not batch.rows:
-        return {}
-    try:
-        batch.run()
-    finally:
-        batch.finish()
+    with log_context(claim=str(batch.token)):
+        batch.claim()
+        if not batch.rows:
+            return {}
+        try:
+            batch.run()
+        finally:
+            batch.finish()
     return batch.counts

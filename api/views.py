@@ -1,0 +1,293 @@
+"""The HTTP API for other services (described in ``openapi.yaml``).
+
+Every answer is JSON. A request passes, in order: token authentication,
+the token's rate limit, size and media type, JSON parsing, schema
+validation, then the Idempotency-Key check around the work itself. Whatever
+fails first is answered with a clear error and nothing is stored.
+"""
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from functools import wraps
+from uuid import UUID, uuid4
+
+from django.conf import settings
+from django.http import HttpRequest, JsonResponse
+from django.urls import reverse
+from django.utils.dateparse import parse_datetime
+from django.views.decorators.csrf import csrf_exempt
+
+from api.models import ApiToken
+from api.schema import openapi_document, schema_errors
+from api.services import (
+    Answer,
+    IdempotencyConflict,
+    api_rate_limit_take,
+    api_token_authenticate,
+    idempotent_call,
+    request_fingerprint,
+)
+from notifier.errors import NotifierError
+from notifier.models import Delivery, Topic
+
+logger = logging.getLogger(__name__)
+
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, *, details=None, headers=None):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.details = details or []
+        self.headers = headers or {}
+
+
+def error_response(status: int, code: str, message: str, *, details=None) -> JsonResponse:
+    body = {"error": {"code": code, "message": message}}
+    if details:
+        body["error"]["details"] = details
+    return JsonResponse(body, status=status)
+
+
+def api_view(methods: tuple[str, ...]) -> Callable:
+    """Token auth, rate limit, JSON errors and allowed methods for one view."""
+
+    def decorator(view):
+        @csrf_exempt
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args, **kwargs):
+            if request.method not in methods:
+                response = error_response(
+                    405, "method_not_allowed", f"Use {' or '.join(methods)} here."
+                )
+                response["Allow"] = ", ".join(methods)
+                return response
+            token = _authenticate(request)
+            if token is None:
+                response = error_response(
+                    401,
+                    "unauthorized",
+                    "Send a valid API token as 'Authorization: Bearer <token>'.",
+                )
+                response["WWW-Authenticate"] = 'Bearer realm="notifier"'
+                return response
+            limit = api_rate_limit_take(token=token)
+            try:
+                if limit.retry_after is not None:
+                    raise ApiError(
+                        429,
+                        "rate_limited",
+                        f"Rate limit of {limit.limit} requests per minute reached; "
+                        f"retry in {limit.retry_after} s.",
+                        headers={"Retry-After": str(limit.retry_after)},
+                    )
+                response = view(request, token, *args, **kwargs)
+            except ApiError as exc:
+                response = error_response(exc.status, exc.code, exc.message, details=exc.details)
+                for name, value in exc.headers.items():
+                    response[name] = value
+            except Exception:
+                # An outage (database, broker), never the caller's input: say
+                # so in JSON, and keep the traceback in the log.
+                logger.exception("API request failed: %s %s", request.method, request.path)
+                response = error_response(
+                    503, "unavailable", "The service is unavailable; retry later."
+                )
+                response["Retry-After"] = "10"
+            response["RateLimit-Limit"] = str(limit.limit)
+            response["RateLimit-Remaining"] = str(limit.remaining)
+            return response
+
+        wrapper.allowed_methods = methods
+        return wrapper
+
+    return decorator
+
+
+def _authenticate(request: HttpRequest) -> ApiToken | None:
+    scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        return None
+    return api_token_authenticate(secret=secret.strip())
+
+
+def _json_body(request: HttpRequest, schema_name: str) -> dict:
+    limit = settings.API_MAX_BODY_BYTES
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise ApiError(400, "invalid_request", "Content-Length is not a number.")
+    if declared > limit:
+        raise ApiError(413, "too_large", f"The body is larger than {limit} bytes.")
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
+    raw = request.read(limit + 1)
+    if len(raw) > limit:
+        raise ApiError(413, "too_large", f"The body is larger than {limit} bytes.")
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"The body is not valid JSON: {exc}.")
+    details = schema_errors(schema_name, data)
+    if details:
+        raise ApiError(400, "invalid_request", "The request is not valid.", details=details)
+    return data
+
+
+def _idempotency_key(request: HttpRequest) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not IDEMPOTENCY_KEY.match(key):
+        raise ApiError(
+            400,
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 200 visible ASCII characters.",
+        )
+    return key
+
+
+def _run_idempotent(request, token: ApiToken, body: dict, handler) -> JsonResponse:
+    key = _idempotency_key(request)
+    fingerprint = request_fingerprint(method=request.method, path=request.path, body=body)
+    try:
+        answer = idempotent_call(
+            service=token.service, key=key, fingerprint=fingerprint, handler=lambda: handler(key)
+        )
+    except IdempotencyConflict as exc:
+        raise ApiError(422, "idempotency_key_reused", str(exc))
+    response = JsonResponse(answer.body, status=answer.status)
+    if answer.replayed:
+        response["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _delivery_key_prefix(token: ApiToken) -> str:
+    # Every message sent through the API carries "api:<service>:..." as its
+    # Delivery.idempotency_key: that is how a service sees only its own.
+    return f"api:{token.service}:"
+
+
+def _message_url(delivery: Delivery) -> str:
+    return reverse("api:message", args=[delivery.uuid])
+
+
+# --- Views ----------------------------------------------------------------------
+
+
+@api_view(("POST",))
+def messages(request, token: ApiToken):
+    body = _json_body(request, "MessageRequest")
+    send_at = None
+    if "send_at" in body:
+        send_at = parse_datetime(body["send_at"])
+        if send_at is None:
+            raise ApiError(
+                400,
+                "invalid_request",
+                "The request is not valid.",
+                details=[{"field": "send_at", "message": "Not an ISO 8601 date and time."}],
+            )
+
+    def handler(key: str | None) -> Answer:
+        from notifier import send
+
+        try:
+            delivery = send(
+                to=body["to"],
+                name=body.get("name", ""),
+                template=body.get("template"),
+                subject=body.get("subject"),
+                html=body.get("html"),
+                text=body.get("text"),
+                context=body.get("context"),
+                send_at=send_at,
+                idempotency_key=_delivery_key_prefix(token) + (key or f"auto:{uuid4()}"),
+            )
+        except NotifierError as exc:
+            return Answer(400, {"error": {"code": "invalid_message", "message": str(exc)}})
+        logger.info("API message %s queued for %s", delivery.uuid, token.service)
+        return Answer(
+            202,
+            {
+                "id": str(delivery.uuid),
+                "status": delivery.status,
+                "to": delivery.recipient.email,
+                "created_at": delivery.created_at.isoformat(),
+                "url": _message_url(delivery),
+            },
+        )
+
+    return _run_idempotent(request, token, body, handler)
+
+
+@api_view(("GET",))
+def message(request, token: ApiToken, id: UUID):
+    delivery = (
+        Delivery.objects.filter(uuid=id, idempotency_key__startswith=_delivery_key_prefix(token))
+        .select_related("recipient")
+        .prefetch_related("events")
+        .first()
+    )
+    if delivery is None:
+        raise ApiError(404, "not_found", f"No message {id} sent by this service.")
+    return JsonResponse(
+        {
+            "id": str(delivery.uuid),
+            "status": delivery.status,
+            "status_reason": delivery.status_reason,
+            "to": delivery.recipient.email,
+            "attempts": delivery.attempts,
+            "created_at": delivery.created_at.isoformat(),
+            "sent_at": delivery.sent_at.isoformat() if delivery.sent_at else None,
+            "opens": delivery.opens,
+            "clicks": delivery.clicks,
+            "events": [
+                {
+                    "type": event.event_type,
+                    "occurred_at": event.occurred_at.isoformat() if event.occurred_at else None,
+                    "description": event.description,
+                }
+                for event in sorted(delivery.events.all(), key=lambda e: e.id)
+            ],
+        }
+    )
+
+
+@api_view(("POST",))
+def events(request, token: ApiToken):
+    body = _json_body(request, "EventRequest")
+    if not Topic.objects.filter(key=body["topic"]).exists():
+        raise ApiError(
+            400,
+            "invalid_request",
+            "The request is not valid.",
+            details=[{"field": "topic", "message": f"No topic with key {body['topic']!r}."}],
+        )
+
+    def handler(key: str | None) -> Answer:
+        from notifier import notify
+
+        try:
+            notify(
+                recipient=body["recipient"],
+                topic=body["topic"],
+                data=body.get("data", {}),
+                idempotency_key=_delivery_key_prefix(token) + key if key else None,
+            )
+        except NotifierError as exc:
+            return Answer(400, {"error": {"code": "invalid_event", "message": str(exc)}})
+        return Answer(202, {"status": "accepted"})
+
+    return _run_idempotent(request, token, body, handler)
+
+
+def openapi(request):
+    return JsonResponse(openapi_document())
+
+
+def not_found(request, rest: str = ""):
+    return error_response(404, "not_found", f"No API endpoint at {request.path}.")

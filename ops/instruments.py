@@ -1,0 +1,25 @@
+"""Metrics observed where the work happens (Celery workers).
+
+Each worker serves these on its own port (``WORKER_METRICS_PORT``, see
+``ops.worker_metrics``); with a prefork pool the children write them to
+``PROMETHEUS_MULTIPROC_DIR`` and the worker's main process adds them up.
+"""
+
+from prometheus_client import Counter, Histogram
+
+SEND_SECONDS = Histogram(
+    "notifier_send_seconds",
+    "Time the transport took to accept (or refuse) one message.",
+    ["transport"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+SEND_OUTCOMES = Counter(
+    "notifier_send_outcomes",
+    "Hand-offs to a transport by outcome (retry: transient error, sent again later).",
+    ["transport", "outcome"],
+)
+
+
+def observe_send(*, transport: str, outcome: str, seconds: float) -> None:
+    SEND_SECONDS.labels(transport=transport).observe(seconds)
+    SEND_OUTCOMES.labels(transport=transport, outcome=outcome).inc()

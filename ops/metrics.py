@@ -1,0 +1,122 @@
+"""``/metrics``: the platform's state, read from PostgreSQL and Redis at scrape time.
+
+Web processes come and go behind a load balancer, so nothing here is kept in
+process memory: every sample is read from the database (deliveries by status
+and transport, retries waiting, active suppressions, webhook events) or the
+broker (tasks waiting per queue). Per-send latency and outcomes are observed
+in the workers and served by each worker (``ops.instruments``).
+
+A part that cannot be read (database or Redis down) is reported as
+``notifier_metrics_scrape_error{part=...} 1`` instead of failing the scrape.
+"""
+
+import hmac
+import logging
+
+import redis
+from django.conf import settings
+from django.db.models import Count
+from django.http import HttpResponse, JsonResponse
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from notifier.models import Delivery, DeliveryEvent, Suppression
+
+logger = logging.getLogger(__name__)
+
+
+def _queue_names() -> list[str]:
+    return [queue.name for queue in settings.CELERY_TASK_QUEUES]
+
+
+class NotifierCollector:
+    def collect(self):
+        errors = GaugeMetricFamily(
+            "notifier_metrics_scrape_error",
+            "1 when a part of the metrics could not be read at this scrape.",
+            labels=["part"],
+        )
+        for part, read in (("database", self._database), ("broker", self._broker)):
+            try:
+                yield from read()
+                errors.add_metric([part], 0)
+            except Exception:
+                logger.warning("Could not read %s metrics", part, exc_info=True)
+                errors.add_metric([part], 1)
+        yield errors
+
+    def _database(self):
+        deliveries = GaugeMetricFamily(
+            "notifier_deliveries",
+            "Deliveries (outbox rows) by status and transport.",
+            labels=["status", "transport"],
+        )
+        for row in (
+            Delivery.objects.order_by().values("status", "transport").annotate(n=Count("id"))
+        ):
+            deliveries.add_metric([row["status"], row["transport"]], row["n"])
+
+        retries = GaugeMetricFamily(
+            "notifier_retries_waiting",
+            "Pending deliveries that already failed at least once and wait for their next attempt.",
+            labels=["transport"],
+        )
+        for row in (
+            Delivery.objects.order_by()
+            .filter(status=Delivery.Status.PENDING, attempts__gt=0)
+            .values("transport")
+            .annotate(n=Count("id"))
+        ):
+            retries.add_metric([row["transport"]], row["n"])
+
+        suppressions = GaugeMetricFamily(
+            "notifier_suppressions", "Active suppressions by reason.", labels=["reason"]
+        )
+        for row in (
+            Suppression.objects.order_by()
+            .filter(lifted_at__isnull=True)
+            .values("reason")
+            .annotate(n=Count("id"))
+        ):
+            suppressions.add_metric([row["reason"]], row["n"])
+
+        events = CounterMetricFamily(
+            "notifier_webhook_events",
+            "ESP tracking events received (deduplicated), by type.",
+            labels=["event_type"],
+        )
+        for row in DeliveryEvent.objects.order_by().values("event_type").annotate(n=Count("id")):
+            events.add_metric([row["event_type"]], row["n"])
+        return [deliveries, retries, suppressions, events]
+
+    def _broker(self):
+        depth = GaugeMetricFamily(
+            "notifier_queue_depth", "Celery tasks waiting in each queue.", labels=["queue"]
+        )
+        client = redis.Redis.from_url(
+            settings.CELERY_BROKER_URL, socket_connect_timeout=2, socket_timeout=2
+        )
+        try:
+            with client.pipeline(transaction=False) as pipe:
+                for name in _queue_names():
+                    pipe.llen(name)
+                lengths = pipe.execute()
+        finally:
+            client.close()
+        for name, length in zip(_queue_names(), lengths, strict=True):
+            depth.add_metric([name], length)
+        return [depth]
+
+
+_registry = CollectorRegistry(auto_describe=False)
+_registry.register(NotifierCollector())
+
+
+def metrics(request):
+    token = settings.METRICS_TOKEN
+    if token:
+        supplied = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(supplied.encode(), token.encode()):
+            return JsonResponse({"error": "A valid metrics bearer token is required."}, status=401)
+    return HttpResponse(generate_latest(_registry), content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,11 @@
+from django.urls import path
+
+from ops import health, metrics
+
+app_name = "ops"
+
+urlpatterns = [
+    path("health/", health.HealthView.as_view(), name="health"),
+    path("health/live/", health.live, name="live"),
+    path("metrics", metrics.metrics, name="metrics"),
+]
