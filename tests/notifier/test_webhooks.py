@@ -469,8 +469,12 @@ def test_production_refuses_to_start_without_a_webhook_secret_or_with_http_links
     missing = _production_check(SITE_URL="https://mail.example.org")
     assert missing.returncode != 0
     assert "ANYMAIL_WEBHOOK_SECRET is required" in missing.stderr
-    http = _production_check(ANYMAIL_WEBHOOK_SECRET="u:p", SITE_URL="http://mail.example.org")
+    http = _production_check(
+        ANYMAIL_WEBHOOK_SECRET="hooks:" + "s" * 24, SITE_URL="http://mail.example.org"
+    )
     assert http.returncode != 0
     assert "notifier.E001" in http.stderr
-    ok = _production_check(ANYMAIL_WEBHOOK_SECRET="u:p", SITE_URL="https://mail.example.org")
+    ok = _production_check(
+        ANYMAIL_WEBHOOK_SECRET="hooks:" + "s" * 24, SITE_URL="https://mail.example.org"
+    )
     assert ok.returncode == 0, ok.stderr
