@@ -210,3 +210,16 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
 }
+
+# --- Campaigns -------------------------------------------------------------------
+# Deliveries per campaign batch task (one task of the run's chord each).
+CAMPAIGNS_BATCH_SIZE = env.int("CAMPAIGNS_BATCH_SIZE", default=NOTIFIER_BATCH_SIZE)
+# Rows per bulk insert when importing contacts from CSV (memory stays bounded).
+CAMPAIGNS_IMPORT_CHUNK = env.int("CAMPAIGNS_IMPORT_CHUNK", default=2000)
+# Closes runs whose chord callback never came (a batch raised, retries were
+# due later), launches queued runs whose task was lost, releases stray holds.
+CELERY_BEAT_SCHEDULE["campaigns-maintain-runs"] = {
+    "task": "campaigns.maintain_runs",
+    "schedule": env.float("CAMPAIGNS_MAINTAIN_SECONDS", default=30.0),
+    "options": {"queue": "maintenance", "expires": 60},
+}
