@@ -125,8 +125,9 @@ class ContactListAdmin(admin.ModelAdmin):
         ):
             raise PermissionDenied
         report, error = None, ""
-        form = ImportForm(request.POST or None, request.FILES or None)
-        if request.method == "POST" and form.is_valid():
+        posted = request.method == "POST"
+        form = ImportForm(request.POST, request.FILES) if posted else ImportForm()
+        if posted and form.is_valid():
             data = form.cleaned_data
             attribute_columns = [
                 c.strip() for c in data["attribute_columns"].split(",") if c.strip()

@@ -12,11 +12,13 @@ unsubscribed); their name and attributes are replaced only when asked.
 
 import codecs
 import csv
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
+from django.utils import timezone
 
 from campaigns.errors import ImportFileError
 from campaigns.models import ContactList, ListMembership
@@ -83,34 +85,71 @@ def _columns(
     return _Columns(email=email, name=name, attributes=attributes, width=len(names))
 
 
+def _json_rows(vendor: str) -> str:
+    """A FROM clause reading (email, name, attributes) rows out of one JSON parameter."""
+    if vendor == "postgresql":
+        return "jsonb_to_recordset(%s::jsonb) AS x(email text, name text, attributes jsonb)"
+    return (
+        "(SELECT json_extract(value, '$.email') AS email, json_extract(value, '$.name') AS name,"
+        " json_extract(value, '$.attributes') AS attributes FROM json_each(%s)) AS x"
+    )
+
+
 def _flush(
-    chunk: list[Recipient],
+    chunk: list[dict],
     *,
     contact_list: ContactList | None,
     update_existing: bool,
     report: ImportReport,
 ) -> None:
+    """Upsert a chunk of contacts and add them to the list: three statements,
+    each with the whole chunk as one JSON parameter (fast to send and parse)."""
     if not chunk:
         return
-    emails = [r.email for r in chunk]
-    existing = Recipient.objects.filter(email__in=emails).count()
+    q = connection.ops.quote_name
+    recipients = q(Recipient._meta.db_table)
+    rows = _json_rows(connection.vendor)
+    payload = json.dumps(chunk)
+    now = Recipient._meta.get_field("created_at").get_db_prep_save(timezone.now(), connection)
+    defaults = {f: Recipient._meta.get_field(f).get_default() for f in ("time_zone", "locale")}
     if update_existing:
-        Recipient.objects.bulk_create(
-            chunk,
-            update_conflicts=True,
-            unique_fields=["email"],
-            update_fields=["name", "attributes", "updated_at"],
+        conflict = (
+            "ON CONFLICT (email) DO UPDATE SET name = excluded.name, "
+            "attributes = excluded.attributes, updated_at = excluded.updated_at"
         )
     else:
-        Recipient.objects.bulk_create(chunk, ignore_conflicts=True)
+        conflict = "ON CONFLICT (email) DO NOTHING"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT COUNT(*) FROM {recipients} WHERE email IN (SELECT x.email FROM {rows})",
+            [payload],
+        )
+        existing = cursor.fetchone()[0]
+        cursor.execute(
+            f"""INSERT INTO {recipients}
+                    (email, name, attributes, time_zone, locale, status, created_at, updated_at)
+                SELECT x.email, x.name, x.attributes, %s, %s, %s, %s, %s FROM {rows}
+                WHERE true {conflict}""",
+            [
+                defaults["time_zone"],
+                defaults["locale"],
+                Recipient.Status.ACTIVE,
+                now,
+                now,
+                payload,
+            ],
+        )
+        if contact_list is not None:
+            cursor.execute(
+                f"""INSERT INTO {q(ListMembership._meta.db_table)}
+                        (contact_list_id, recipient_id, added_at)
+                    SELECT %s, r.id, %s FROM {recipients} r
+                    WHERE r.email IN (SELECT x.email FROM {rows})
+                    ON CONFLICT DO NOTHING""",
+                [contact_list.pk, now, payload],
+            )
     report.created += len(chunk) - existing
     report.imported += len(chunk)
-    if contact_list is not None:
-        ids = Recipient.objects.filter(email__in=emails).values_list("id", flat=True)
-        ListMembership.objects.bulk_create(
-            [ListMembership(contact_list=contact_list, recipient_id=pk) for pk in ids],
-            ignore_conflicts=True,
-        )
 
 
 def contacts_import_csv(
@@ -142,7 +181,7 @@ def contacts_import_csv(
             except StopIteration:
                 raise ImportFileError("The file is empty.") from None
             columns = _columns(header, email_column, name_column, attribute_columns)
-            chunk: list[Recipient] = []
+            chunk: list[dict] = []
             while True:
                 row_number += 1
                 try:
@@ -181,7 +220,7 @@ def contacts_import_csv(
 
 def _row_recipient(
     row: list[str], columns: _Columns, row_number: int, seen: dict[str, int], report: ImportReport
-) -> Recipient | None:
+) -> dict | None:
     if len(row) < columns.width:
         report.add_error(
             row_number, f"Missing columns: {len(row)} fields where the header has {columns.width}."
@@ -206,4 +245,4 @@ def _row_recipient(
         return None
     seen[email] = row_number
     attributes = {key: row[i].strip() for key, i in columns.attributes if row[i].strip()}
-    return Recipient(email=email, name=name, attributes=attributes)
+    return {"email": email, "name": name, "attributes": attributes}
