@@ -60,7 +60,7 @@ def _uuid_sql() -> str:
     # SQLite stores UUIDs as 32 hex digits: a random version-4 UUID.
     return (
         "lower(hex(randomblob(6)) || '4' || substr(hex(randomblob(2)), 2)"
-        " || substr('89ab', (abs(random()) % 4) + 1, 1)"
+        " || substr('89ab', (abs(random()) %% 4) + 1, 1)"
         " || substr(hex(randomblob(2)), 2) || hex(randomblob(6)))"
     )
 
