@@ -161,10 +161,17 @@ def run_materialise(*, run: CampaignRun) -> int:
 # --- Launch and fan-out -------------------------------------------------------------
 
 
-def campaign_run_launch(*, run_id: int) -> CampaignRun:
+def campaign_run_launch(*, run_id: int) -> CampaignRun | None:
     """Materialise a queued run and fan it out. Launching twice sends once."""
     with transaction.atomic():
-        run = CampaignRun.objects.select_for_update().select_related("campaign").get(pk=run_id)
+        run = (
+            CampaignRun.objects.select_for_update()
+            .select_related("campaign")
+            .filter(pk=run_id)
+            .first()
+        )
+        if run is None:  # its campaign was deleted before the launch
+            return None
         if run.status != CampaignRun.Status.QUEUED:
             logger.info("Run %s is already %s; not launching again", run_id, run.status)
             return run
@@ -247,10 +254,20 @@ def campaign_run_finalise(*, run_id: int) -> bool:
     if any(counts.get(status) for status in IN_FLIGHT):
         return False
     with transaction.atomic():
-        run = CampaignRun.objects.select_for_update().select_related("campaign").get(pk=run_id)
-        if run.finished_at is not None or run.status not in (
-            CampaignRun.Status.RUNNING,
-            CampaignRun.Status.CANCELLED,
+        run = (
+            CampaignRun.objects.select_for_update()
+            .select_related("campaign")
+            .filter(pk=run_id)
+            .first()
+        )
+        if (
+            run is None
+            or run.finished_at is not None
+            or run.status
+            not in (
+                CampaignRun.Status.RUNNING,
+                CampaignRun.Status.CANCELLED,
+            )
         ):
             return False
         if run.status == CampaignRun.Status.RUNNING:
