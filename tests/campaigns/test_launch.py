@@ -23,17 +23,6 @@ from tests.campaigns.factories import (
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def no_publish(monkeypatch):
-    """Record chords instead of publishing them (no worker in these tests)."""
-    published = []
-    monkeypatch.setattr(
-        "campaigns.services.runs.run_fan_out",
-        lambda *, run_id: published.append(run_id) or 0,
-    )
-    return published
-
-
 def _campaign_with_audience():
     people = RecipientFactory.create_batch(10)
     first, second = ContactListFactory(), ContactListFactory()
@@ -49,7 +38,7 @@ def _campaign_with_audience():
     return campaign, people
 
 
-def test_one_row_per_audience_member_with_suppressed_marked(no_publish):
+def test_one_row_per_audience_member_with_suppressed_marked(fan_outs):
     campaign, people = _campaign_with_audience()
     suppression_add(email=people[0].email, reason="hard_bounce")
     Recipient.objects.filter(pk=people[1].pk).update(status="unsubscribed")
@@ -71,21 +60,21 @@ def test_one_row_per_audience_member_with_suppressed_marked(no_publish):
     assert pending.dispatched_at is not None and pending.next_attempt_at is not None
     assert pending.uuid and len({d.uuid for d in rows.values()}) == 9
     assert run_status_counts(run_id=run.pk) == {"pending": 7, "suppressed": 2}
-    assert no_publish == [run.pk]
+    assert fan_outs == [run.pk]
 
 
-def test_launching_twice_materialises_and_publishes_once(no_publish):
+def test_launching_twice_materialises_and_publishes_once(fan_outs):
     campaign, _ = _campaign_with_audience()
     run = campaign_run_create(campaign_id=campaign.pk, trigger="manual")
     campaign_run_launch(run_id=run.pk)
     campaign_run_launch(run_id=run.pk)
     assert Delivery.objects.filter(run_id=run.pk).count() == 9
-    assert no_publish == [run.pk]
+    assert fan_outs == [run.pk]
     # The insert itself is idempotent too.
     assert run_materialise(run=CampaignRun.objects.get(pk=run.pk)) == 0
 
 
-def test_batch_ranges_cover_the_pending_rows(no_publish):
+def test_batch_ranges_cover_the_pending_rows(fan_outs):
     campaign, _ = _campaign_with_audience()
     run = campaign_run_create(campaign_id=campaign.pk, trigger="manual")
     campaign_run_launch(run_id=run.pk)

@@ -33,15 +33,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def fan_outs(monkeypatch):
-    published = []
-    monkeypatch.setattr(
-        "campaigns.services.runs.run_fan_out", lambda *, run_id: published.append(run_id) or 0
-    )
-    return published
-
-
-@pytest.fixture
 def campaign():
     contact_list = ContactListFactory()
     add_members(contact_list, RecipientFactory.create_batch(5))
