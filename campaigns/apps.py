@@ -5,3 +5,10 @@ class CampaignsConfig(AppConfig):
     name = "campaigns"
     verbose_name = "Marketing"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from campaigns.services.runs import run_guard
+        from notifier.services.sending import register_run_guard
+
+        # Batches ask it (at most every 0.5 s) whether a run is paused or cancelled.
+        register_run_guard(run_guard)

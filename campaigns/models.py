@@ -1,1 +1,271 @@
-"""Lists, segments, campaigns and runs (see README)."""
+"""Lists, segments, campaigns and runs.
+
+A campaign's audience is the union of its contact lists (static membership)
+and its segments (saved filters evaluated at launch). Each execution of a
+campaign is a ``CampaignRun``; the run owns its ``notifier.Delivery`` rows
+through ``Delivery.run_id`` (notifier never imports this app). Services in
+``campaigns.services`` are the only writers of statuses and schedules.
+"""
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django_celery_beat.validators import (
+    day_of_month_validator,
+    day_of_week_validator,
+    hour_validator,
+    minute_validator,
+    month_of_year_validator,
+)
+
+from notifier.models import Recipient, Template, validate_time_zone
+
+
+class ContactList(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+    members = models.ManyToManyField(
+        Recipient, through="ListMembership", related_name="contact_lists", blank=True
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "contact list"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ListMembership(models.Model):
+    contact_list = models.ForeignKey(
+        ContactList, on_delete=models.CASCADE, related_name="memberships"
+    )
+    recipient = models.ForeignKey(Recipient, on_delete=models.CASCADE, related_name="memberships")
+    added_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["contact_list", "recipient"], name="membership_unique"),
+        ]
+        indexes = [models.Index(fields=["recipient"], name="membership_recipient_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.recipient_id} in {self.contact_list_id}"
+
+
+class Segment(models.Model):
+    """A saved filter over recipients, evaluated when a run launches.
+
+    The filter is data (``SegmentCondition`` rows), compiled by
+    ``campaigns.segments`` from a fixed set of fields and operators: staff
+    never write SQL or ORM lookups.
+    """
+
+    class Match(models.TextChoices):
+        ALL = "all", "All conditions"
+        ANY = "any", "Any condition"
+
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+    match = models.CharField(max_length=3, choices=Match.choices, default=Match.ALL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class SegmentCondition(models.Model):
+    class Field(models.TextChoices):
+        EMAIL = "email", "Email"
+        NAME = "name", "Name"
+        STATUS = "status", "Status"
+        LOCALE = "locale", "Locale"
+        TIME_ZONE = "time_zone", "Time zone"
+        CREATED_AT = "created_at", "Created at"
+        ATTRIBUTE = "attribute", "Attribute"
+
+    class Operator(models.TextChoices):
+        EQUALS = "equals", "equals"
+        NOT_EQUALS = "not_equals", "does not equal"
+        CONTAINS = "contains", "contains"
+        NOT_CONTAINS = "not_contains", "does not contain"
+        STARTS_WITH = "starts_with", "starts with"
+        ENDS_WITH = "ends_with", "ends with"
+        IN = "in", "is one of (comma-separated)"
+        IS_SET = "is_set", "is set"
+        IS_NOT_SET = "is_not_set", "is not set"
+        BEFORE = "before", "is before (date)"
+        AFTER = "after", "is on or after (date)"
+
+    segment = models.ForeignKey(Segment, on_delete=models.CASCADE, related_name="conditions")
+    field = models.CharField(max_length=16, choices=Field.choices)
+    attribute = models.CharField(
+        max_length=64, blank=True, help_text="Attribute name, when the field is Attribute."
+    )
+    operator = models.CharField(max_length=16, choices=Operator.choices)
+    value = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        name = f"attributes.{self.attribute}" if self.field == self.Field.ATTRIBUTE else self.field
+        return f"{name} {self.get_operator_display()} {self.value}".strip()
+
+    def clean(self) -> None:
+        from campaigns.segments import SegmentError, condition_check
+
+        try:
+            condition_check(
+                field=self.field, attribute=self.attribute, operator=self.operator, value=self.value
+            )
+        except SegmentError as exc:
+            raise ValidationError(str(exc)) from exc
+
+
+class Campaign(models.Model):
+    """What to send, to whom, through which transport, and when.
+
+    Status machine (``campaigns.services.campaigns``)::
+
+        draft -> scheduled -> running -> done          (one-off)
+                 scheduled <- running                  (recurring: back after each run)
+        running <-> paused;  running | paused | scheduled -> cancelled
+    """
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        SCHEDULED = "scheduled", "Scheduled"
+        RUNNING = "running", "Running"
+        PAUSED = "paused", "Paused"
+        DONE = "done", "Done"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Schedule(models.TextChoices):
+        NONE = "none", "Not scheduled (launch by hand)"
+        ONCE = "once", "Once, at a given time"
+        CRONTAB = "crontab", "Recurring (crontab)"
+
+    name = models.CharField(max_length=200, unique=True)
+    template = models.ForeignKey(Template, on_delete=models.PROTECT, related_name="campaigns")
+    context = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Extra plain data for the template (a JSON object), the same for everyone.",
+    )
+    contact_lists = models.ManyToManyField(ContactList, blank=True, related_name="campaigns")
+    segments = models.ManyToManyField(Segment, blank=True, related_name="campaigns")
+    from_email = models.CharField(
+        max_length=320, blank=True, help_text="Leave empty for the default sender."
+    )
+    transport = models.CharField(max_length=32, default="esp")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+
+    schedule = models.CharField(max_length=8, choices=Schedule.choices, default=Schedule.NONE)
+    send_at = models.DateTimeField(null=True, blank=True, help_text="For a one-off schedule.")
+    cron_minute = models.CharField(
+        "minute", max_length=240, default="0", validators=[minute_validator]
+    )
+    cron_hour = models.CharField("hour", max_length=96, default="*", validators=[hour_validator])
+    cron_day_of_month = models.CharField(
+        "day of month", max_length=124, default="*", validators=[day_of_month_validator]
+    )
+    cron_month_of_year = models.CharField(
+        "month of year", max_length=64, default="*", validators=[month_of_year_validator]
+    )
+    cron_day_of_week = models.CharField(
+        "day of week", max_length=64, default="*", validators=[day_of_week_validator]
+    )
+    schedule_time_zone = models.CharField(
+        max_length=64,
+        default="UTC",
+        validators=[validate_time_zone],
+        help_text="Time zone the crontab is read in.",
+    )
+    # The beat entry this campaign owns (one at most; see services.schedules).
+    periodic_task = models.OneToOneField(
+        "django_celery_beat.PeriodicTask",
+        null=True,
+        blank=True,
+        editable=False,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        editable=False,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status"], name="campaign_status_idx")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def crontab_expression(self) -> str:
+        return " ".join(
+            [
+                self.cron_minute,
+                self.cron_hour,
+                self.cron_day_of_month,
+                self.cron_month_of_year,
+                self.cron_day_of_week,
+            ]
+        )
+
+
+class CampaignRun(models.Model):
+    """One execution of a campaign; owns the Deliveries whose ``run_id`` is its id.
+
+    ``totals`` (counts per Delivery status) is written when the run closes:
+    by the chord callback, or by the maintenance task for a run whose
+    callback never came (a batch task raised, or retries were still due).
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        PAUSED = "paused", "Paused"
+        DONE = "done", "Done"
+        CANCELLED = "cancelled", "Cancelled"
+
+    ACTIVE = (Status.QUEUED, Status.RUNNING, Status.PAUSED)
+
+    class Trigger(models.TextChoices):
+        MANUAL = "manual", "Launched by staff"
+        SCHEDULE = "schedule", "Schedule"
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="runs")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.MANUAL)
+    launched_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    recipients = models.PositiveIntegerField(default=0, help_text="Deliveries materialised.")
+    totals = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["status", "finished_at"], name="run_status_idx")]
+
+    def __str__(self) -> str:
+        return f"Run {self.pk} of {self.campaign_id} ({self.status})"

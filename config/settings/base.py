@@ -245,3 +245,16 @@ WORKER_METRICS_PORT = env.int("WORKER_METRICS_PORT", default=0)
 # Directory where a prefork worker's children write metric samples (read by
 # prometheus-client itself; one empty directory per worker process).
 PROMETHEUS_MULTIPROC_DIR = env("PROMETHEUS_MULTIPROC_DIR", default="")
+
+# --- Campaigns -------------------------------------------------------------------
+# Deliveries per campaign batch task (one task of the run's chord each).
+CAMPAIGNS_BATCH_SIZE = env.int("CAMPAIGNS_BATCH_SIZE", default=NOTIFIER_BATCH_SIZE)
+# Rows per bulk insert when importing contacts from CSV (memory stays bounded).
+CAMPAIGNS_IMPORT_CHUNK = env.int("CAMPAIGNS_IMPORT_CHUNK", default=2000)
+# Closes runs whose chord callback never came (a batch raised, retries were
+# due later), launches queued runs whose task was lost, releases stray holds.
+CELERY_BEAT_SCHEDULE["campaigns-maintain-runs"] = {
+    "task": "campaigns.maintain_runs",
+    "schedule": env.float("CAMPAIGNS_MAINTAIN_SECONDS", default=30.0),
+    "options": {"queue": "maintenance", "expires": 60},
+}

@@ -1,0 +1,42 @@
+"""Demo lists, a segment and a draft campaign for ``make run`` (idempotent)."""
+
+from django.db import transaction
+
+from campaigns.models import Campaign, ContactList, ListMembership, Segment, SegmentCondition
+from notifier.models import Recipient, Template
+
+DEMO_CONTEXT = {
+    "product": "Notifier",
+    "steps": ["Import your contacts", "Write a template", "Schedule a campaign"],
+}
+
+
+@transaction.atomic
+def demo_setup() -> None:
+    newsletter, _ = ContactList.objects.get_or_create(
+        name="Newsletter", defaults={"description": "Everyone who asked for news (demo)."}
+    )
+    ListMembership.objects.bulk_create(
+        [
+            ListMembership(contact_list=newsletter, recipient=r)
+            for r in Recipient.objects.filter(email__endswith="@example.com")
+        ],
+        ignore_conflicts=True,
+    )
+    pro, created = Segment.objects.get_or_create(
+        name="Pro plan", defaults={"description": "Recipients whose plan attribute is pro."}
+    )
+    if created:
+        SegmentCondition.objects.create(
+            segment=pro, field="attribute", attribute="plan", operator="equals", value="pro"
+        )
+    template = Template.objects.filter(name="Welcome").first()
+    if template is None:
+        return
+    campaign, created = Campaign.objects.get_or_create(
+        name="Welcome (demo)",
+        defaults={"template": template, "context": DEMO_CONTEXT, "from_email": "news@example.com"},
+    )
+    if created:
+        campaign.contact_lists.set([newsletter])
+        campaign.segments.set([pro])

@@ -1,0 +1,210 @@
+"""Campaign-level actions staff (and beat) take: save, schedule, launch, test, delete."""
+
+import logging
+from email.utils import parseaddr
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from campaigns.errors import CampaignError
+from campaigns.models import Campaign, CampaignRun
+from campaigns.selectors import campaign_active_run
+from campaigns.services.runs import campaign_run_cancel
+from campaigns.services.schedules import campaign_schedule_remove, campaign_schedule_sync
+from notifier import templating
+from notifier.errors import InvalidAddress, NotifierError
+from notifier.models import Delivery, Recipient
+from notifier.services.recipients import normalize_email, recipient_render_data
+
+logger = logging.getLogger(__name__)
+
+
+def campaign_problems(*, campaign: Campaign, check_audience: bool = True) -> dict[str, str]:
+    """What is wrong with the campaign's settings, per field ({} when fine)."""
+    problems = {}
+    if campaign.transport not in settings.NOTIFIER_TRANSPORTS:
+        problems["transport"] = (
+            f"Unknown transport {campaign.transport!r}; "
+            f"configured: {', '.join(settings.NOTIFIER_TRANSPORTS)}."
+        )
+    if campaign.from_email:
+        address = parseaddr(campaign.from_email)[1]
+        try:
+            normalize_email(address)
+        except InvalidAddress as exc:
+            problems["from_email"] = str(exc)
+    try:
+        context = templating.plain_data(campaign.context)
+        if not isinstance(context, dict):
+            problems["context"] = "The context must be a JSON object."
+    except templating.ContextNotPlainData as exc:
+        problems["context"] = str(exc)
+    if campaign.schedule == Campaign.Schedule.ONCE and campaign.send_at is None:
+        problems["send_at"] = "Give the time to send at."
+    if (
+        check_audience
+        and campaign.pk
+        and not campaign.contact_lists.exists()
+        and not campaign.segments.exists()
+    ):
+        problems["contact_lists"] = "Choose at least one contact list or segment."
+    return problems
+
+
+def _raise_problems(problems: dict[str, str]) -> None:
+    if problems:
+        raise CampaignError(" ".join(problems.values()))
+
+
+def campaign_save(*, campaign: Campaign, user=None) -> Campaign:
+    """Save edits and bring the beat entry in line with them.
+
+    Clearing the schedule of a scheduled campaign takes it back to draft.
+    """
+    if campaign.pk is None and user is not None and user.is_authenticated:
+        campaign.created_by = user
+    if campaign.schedule == Campaign.Schedule.NONE and campaign.status == Campaign.Status.SCHEDULED:
+        campaign.status = Campaign.Status.DRAFT
+    with transaction.atomic():
+        campaign.save()
+        campaign_schedule_sync(campaign=campaign)
+    return campaign
+
+
+def campaign_schedule(*, campaign: Campaign) -> Campaign:
+    """Arm the campaign's schedule (one-off time or crontab)."""
+    if campaign.schedule == Campaign.Schedule.NONE:
+        raise CampaignError("Choose a schedule first (once at a time, or a crontab).")
+    if campaign.status in (Campaign.Status.RUNNING, Campaign.Status.PAUSED):
+        raise CampaignError("The campaign is running; its schedule is already active.")
+    _raise_problems(campaign_problems(campaign=campaign))
+    if campaign.schedule == Campaign.Schedule.ONCE and campaign.send_at <= timezone.now():
+        raise CampaignError("The send time is in the past.")
+    return _set_status(campaign, Campaign.Status.SCHEDULED)
+
+
+def campaign_unschedule(*, campaign: Campaign) -> Campaign:
+    if campaign.status != Campaign.Status.SCHEDULED:
+        raise CampaignError("The campaign is not scheduled.")
+    return _set_status(campaign, Campaign.Status.DRAFT)
+
+
+@transaction.atomic
+def _set_status(campaign: Campaign, status: str) -> Campaign:
+    campaign.status = status
+    campaign.save(update_fields=["status", "updated_at"])
+    campaign_schedule_sync(campaign=campaign)
+    return campaign
+
+
+def campaign_run_create(*, campaign_id: int, trigger: str, user=None) -> CampaignRun | None:
+    """Create a queued run, unless one is active already (then None).
+
+    One active run per campaign at a time: a recurring tick that comes while
+    the previous run is still going is skipped (and logged).
+    """
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().get(pk=campaign_id)
+        _raise_problems(campaign_problems(campaign=campaign))
+        if trigger == CampaignRun.Trigger.SCHEDULE and campaign.status not in (
+            Campaign.Status.SCHEDULED,
+            Campaign.Status.RUNNING,
+        ):
+            logger.info("Campaign %s is %s; scheduled launch skipped", campaign_id, campaign.status)
+            return None
+        if campaign_active_run(campaign=campaign) is not None:
+            if trigger == CampaignRun.Trigger.MANUAL:
+                raise CampaignError("A run of this campaign is still going.")
+            logger.warning("Campaign %s still has an active run; tick skipped", campaign_id)
+            return None
+        run = CampaignRun.objects.create(
+            campaign=campaign,
+            trigger=trigger,
+            launched_by=user if user is not None and user.is_authenticated else None,
+        )
+        campaign.status = Campaign.Status.RUNNING
+        campaign.save(update_fields=["status", "updated_at"])
+    return run
+
+
+def campaign_launch_now(*, campaign: Campaign, user=None) -> CampaignRun:
+    """Staff: start a run now. A worker materialises and fans it out."""
+    from campaigns.tasks import launch_run
+
+    run = campaign_run_create(
+        campaign_id=campaign.pk, trigger=CampaignRun.Trigger.MANUAL, user=user
+    )
+    transaction.on_commit(lambda: launch_run.apply_async(args=[run.pk], queue="maintenance"))
+    return run
+
+
+def campaign_cancel(*, campaign: Campaign) -> int:
+    """Cancel the active run (if any) and disarm the schedule."""
+    cancelled = 0
+    run = campaign_active_run(campaign=campaign)
+    if run is None and campaign.status not in (Campaign.Status.SCHEDULED, Campaign.Status.DRAFT):
+        raise CampaignError("Nothing to cancel: the campaign is not scheduled or running.")
+    with transaction.atomic():
+        if run is not None:
+            cancelled = campaign_run_cancel(run=run)
+        Campaign.objects.filter(pk=campaign.pk).update(
+            status=Campaign.Status.CANCELLED, updated_at=timezone.now()
+        )
+        campaign.refresh_from_db()
+        campaign_schedule_sync(campaign=campaign)
+    return cancelled
+
+
+def campaign_delete(*, campaign: Campaign) -> None:
+    """Delete the campaign, its runs and its beat entry; stop an active run first.
+
+    The run's Deliveries stay (they record what was sent); their ``run_id``
+    no longer names a run, and the run guard cancels any still unsent.
+    """
+    with transaction.atomic():
+        run = campaign_active_run(campaign=campaign)
+        if run is not None:
+            campaign_run_cancel(run=run)
+        campaign_schedule_remove(campaign=campaign)
+        campaign.delete()
+
+
+def campaign_render(*, campaign: Campaign, recipient: Recipient) -> tuple[str, str, str]:
+    """(subject, html, text) as ``recipient`` would get it. Raises on a broken render."""
+    context = templating.plain_data(campaign.context or {})
+    context["recipient"] = recipient_render_data(recipient)
+    template = campaign.template
+    return templating.render_message(
+        subject=template.subject,
+        html_body=template.html_body,
+        text_body=template.text_body,
+        context=context,
+    )
+
+
+def campaign_send_test(*, campaign: Campaign, to: str) -> Delivery:
+    """Send the campaign's message to one address now, marked as a test.
+
+    It goes through the transactional queue (not behind a running campaign)
+    and is personalised with that address's recipient data when it has any.
+    """
+    from notifier import send
+
+    try:
+        email = normalize_email(to)
+    except InvalidAddress as exc:
+        raise CampaignError(str(exc)) from exc
+    template = campaign.template
+    try:
+        return send(
+            to=email,
+            subject=f"[Test] {template.subject}",
+            html=template.html_body,
+            text=template.text_body,
+            context=campaign.context or {},
+            from_email=campaign.from_email or None,
+            transport=campaign.transport,
+        )
+    except NotifierError as exc:
+        raise CampaignError(str(exc)) from exc

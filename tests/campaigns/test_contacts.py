@@ -1,0 +1,169 @@
+"""CSV import and export (acceptance 5)."""
+
+import csv
+import io
+
+import pytest
+from django.contrib.auth.models import Group, User
+
+from campaigns.errors import ImportFileError
+from campaigns.models import ListMembership
+from campaigns.selectors import contact_list_export_rows
+from campaigns.services.contacts import contacts_import_csv
+from notifier.models import Recipient
+from tests.campaigns.factories import ContactListFactory, RecipientFactory
+
+pytestmark = pytest.mark.django_db
+
+MESSY = (
+    "Email,Name,Plan,City\n"  # row 1
+    "ann@example.com,Ann Archer,pro,Paris\n"  # 2 good
+    "not-an-address,Bob,free,Rome\n"  # 3 invalid address
+    "carl@example.com,Carl\n"  # 4 missing columns
+    "ANN@Example.com,Ann again,free,Oslo\n"  # 5 duplicate of 2
+    "\n"  # blank line: skipped, not an error
+    "dora@example.com,Dora,,Lima,extra\n"  # 7 too many fields
+    ",Nobody,free,Kyiv\n"  # 8 no address
+    '"eve@example.com","Eve, the second",free,"New\nYork"\n'  # 9 good (quoted newline)
+    "fay@example.com,Fay,pro,\n"  # 10/11 good
+)
+
+
+def _import(text: str | bytes, **kwargs):
+    data = text.encode() if isinstance(text, str) else text
+    return contacts_import_csv(stream=io.BytesIO(data), **kwargs)
+
+
+def test_good_rows_are_imported_and_bad_rows_reported():
+    contact_list = ContactListFactory()
+    report = _import(MESSY, contact_list=contact_list)
+
+    assert report.imported == 3 and report.created == 3
+    assert report.rows == 8 and report.error_count == 5
+    reasons = dict(report.errors)
+    assert sorted(reasons) == [3, 4, 5, 7, 8]
+    assert "Invalid email address 'not-an-address'" in reasons[3]
+    assert reasons[4] == "Missing columns: 2 fields where the header has 4."
+    assert reasons[5] == "Duplicate of row 2 (ann@example.com)."
+    assert reasons[7].startswith("Too many fields")
+    assert "required" in reasons[8]
+    ann = Recipient.objects.get(email="ann@example.com")
+    assert ann.name == "Ann Archer" and ann.attributes == {"Plan": "pro", "City": "Paris"}
+    eve = Recipient.objects.get(email="eve@example.com")
+    assert eve.name == "Eve, the second" and eve.attributes["City"] == "New\nYork"
+    assert Recipient.objects.get(email="fay@example.com").attributes == {"Plan": "pro"}
+    assert report.list_size == 3 == ListMembership.objects.filter(contact_list=contact_list).count()
+
+
+def test_existing_contacts_keep_their_status_and_data_unless_asked():
+    RecipientFactory(email="ann@example.com", name="Old", status="unsubscribed")
+    contact_list = ContactListFactory()
+    report = _import("email,name\nann@example.com,New\n", contact_list=contact_list)
+    assert report.imported == 1 and report.created == 0
+    ann = Recipient.objects.get(email="ann@example.com")
+    assert (ann.name, ann.status) == ("Old", "unsubscribed")
+    _import("email,name\nann@example.com,New\n", update_existing=True)
+    ann.refresh_from_db()
+    assert (ann.name, ann.status) == ("New", "unsubscribed")
+
+
+def test_header_mapping_and_chosen_attributes():
+    report = _import(
+        "E-mail address;Full name;tier;secret\n".replace(";", ",")
+        + "gus@example.com,Gus G,gold,x\n",
+        email_column="e-mail address",
+        name_column="Full name",
+        attribute_columns=["tier"],
+    )
+    assert report.imported == 1
+    gus = Recipient.objects.get(email="gus@example.com")
+    assert gus.name == "Gus G" and gus.attributes == {"tier": "gold"}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "The file is empty."),
+        (b"name,city\nAnn,Paris\n", "No 'email' column in the header"),
+        (b"email,name,Email\na@example.com,A,b\n", "repeats the column(s)"),
+        # Good rows first, then Latin-1: nothing at all is imported.
+        (
+            b"email,name\nok1@example.com,Ok\nzoe@example.com,Zo\xeb\n",
+            "Row 3 is not UTF-8 text",
+        ),
+        # UTF-16, as some spreadsheets save "Unicode text".
+        ("email,name\nann@example.com,Ann\n".encode("utf-16"), "Row 1 is not UTF-8"),
+    ],
+)
+def test_whole_file_problems_import_nothing(content, message):
+    contact_list = ContactListFactory()
+    with pytest.raises(ImportFileError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        _import(content, contact_list=contact_list)
+    assert not Recipient.objects.exists()
+    assert not contact_list.memberships.exists()
+
+
+def test_export_round_trips_and_defuses_formulas():
+    contact_list = ContactListFactory()
+    _import(
+        "email,name,plan\nann@example.com,=HYPERLINK(1),pro\nbob@example.com,Bob,\n",
+        contact_list=contact_list,
+    )
+    rows = list(contact_list_export_rows(contact_list=contact_list))
+    assert rows == [
+        ["email", "name", "status", "plan"],
+        ["ann@example.com", "'=HYPERLINK(1)", "active", "pro"],
+        ["bob@example.com", "Bob", "active", ""],
+    ]
+
+
+# --- Through the admin: never a server error --------------------------------------------
+
+
+@pytest.fixture
+def marketer(client):
+    user = User.objects.create_user("mia", password="pw", is_staff=True)
+    user.groups.add(Group.objects.get(name="Marketing"))
+    client.force_login(user)
+    return client
+
+
+@pytest.mark.parametrize(
+    ("content", "shown"),
+    [
+        (MESSY.encode(), "5 with errors"),
+        (b"email,name\nzoe@example.com,Zo\xeb\n", "is not UTF-8 text"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00binary", "not UTF-8"),
+        (b"name\nAnn\n", "No &#x27;email&#x27; column"),
+        (b"email\n" + b'"unterminated\n', "Invalid email address"),
+    ],
+)
+def test_admin_import_reports_and_never_errors(marketer, content, shown):
+    contact_list = ContactListFactory()
+    upload = io.BytesIO(content)
+    upload.name = "contacts.csv"
+    response = marketer.post(
+        f"/admin/campaigns/contactlist/{contact_list.pk}/import/",
+        {"file": upload, "email_column": "email", "name_column": "name"},
+    )
+    assert response.status_code == 200
+    assert shown in response.content.decode()
+
+
+def test_admin_import_without_a_file_asks_for_one(marketer):
+    contact_list = ContactListFactory()
+    response = marketer.post(f"/admin/campaigns/contactlist/{contact_list.pk}/import/", {})
+    assert response.status_code == 200
+    assert "This field is required" in response.content.decode()
+
+
+def test_admin_export_streams_csv(marketer):
+    contact_list = ContactListFactory()
+    _import("email,name\nann@example.com,Ann\n", contact_list=contact_list)
+    response = marketer.get(f"/admin/campaigns/contactlist/{contact_list.pk}/export/")
+    assert response.status_code == 200
+    body = b"".join(response.streaming_content).decode()
+    assert list(csv.reader(io.StringIO(body))) == [
+        ["email", "name", "status"],
+        ["ann@example.com", "Ann", "active"],
+    ]
