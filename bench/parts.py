@@ -11,8 +11,9 @@ from django.conf import settings
 from django.core.management import call_command
 from django.db import connection, connections
 
+from bench.campaign import ensure_recipients
 from bench.run import HTML, ITEMS, PY, ROOT, SUBJECT, TEXT, Row
-from notifier.models import Delivery, Recipient, Template
+from notifier.models import Delivery, Template
 
 # --- data -------------------------------------------------------------------------
 
@@ -33,27 +34,6 @@ def prepare_database() -> None:
     call_command("migrate", verbosity=0)
     with connection.cursor() as cursor:
         cursor.execute("ALTER SYSTEM SET synchronous_commit = on")  # the default, stated
-
-
-def ensure_recipients(n: int) -> None:
-    """Recipients u0..u(n-1)@bench.example, created set-based."""
-    have = Recipient.objects.filter(email__endswith="@bench.example").count()
-    if have >= n:
-        return
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            INSERT INTO notifier_recipient
-                (email, name, attributes, time_zone, locale, status, created_at, updated_at)
-            SELECT 'u' || i || '@bench.example', 'Reader ' || i,
-                   jsonb_build_object('plan', CASE WHEN i %% 3 = 0 THEN 'pro' ELSE 'free' END,
-                                      'vip', i %% 10 = 0),
-                   'UTC', 'en', 'active', now(), now()
-            FROM generate_series(%s, %s - 1) AS i
-            ON CONFLICT (email) DO NOTHING
-            """,
-            [have, n],
-        )
 
 
 def recipient_data(i: int) -> dict:

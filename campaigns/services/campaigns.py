@@ -1,6 +1,7 @@
 """Campaign-level actions staff (and beat) take: save, schedule, launch, test, delete."""
 
 import logging
+from datetime import timedelta
 from email.utils import parseaddr
 
 from django.conf import settings
@@ -98,6 +99,11 @@ def _set_status(campaign: Campaign, status: str) -> Campaign:
     return campaign
 
 
+# Crontabs tick at most once a minute: a second scheduled launch this soon
+# after the last one is the same tick delivered twice.
+TICK_DEDUP_SECONDS = 45
+
+
 def campaign_run_create(*, campaign_id: int, trigger: str, user=None) -> CampaignRun | None:
     """Create a queued run, unless one is active already (then None).
 
@@ -112,6 +118,17 @@ def campaign_run_create(*, campaign_id: int, trigger: str, user=None) -> Campaig
             Campaign.Status.RUNNING,
         ):
             logger.info("Campaign %s is %s; scheduled launch skipped", campaign_id, campaign.status)
+            return None
+        if (
+            trigger == CampaignRun.Trigger.SCHEDULE
+            and campaign.runs.filter(
+                trigger=CampaignRun.Trigger.SCHEDULE,
+                created_at__gte=timezone.now() - timedelta(seconds=TICK_DEDUP_SECONDS),
+            ).exists()
+        ):
+            # Two beats (or one beat's task redelivered) for the same tick: the
+            # campaign row lock serialises them and the second one stops here.
+            logger.warning("Campaign %s already started a run for this tick", campaign_id)
             return None
         if campaign_active_run(campaign=campaign) is not None:
             if trigger == CampaignRun.Trigger.MANUAL:

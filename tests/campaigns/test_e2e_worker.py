@@ -2,9 +2,11 @@
 
 import json
 import time
+from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.db.models import F
 from django_celery_beat.models import PeriodicTask
 
 from campaigns.models import Campaign, CampaignRun
@@ -140,6 +142,8 @@ def test_recurring_campaign_runs_on_each_beat_tick(celery_worker_process, fake_e
     _trigger_beat_entry(task)
     first = wait_for(lambda: campaign.runs.first(), timeout=30)
     wait_closed(first.pk)
+    # The next tick is an hour later: move the first run back in time.
+    CampaignRun.objects.filter(pk=first.pk).update(created_at=F("created_at") - timedelta(hours=1))
     _trigger_beat_entry(task)
     second = wait_for(lambda: campaign.runs.exclude(pk=first.pk).first(), timeout=30)
     wait_closed(second.pk)
@@ -152,6 +156,26 @@ def test_recurring_campaign_runs_on_each_beat_tick(celery_worker_process, fake_e
     campaign.refresh_from_db()
     assert campaign.status == "scheduled"
     assert PeriodicTask.objects.filter(name=f"campaign:{campaign.pk}").count() == 1
+
+
+def test_the_same_tick_sent_by_two_beats_starts_one_run(celery_worker_process, fake_esp):
+    """Two beat processes fire the same crontab tick: one run, one copy each."""
+    people = bulk_people("t", 20)
+    contact_list = ContactListFactory()
+    members(contact_list, people)
+    campaign = CampaignFactory(schedule="crontab", cron_minute="*", cron_hour="*")
+    campaign.contact_lists.set([contact_list])
+    campaign_schedule(campaign=campaign)
+    task = PeriodicTask.objects.get(name=f"campaign:{campaign.pk}")
+
+    _trigger_beat_entry(task)
+    _trigger_beat_entry(task)
+    run = wait_for(lambda: campaign.runs.first(), timeout=30)
+    wait_closed(run.pk)
+    time.sleep(1)  # the second tick's task has run by now too
+    assert campaign.runs.count() == 1
+    received = [m["To"] for m in fake_esp.messages]
+    assert len(received) == len(set(received)) == 20
 
 
 def test_pause_resume_and_cancel(celery_worker_process, fake_esp):
