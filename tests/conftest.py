@@ -80,6 +80,31 @@ def smtp_sink(smtp_sink_server, settings):
     handler.reset()
 
 
+# --- The Marketing group -----------------------------------------------------------
+
+
+@pytest.fixture
+def marketing_group(db):
+    """The group its data migration creates (gone after a transactional test's
+    flush, which keeps permissions but not groups), with the same rights."""
+    import importlib
+
+    from django.contrib.auth.models import Group, Permission
+
+    migration = importlib.import_module("campaigns.migrations.0002_marketing_group")
+    group, _ = Group.objects.get_or_create(name=migration.GROUP)
+    group.permissions.set(
+        Permission.objects.get(
+            content_type__app_label=app_label,
+            content_type__model=model,
+            codename=f"{action}_{model}",
+        )
+        for (app_label, model), actions in migration.PERMISSIONS.items()
+        for action in actions
+    )
+    return group
+
+
 # --- Redis ----------------------------------------------------------------------
 
 

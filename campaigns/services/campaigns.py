@@ -176,8 +176,8 @@ def campaign_cancel(*, campaign: Campaign) -> int:
 def campaign_delete(*, campaign: Campaign) -> None:
     """Delete the campaign, its runs and its beat entry; stop an active run first.
 
-    The run's Deliveries stay (they record what was sent); their ``run_id``
-    no longer names a run, and the run guard cancels any still unsent.
+    The run's Deliveries stay (they record what was sent); cancelling the
+    active run first leaves none of them waiting to be sent.
     """
     with transaction.atomic():
         run = campaign_active_run(campaign=campaign)

@@ -350,8 +350,8 @@ def run_guard(run_ids: set[int]) -> dict[int, str]:
     verdicts = {}
     for run_id in run_ids:
         status = statuses.get(run_id)
-        if status is None or status == CampaignRun.Status.CANCELLED:
-            verdicts[run_id] = CANCEL  # a deleted run's rows are not sent either
+        if status == CampaignRun.Status.CANCELLED:
+            verdicts[run_id] = CANCEL
         elif status == CampaignRun.Status.PAUSED:
             verdicts[run_id] = PAUSE
     return verdicts

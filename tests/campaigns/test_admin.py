@@ -5,7 +5,7 @@ import json
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import User
 from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, PeriodicTask
 
@@ -20,9 +20,9 @@ ADMIN = "/admin"
 
 
 @pytest.fixture
-def marketer(client, db):
+def marketer(client, marketing_group):
     user = User.objects.create_user("mia", password="pw", is_staff=True)
-    user.groups.add(Group.objects.get(name="Marketing"))
+    user.groups.add(marketing_group)
     client.force_login(user)
     return client
 
