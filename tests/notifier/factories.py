@@ -1,6 +1,6 @@
 import factory
 
-from notifier.models import Recipient, Template
+from notifier.models import Recipient, Template, Topic
 
 
 class RecipientFactory(factory.django.DjangoModelFactory):
@@ -20,3 +20,14 @@ class TemplateFactory(factory.django.DjangoModelFactory):
     subject = "Hello {{ recipient.first_name }}"
     html_body = "<p>Hi {{ recipient.name }}, your code is <b>{{ code }}</b>.</p>"
     text_body = ""
+
+
+class TopicFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Topic
+        django_get_or_create = ("key",)
+
+    key = factory.Sequence(lambda n: f"topic-{n}")
+    name = factory.Sequence(lambda n: f"Topic {n}")
+    default_frequency = "hourly"
+    digest_item = "{{ data.title }}"
