@@ -148,8 +148,8 @@ class Command(BaseCommand):
                 [f"%@{EMAIL_DOMAIN}", topic_ids, topics, notifications, recipients],
             )
         with connection.cursor() as cursor:
-            cursor.execute("ANALYZE notifier_recipient")
-            cursor.execute("ANALYZE notifier_notification")
+            cursor.execute("VACUUM ANALYZE notifier_recipient")
+            cursor.execute("VACUUM ANALYZE notifier_notification")
             cursor.execute("SELECT pg_size_pretty(pg_total_relation_size('notifier_notification'))")
             size = cursor.fetchone()[0]
         self.stdout.write(
@@ -243,6 +243,14 @@ class Command(BaseCommand):
         for line in plan:
             self.stdout.write(f"    {line}")
 
+    def purge_digest_queue(self) -> None:
+        """Drop the tasks this run left queued (their rows are removed next)."""
+        from config.celery import app
+
+        with app.connection_for_write() as conn:
+            dropped = conn.default_channel.queue_purge("digests")
+        self.stdout.write(f"  timed out: dropped {dropped} queued digest tasks")
+
     def measure(self, worker: subprocess.Popen, recipients: int, timeout: float) -> None:
         from notifier.tasks import digests_hourly
 
@@ -290,10 +298,14 @@ class Command(BaseCommand):
             "  every digest handed to the transport:      "
             + (f"{sent:8.1f} s" if sent is not None else "not within the timeout")
         )
+        elapsed = time.monotonic() - started
         done = digests.count()
         self.stdout.write(
-            f"  digests built: {done:,}; sent: {digests.filter(status='sent').count():,}"
+            f"  after {elapsed:.1f} s: {done:,} digests built, "
+            f"{digests.filter(status='sent').count():,} sent"
         )
+        if sent is None:
+            self.purge_digest_queue()
         self.stdout.write("peak memory (VmHWM):")
         self.stdout.write(f"  launching process (this one): {_kib_to_mib(launcher):7.1f} MiB")
         for pid, kib in memory.items():
