@@ -100,10 +100,13 @@ class Command(BaseCommand):
         self.remove_data()
         self.generate(opts["recipients"], opts["notifications"], opts["topics"])
         worker = self.start_worker(opts["concurrency"], opts["batch_size"])
+        finished = False
         try:
-            self.measure(worker, opts["recipients"], opts["timeout"])
+            finished = self.measure(worker, opts["recipients"], opts["timeout"])
         finally:
             self.stop_worker(worker)
+            if not finished:
+                self.purge_digest_queue()
             if not opts["keep"]:
                 self.remove_data()
 
@@ -249,9 +252,9 @@ class Command(BaseCommand):
 
         with app.connection_for_write() as conn:
             dropped = conn.default_channel.queue_purge("digests")
-        self.stdout.write(f"  timed out: dropped {dropped} queued digest tasks")
+        self.stdout.write(f"not finished: dropped {dropped} queued digest tasks")
 
-    def measure(self, worker: subprocess.Popen, recipients: int, timeout: float) -> None:
+    def measure(self, worker: subprocess.Popen, recipients: int, timeout: float) -> bool:
         from notifier.tasks import digests_hourly
 
         now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(
@@ -304,10 +307,9 @@ class Command(BaseCommand):
             f"  after {elapsed:.1f} s: {done:,} digests built, "
             f"{digests.filter(status='sent').count():,} sent"
         )
-        if sent is None:
-            self.purge_digest_queue()
         self.stdout.write("peak memory (VmHWM):")
         self.stdout.write(f"  launching process (this one): {_kib_to_mib(launcher):7.1f} MiB")
         for pid, kib in memory.items():
             role = "worker main process" if pid == worker.pid else "worker pool process"
             self.stdout.write(f"  {role} {pid}: {_kib_to_mib(kib):7.1f} MiB")
+        return sent is not None
