@@ -397,3 +397,40 @@ def test_unknown_frequency_is_refused():
     with pytest.raises(ValueError, match="hourly or daily"):
         list(digest_batches_due(frequency="off", now=timezone.now()))
     assert not Recipient.objects.exists()
+
+
+def test_beat_installs_the_digest_and_prune_schedules():
+    from django_celery_beat.models import PeriodicTask
+    from django_celery_beat.schedulers import ModelEntry
+
+    import notifier.tasks  # noqa: F401 - registers the tasks, as the worker does
+    from config.celery import app
+
+    # What DatabaseScheduler does with CELERY_BEAT_SCHEDULE when beat starts.
+    for name, entry in app.conf.beat_schedule.items():
+        ModelEntry.from_entry(name, app=app, **entry)
+    installed = {
+        task.name: (task.task, str(task.crontab), task.queue)
+        for task in PeriodicTask.objects.filter(name__startswith="notifier-").exclude(
+            name="notifier-sweep"
+        )
+    }
+    assert installed == {
+        "notifier-digests-hourly": (
+            "notifier.digests_hourly",
+            "0 * * * * (m/h/dM/MY/d) UTC",
+            "maintenance",
+        ),
+        "notifier-digests-daily": (
+            "notifier.digests_daily",
+            "*/5 * * * * (m/h/dM/MY/d) UTC",
+            "maintenance",
+        ),
+        "notifier-prune-notifications": (
+            "notifier.prune_notifications",
+            "30 3 * * * (m/h/dM/MY/d) UTC",
+            "maintenance",
+        ),
+    }
+    for name in ("notifier.digests_hourly", "notifier.digests_daily", "notifier.build_digests"):
+        assert name in app.tasks
