@@ -253,9 +253,38 @@ class SuppressionAdmin(admin.ModelAdmin):
         return None
 
 
+class TopicForm(forms.ModelForm):
+    class Meta:
+        model = Topic
+        fields = [
+            "key",
+            "name",
+            "description",
+            "default_frequency",
+            "instant_template",
+            "digest_item",
+            "digest_cap",
+        ]
+        help_texts = {
+            "instant_template": "Email sent for an instant notification (context: data, topic). "
+            "Leave empty for a plain email with the topic name and the digest entry.",
+            "digest_item": "One entry of this topic's digest section (context: data, topic, "
+            "created_at).",
+        }
+
+    def clean_digest_item(self):
+        source = self.cleaned_data["digest_item"]
+        try:
+            templating.check_syntax(source)
+        except templating.TemplateSyntaxProblem as exc:
+            raise forms.ValidationError(str(exc)) from exc
+        return source
+
+
 @admin.register(Topic)
 class TopicAdmin(admin.ModelAdmin):
-    list_display = ("key", "name", "default_frequency")
+    form = TopicForm
+    list_display = ("key", "name", "default_frequency", "digest_cap")
     search_fields = ("key", "name")
     prepopulated_fields = {"key": ("name",)}
 

@@ -1,9 +1,19 @@
-"""Reads of the delivery engine's data."""
+"""Reads of the delivery engine: querysets and plain values, no state changes."""
 
-from django.db.models import Count, Q, Sum
+from datetime import datetime
+
+from django.db.models import Case, Count, DateTimeField, F, Q, QuerySet, Sum, Value, When
 from django.db.models.functions import Coalesce
 
-from notifier.models import Delivery, Preference, Recipient, Suppression, Topic
+from notifier.models import (
+    Delivery,
+    Frequency,
+    Notification,
+    Preference,
+    Recipient,
+    Suppression,
+    Topic,
+)
 
 S = Delivery.Status
 
@@ -36,3 +46,110 @@ def recipient_topic_frequencies(*, recipient: Recipient) -> list[tuple[Topic, st
 
 def active_suppression(*, email: str) -> Suppression | None:
     return Suppression.objects.filter(email=email, lifted_at__isnull=True).first()
+
+
+# --- Notifications and digests ---------------------------------------------------
+
+
+def topic_frequency_for(*, recipient: Recipient, topic: Topic) -> str:
+    """The recipient's choice for ``topic``, else the topic's default."""
+    chosen = (
+        Preference.objects.filter(recipient=recipient, topic=topic)
+        .values_list("frequency", flat=True)
+        .first()
+    )
+    return chosen or topic.default_frequency
+
+
+def notifications_pending(
+    *, recipient_ids: list[int], frequency: str, cutoff: datetime
+) -> QuerySet[Notification]:
+    """Notifications of these recipients waiting for a ``frequency`` digest
+    that closes at ``cutoff`` (later ones wait for the next digest)."""
+    return Notification.objects.filter(
+        recipient_id__in=recipient_ids,
+        frequency=frequency,
+        included_at__isnull=True,
+        created_at__lt=cutoff,
+    )
+
+
+def digest_due_recipient_ids(
+    *, frequency: str, cutoff: datetime, after_id: int, limit: int
+) -> list[int]:
+    """One page (ascending ids above ``after_id``) of recipients with
+    notifications for a ``frequency`` digest closing at ``cutoff``.
+
+    Walks the partial index ``notification_due_idx`` (frequency, recipient)
+    over not-yet-included rows only: recipients with nothing due are never
+    read, and a page is at most ``limit`` ids.
+    """
+    return list(
+        Notification.objects.filter(
+            frequency=frequency,
+            included_at__isnull=True,
+            created_at__lt=cutoff,
+            recipient_id__gt=after_id,
+        )
+        .order_by("recipient_id")
+        .values_list("recipient_id", flat=True)
+        .distinct()[:limit]
+    )
+
+
+def daily_digest_due_page(
+    *,
+    cutoff_by_zones: list[tuple[datetime, list[str]]],
+    known_zones: frozenset[str],
+    unknown_zone_cutoff: datetime | None,
+    after_id: int,
+    limit: int,
+) -> list[tuple[int, str]]:
+    """One page of (recipient id, time zone) due a daily digest.
+
+    ``cutoff_by_zones`` lists, for the zones whose local digest time has come
+    today, the moment it came; a recipient is due when they have a pending
+    daily notification from before their zone's cutoff. Recipients whose zone
+    name is not a known IANA zone are treated as UTC (``unknown_zone_cutoff``).
+    """
+    whens = [
+        When(recipient__time_zone__in=zones, then=Value(cutoff))
+        for cutoff, zones in cutoff_by_zones
+    ]
+    if unknown_zone_cutoff is not None:
+        whens.append(
+            When(~Q(recipient__time_zone__in=known_zones), then=Value(unknown_zone_cutoff))
+        )
+    if not whens:
+        return []
+    return list(
+        Notification.objects.filter(
+            frequency=Frequency.DAILY, included_at__isnull=True, recipient_id__gt=after_id
+        )
+        .alias(cutoff=Case(*whens, default=None, output_field=DateTimeField()))
+        .filter(created_at__lt=F("cutoff"))
+        .order_by("recipient_id")
+        .values_list("recipient_id", "recipient__time_zone")
+        .distinct()[:limit]
+    )
+
+
+def digest_deliveries_by_key(*, keys: list[str]) -> dict[str, tuple[int, str, datetime | None]]:
+    """Existing digest deliveries among ``keys``: key -> (id, status, dispatched_at)."""
+    return {
+        key: (pk, status, dispatched_at)
+        for key, pk, status, dispatched_at in Delivery.objects.filter(
+            idempotency_key__in=keys
+        ).values_list("idempotency_key", "id", "status", "dispatched_at")
+    }
+
+
+def notification_ids_prunable(*, included_before: datetime, limit: int) -> list[int]:
+    return list(
+        Notification.objects.filter(included_at__lt=included_before)
+        .order_by()
+        .values_list("id", flat=True)[:limit]
+    )
+
+
+# --- End of notifications and digests ---------------------------------------------

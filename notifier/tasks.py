@@ -4,8 +4,13 @@ Batches are safe to run twice (claims are conditional), which is what makes
 ``acks_late`` + ``reject_on_worker_lost`` safe.
 """
 
+from datetime import datetime
+
 from celery import shared_task
 
+from notifier.models import Frequency
+from notifier.services.digests import digests_build, digests_run
+from notifier.services.notifications import notifications_prune
 from notifier.services.retries import deliveries_sweep
 from notifier.services.sending import deliveries_send_batch
 from ops.heartbeat import beat_heartbeat_record
@@ -21,3 +26,37 @@ def sweep() -> dict[str, int]:
     # The health check reads this stamp to tell whether beat is alive.
     beat_heartbeat_record()
     return deliveries_sweep()
+
+
+# --- Notifications and digests ------------------------------------------------------
+# Schedulers (beat, on `maintenance`) find who is due and fan out; builders
+# (on `digests`) are safe to run twice: digest keys are unique and the build
+# commits in one transaction.
+
+
+def _moment(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+@shared_task(name="notifier.digests_hourly", acks_late=True)
+def digests_hourly(now: str | None = None) -> dict[str, int]:
+    return digests_run(frequency=Frequency.HOURLY, now=_moment(now))
+
+
+@shared_task(name="notifier.digests_daily", acks_late=True)
+def digests_daily(now: str | None = None) -> dict[str, int]:
+    return digests_run(frequency=Frequency.DAILY, now=_moment(now))
+
+
+@shared_task(
+    name="notifier.build_digests", acks_late=True, reject_on_worker_lost=True, ignore_result=True
+)
+def build_digests(recipient_ids: list[int], frequency: str, window: str, cutoff: str):
+    return digests_build(
+        recipient_ids=recipient_ids, frequency=frequency, window=window, cutoff=_moment(cutoff)
+    )
+
+
+@shared_task(name="notifier.prune_notifications", acks_late=True)
+def prune_notifications() -> int:
+    return notifications_prune()

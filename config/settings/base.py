@@ -258,3 +258,37 @@ CELERY_BEAT_SCHEDULE["campaigns-maintain-runs"] = {
     "schedule": env.float("CAMPAIGNS_MAINTAIN_SECONDS", default=30.0),
     "options": {"queue": "maintenance", "expires": 60},
 }
+
+# --- Notifications and digests ------------------------------------------------
+from datetime import time  # noqa: E402
+
+from celery.schedules import crontab  # noqa: E402
+
+# Local time at which daily digests go out, in each recipient's time zone.
+NOTIFIER_DAILY_DIGEST_TIME = time.fromisoformat(env("NOTIFIER_DAILY_DIGEST_TIME", default="08:00"))
+# Recipients per digest-building task: small, so a redelivered task redoes little.
+NOTIFIER_DIGEST_BATCH_SIZE = env.int("NOTIFIER_DIGEST_BATCH_SIZE", default=50)
+# Days an included notification is kept (for the admin) before the prune task deletes it.
+NOTIFIER_NOTIFICATION_RETENTION_DAYS = env.int("NOTIFIER_NOTIFICATION_RETENTION_DAYS", default=30)
+CELERY_BEAT_SCHEDULE.update(
+    {
+        # Hourly digests close at the top of each hour.
+        "notifier-digests-hourly": {
+            "task": "notifier.digests_hourly",
+            "schedule": crontab(minute=0),
+            "options": {"queue": "maintenance", "expires": 50 * 60},
+        },
+        # Daily digests: every 5 minutes, send those whose local digest time has come.
+        "notifier-digests-daily": {
+            "task": "notifier.digests_daily",
+            "schedule": crontab(minute="*/5"),
+            "options": {"queue": "maintenance", "expires": 4 * 60},
+        },
+        # Prune included notifications older than the retention, once a day.
+        "notifier-prune-notifications": {
+            "task": "notifier.prune_notifications",
+            "schedule": crontab(minute=30, hour=3),
+            "options": {"queue": "maintenance", "expires": 3600},
+        },
+    }
+)

@@ -1,7 +1,7 @@
 import factory
 from django.utils import timezone
 
-from notifier.models import Delivery, Recipient, Template
+from notifier.models import Delivery, Recipient, Template, Topic
 
 
 class RecipientFactory(factory.django.DjangoModelFactory):
@@ -35,3 +35,14 @@ class DeliveryFactory(factory.django.DjangoModelFactory):
     context = factory.LazyFunction(lambda: {"code": "A1"})
     transport = "esp"
     next_attempt_at = factory.LazyFunction(timezone.now)
+
+
+class TopicFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Topic
+        django_get_or_create = ("key",)
+
+    key = factory.Sequence(lambda n: f"topic-{n}")
+    name = factory.Sequence(lambda n: f"Topic {n}")
+    default_frequency = "hourly"
+    digest_item = "{{ data.title }}"
