@@ -105,6 +105,10 @@ def test_hourly_run_sends_each_recipient_exactly_their_events(celery_worker_proc
     for message in digests:
         count = len(expected["hourly"][_to(message)])
         assert message["Subject"].startswith(f"Your hourly digest: {count} new notification")
+        # One-click unsubscribe (RFC 8058) and the preference page on every digest.
+        assert message["Headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert "/unsubscribe/" in message["Headers"]["List-Unsubscribe"]
+        assert "/preferences/" in message["HtmlBody"]
     # Off events stored and sent nothing; daily ones wait for the daily digest.
     assert Notification.objects.filter(frequency="off").count() == 0
     every_marker = set().union(*(_markers(m) for m in fake_esp.messages))
