@@ -4,13 +4,12 @@ Live server (this process) + a real Celery worker + PostgreSQL + Redis + the
 fake ESP; the ESP's tracking events come back as real Postmark webhooks.
 """
 
-import importlib
 import re
 from datetime import UTC, timedelta
 
 import pytest
 import requests
-from django.contrib.auth.models import Group, Permission, User
+from django.contrib.auth.models import User
 
 from campaigns.models import Campaign, CampaignRun
 from notifier.models import Delivery
@@ -46,23 +45,6 @@ CSV = "email,name,city\n" + "".join(f'{e},{n},"{c}"\n' for e, n, c in PEOPLE)
 CSV += "not-an-address,Nobody,Nowhere\n"
 
 
-def marketer() -> User:
-    """A staff user in the Marketing group (the group comes from a data migration,
-    which a transactional test's database flush removes, so it is rebuilt here)."""
-    migration = importlib.import_module("campaigns.migrations.0002_marketing_group")
-    group, _ = Group.objects.get_or_create(name=migration.GROUP)
-    for (app_label, model), actions in migration.PERMISSIONS.items():
-        group.permissions.add(
-            *Permission.objects.filter(
-                content_type__app_label=app_label,
-                codename__in=[f"{action}_{model}" for action in actions],
-            )
-        )
-    user = User.objects.create_user("mia", password=PASSWORD, is_staff=True)
-    user.groups.add(group)
-    return user
-
-
 def postmark_events(run: CampaignRun) -> list[dict]:
     """What the ESP reports over the next minutes: 11 delivered, 1 hard bounce,
     7 opened (one twice), 3 clicked."""
@@ -94,11 +76,11 @@ def postmark_events(run: CampaignRun) -> list[dict]:
 
 
 def test_marketer_runs_a_campaign_and_reads_its_results(
-    page, live_server, celery_worker_process, fake_esp
+    page, live_server, celery_worker_process, fake_esp, marketing_group
 ):
     from playwright.sync_api import expect
 
-    marketer()
+    User.objects.create_user("mia", password=PASSWORD, is_staff=True).groups.add(marketing_group)
     admin = f"{live_server.url}/admin/"
     fake_esp.faults["delay"] = 0.2  # slow enough for the progress bar to move
 

@@ -1,5 +1,5 @@
 import pytest
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import User
 
 
 @pytest.fixture
@@ -13,9 +13,9 @@ def fan_outs(monkeypatch):
 
 
 @pytest.fixture
-def marketer(client, db):
+def marketer(client, marketing_group):
     """The test client, logged in as a staff member of the Marketing group (and nothing else)."""
     user = User.objects.create_user("mia", password="pw", is_staff=True)
-    user.groups.add(Group.objects.get(name="Marketing"))
+    user.groups.add(marketing_group)
     client.force_login(user)
     return client
