@@ -15,10 +15,12 @@ from django.http import HttpResponseRedirect, JsonResponse, StreamingHttpRespons
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import slugify
 from django.views.decorators.http import require_POST
 
+from campaigns.charts import results_chart
 from campaigns.errors import CampaignError, ImportFileError
 from campaigns.models import (
     Campaign,
@@ -33,6 +35,7 @@ from campaigns.selectors import (
     campaign_active_run,
     campaign_audience,
     contact_list_export_rows,
+    run_results,
     run_status_counts,
     run_totals,
 )
@@ -56,6 +59,7 @@ from campaigns.services.runs import (
 )
 from notifier.errors import InvalidAddress
 from notifier.models import Delivery, Recipient
+from notifier.selectors import delivery_event_totals
 from notifier.services.recipients import normalize_email
 
 # --- Contact lists --------------------------------------------------------------------
@@ -485,7 +489,7 @@ class CampaignRunAdmin(admin.ModelAdmin):
         "totals_summary",
         "started_at",
         "finished_at",
-        "deliveries",
+        "links",
     )
     list_filter = ("status", "trigger")
     search_fields = ("campaign__name",)
@@ -510,6 +514,42 @@ class CampaignRunAdmin(admin.ModelAdmin):
         return ", ".join(f"{k.replace('_total', '')} {obj.totals.get(k, 0)}" for k in keys)
 
     @admin.display(description="")
-    def deliveries(self, obj):
-        url = reverse("admin:notifier_delivery_changelist")
-        return format_html('<a href="{}?run_id={}">Deliveries</a>', url, obj.pk)
+    def links(self, obj):
+        return format_html(
+            '<a href="{}">Results</a> · <a href="{}?run_id={}">Deliveries</a>',
+            reverse("admin:campaigns_campaignrun_results", args=[obj.pk]),
+            reverse("admin:notifier_delivery_changelist"),
+            obj.pk,
+        )
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:pk>/results/",
+                self.admin_site.admin_view(self.results_view),
+                name="campaigns_campaignrun_results",
+            ),
+            *super().get_urls(),
+        ]
+
+    def results_view(self, request, pk):
+        run = get_object_or_404(CampaignRun.objects.select_related("campaign"), pk=pk)
+        if not self.has_view_permission(request, run):
+            raise PermissionDenied
+        results = run_results(run_id=run.pk)
+        totals = run.totals if run.finished_at else run_totals(run_status_counts(run_id=run.pk))
+        return TemplateResponse(
+            request,
+            "admin/campaigns/campaignrun/results.html",
+            {
+                **self.admin_site.each_context(request),
+                "opts": self.model._meta,
+                "run": run,
+                "title": f"Results: {run.campaign.name}, run {run.pk}",
+                "chart": results_chart(results),
+                "rows": results.rows(),
+                "totals": totals,
+                "events": delivery_event_totals(run_id=run.pk),
+                "time_zone": timezone.get_current_timezone_name(),
+            },
+        )

@@ -325,8 +325,9 @@ def wait_progress(run_id: int, at_least: int, timeout: float = 120) -> None:
 
 
 def run_scenario(stack, name, n, inject, timeout) -> Result:
-    from bench.campaign import chaos_template, launch
     from django.db import connections
+
+    from bench.campaign import chaos_template, launch
 
     connections.close_all()
     started = time.monotonic()

@@ -4,6 +4,7 @@ Workers are real ``celery worker`` subprocesses using the test database (rows
 must be committed for them to see: use ``transaction=True`` tests).
 """
 
+import importlib
 import os
 import signal
 import subprocess
@@ -80,28 +81,28 @@ def smtp_sink(smtp_sink_server, settings):
     handler.reset()
 
 
-# --- The Marketing group -----------------------------------------------------------
+# --- Groups made by data migrations -----------------------------------------------
 
 
 @pytest.fixture
 def marketing_group(db):
-    """The group its data migration creates (gone after a transactional test's
-    flush, which keeps permissions but not groups), with the same rights."""
-    import importlib
+    """The "Marketing" group as its data migration makes it.
 
+    A transactional test empties every table when it ends, taking the
+    migration's rows with it, so the group is rebuilt here when missing.
+    """
     from django.contrib.auth.models import Group, Permission
 
     migration = importlib.import_module("campaigns.migrations.0002_marketing_group")
-    group, _ = Group.objects.get_or_create(name=migration.GROUP)
-    group.permissions.set(
-        Permission.objects.get(
-            content_type__app_label=app_label,
-            content_type__model=model,
-            codename=f"{action}_{model}",
-        )
-        for (app_label, model), actions in migration.PERMISSIONS.items()
-        for action in actions
-    )
+    group, created = Group.objects.get_or_create(name=migration.GROUP)
+    if created:
+        for (app_label, model), actions in migration.PERMISSIONS.items():
+            group.permissions.add(
+                *Permission.objects.filter(
+                    content_type__app_label=app_label,
+                    codename__in=[f"{action}_{model}" for action in actions],
+                )
+            )
     return group
 
 

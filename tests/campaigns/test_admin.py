@@ -5,7 +5,6 @@ import json
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth.models import User
 from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, PeriodicTask
 
@@ -17,14 +16,6 @@ from tests.conftest import wait_for
 from tests.notifier.factories import RecipientFactory
 
 ADMIN = "/admin"
-
-
-@pytest.fixture
-def marketer(client, marketing_group):
-    user = User.objects.create_user("mia", password="pw", is_staff=True)
-    user.groups.add(marketing_group)
-    client.force_login(user)
-    return client
 
 
 def _post(client, url, data, expect=302):
@@ -326,3 +317,18 @@ def test_marketing_user_runs_a_campaign_from_the_admin(
     assert listing.status_code == 200
     assert Recipient.objects.filter(email="vip@example.com").exists()
     assert json.loads(json.dumps(progress))  # the progress endpoint speaks JSON
+
+
+@pytest.mark.django_db
+def test_previews_keep_the_html_inside_the_sandboxed_frame(marketer):
+    """Quotes in a template's HTML cannot end the iframe's srcdoc attribute."""
+    campaign = CampaignFactory(
+        template__html_body='<a href="https://x.example" title="t">Hi</a>" onload="alert(1)'
+    )
+    for url in (
+        f"{ADMIN}/campaigns/campaign/{campaign.pk}/preview/",
+        f"{ADMIN}/notifier/template/{campaign.template.pk}/preview/",
+    ):
+        page = marketer.get(url).content.decode()
+        assert 'srcdoc="&lt;a href=&quot;https://x.example&quot; title=&quot;t&quot;' in page, url
+        assert 'onload="alert(1)' not in page, url

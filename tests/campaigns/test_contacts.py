@@ -4,7 +4,6 @@ import csv
 import io
 
 import pytest
-from django.contrib.auth.models import Group, User
 
 from campaigns.errors import ImportFileError
 from campaigns.models import ListMembership
@@ -118,14 +117,6 @@ def test_export_round_trips_and_defuses_formulas():
 
 
 # --- Through the admin: never a server error --------------------------------------------
-
-
-@pytest.fixture
-def marketer(client):
-    user = User.objects.create_user("mia", password="pw", is_staff=True)
-    user.groups.add(Group.objects.get(name="Marketing"))
-    client.force_login(user)
-    return client
 
 
 @pytest.mark.parametrize(
