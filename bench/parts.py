@@ -12,6 +12,7 @@ from django.core.management import call_command
 from django.db import connection, connections
 
 from bench.campaign import ensure_recipients
+from bench.floor import floor_process, recipient_data
 from bench.run import HTML, ITEMS, PY, ROOT, SUBJECT, TEXT, Row
 from notifier.models import Delivery, Template
 
@@ -36,17 +37,6 @@ def prepare_database() -> None:
         cursor.execute("ALTER SYSTEM SET synchronous_commit = on")  # the default, stated
 
 
-def recipient_data(i: int) -> dict:
-    return {
-        "email": f"u{i}@bench.example",
-        "name": f"Reader {i}",
-        "first_name": "Reader",
-        "locale": "en",
-        "time_zone": "UTC",
-        "attributes": {"plan": "pro" if i % 3 == 0 else "free", "vip": i % 10 == 0},
-    }
-
-
 def bench_template() -> Template:
     template, _ = Template.objects.update_or_create(
         name="Bench weekly picks",
@@ -58,47 +48,26 @@ def bench_template() -> Template:
 # --- floor ------------------------------------------------------------------------
 
 
-def _floor_process(transport: str, indices: range, queue) -> None:
-    from django.core.mail import EmailMultiAlternatives
-
-    from notifier import templating
-    from notifier.services.sending import transport_connection
-
-    conn = transport_connection(transport)
-    conn.open()
-    sent = 0
-    for i in indices:
-        context = {"items": ITEMS, "recipient": recipient_data(i)}
-        subject, html, text = templating.render_message(
-            subject=SUBJECT, html_body=HTML, text_body=TEXT, context=context
-        )
-        message = EmailMultiAlternatives(
-            subject,
-            text,
-            settings.DEFAULT_FROM_EMAIL,
-            [f"u{i}@bench.example"],
-            headers={"Message-ID": f"<floor-{i}@bench.example>"},
-            connection=conn,
-        )
-        message.attach_alternative(html, "text/html")
-        sent += conn.send_messages([message])
-    conn.close()
-    queue.put(sent)
-
-
 def floor(stack, transport: str, n: int, w: int) -> dict:
-    connections.close_all()
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
+    # Fresh interpreters (spawn), not forks of this process and its broker
+    # connections; timed from when all of them are ready.
+    ctx = mp.get_context("spawn")
+    queue, ready, go = ctx.Queue(), ctx.Semaphore(0), ctx.Event()
     chunks = [range(k, n, w) for k in range(w)]
-    started = time.monotonic()
-    procs = [ctx.Process(target=_floor_process, args=(transport, c, queue)) for c in chunks]
+    procs = [
+        ctx.Process(target=floor_process, args=(transport, c, ready, go, queue)) for c in chunks
+    ]
     for p in procs:
         p.start()
-    sent = sum(queue.get() for _ in procs)
+    for _ in procs:
+        if not ready.acquire(timeout=120):
+            raise RuntimeError("a floor process did not start")
+    started = time.monotonic()
+    go.set()
+    sent = sum(queue.get(timeout=max(120, n / 20)) for _ in procs)
+    elapsed = time.monotonic() - started
     for p in procs:
         p.join()
-    elapsed = time.monotonic() - started
     return {"sent": sent, "seconds": elapsed}
 
 

@@ -236,7 +236,9 @@ def _content(delivery: Delivery) -> tuple[str, str, str]:
 
 def delivery_build_message(delivery: Delivery, connection_=None) -> EmailMultiAlternatives:
     """Render ``delivery`` into an email message (raises on a broken render)."""
-    context = templating.plain_data(delivery.context or {})
+    # A fresh dict decoded from the row's JSON: plain data already, and this
+    # message's own copy, so no defensive JSON round trip per message.
+    context = dict(delivery.context) if isinstance(delivery.context, dict) else {}
     context["recipient"] = recipient_render_data(delivery.recipient)
     headers = {"Message-ID": delivery.message_id}
     headers.update(delivery.headers or {})

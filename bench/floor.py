@@ -1,0 +1,54 @@
+"""The floor: a plain process that renders and sends, no queue, no database.
+
+Kept apart from ``bench.parts`` so a freshly spawned interpreter can import
+it before Django is set up.
+"""
+
+from bench.run import HTML, ITEMS, SUBJECT, TEXT
+
+
+def recipient_data(i: int) -> dict:
+    return {
+        "email": f"u{i}@bench.example",
+        "name": f"Reader {i}",
+        "first_name": "Reader",
+        "locale": "en",
+        "time_zone": "UTC",
+        "attributes": {"plan": "pro" if i % 3 == 0 else "free", "vip": i % 10 == 0},
+    }
+
+
+def floor_process(transport: str, indices: range, ready, go, queue) -> None:
+    """A plain process: render and send, no queue, no database."""
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.mail import EmailMultiAlternatives
+
+    from notifier import templating
+    from notifier.services.sending import transport_connection
+
+    conn = transport_connection(transport)
+    conn.open()
+    templating.check_syntax(HTML)  # compiled before the clock starts, as ours are cached
+    ready.release()
+    go.wait()
+    sent = 0
+    for i in indices:
+        context = {"items": ITEMS, "recipient": recipient_data(i)}
+        subject, html, text = templating.render_message(
+            subject=SUBJECT, html_body=HTML, text_body=TEXT, context=context
+        )
+        message = EmailMultiAlternatives(
+            subject,
+            text,
+            settings.DEFAULT_FROM_EMAIL,
+            [f"u{i}@bench.example"],
+            headers={"Message-ID": f"<floor-{i}@bench.example>"},
+            connection=conn,
+        )
+        message.attach_alternative(html, "text/html")
+        sent += conn.send_messages([message])
+    conn.close()
+    queue.put(sent)
