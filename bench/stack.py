@@ -20,6 +20,18 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
 
+def wait_port(port: int, timeout: float = 30) -> None:
+    """Return once something listens on 127.0.0.1:port, or raise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on port {port}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -109,16 +121,7 @@ class Stack:
         self.procs.append(proc)
         return proc
 
-    @staticmethod
-    def _wait_port(port, timeout=20):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"nothing listening on {port}")
+    _wait_port = staticmethod(lambda port, timeout=20: wait_port(port, timeout))
 
     # fake ESP ------------------------------------------------------------------
     def esp_reset(self):

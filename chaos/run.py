@@ -17,7 +17,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from bench.stack import PY, ROOT, free_port
+from bench.stack import PY, ROOT, free_port, wait_port
 
 VAR = ROOT / "var" / "chaos"
 
@@ -244,17 +243,6 @@ class ChaosStack:
                     continue  # a line cut short by a killed ESP
                 counts[message.get("Metadata", {}).get("delivery")] += 1
         return counts
-
-
-def wait_port(port, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listening on port {port}")
 
 
 def prepare_database():
