@@ -152,6 +152,20 @@ def apply_outcome(delivery: Delivery, outcome: Outcome, *, now) -> None:
         raise ValueError(f"unknown outcome {outcome.status}")
 
 
+def with_reconnect(write):
+    """Run an idempotent database write; if the connection was dropped
+    (a restarted server, ``pg_terminate_backend``), retry once on a new one."""
+    for attempt in (1, 2):
+        try:
+            return write()
+        except DatabaseError:
+            if attempt == 2 or connection.in_atomic_block:
+                raise
+            logger.warning("Database error; reconnecting and retrying once", exc_info=True)
+            connection.close()
+    return None
+
+
 def deliveries_write(rows: list[Delivery], *, claim_token=None) -> int:
     """Write outcome fields of ``rows`` in one statement per 500 rows.
 
@@ -164,20 +178,16 @@ def deliveries_write(rows: list[Delivery], *, claim_token=None) -> int:
     queryset = Delivery.objects.all()
     if claim_token is not None:
         queryset = queryset.filter(claim_token=claim_token)
-    for attempt in (1, 2):
-        try:
-            if connection.vendor == "postgresql":
-                return sum(
-                    _update_from_values(rows[i : i + 500], claim_token)
-                    for i in range(0, len(rows), 500)
-                )
-            return queryset.bulk_update(rows, OUTCOME_FIELDS, batch_size=500)
-        except DatabaseError:
-            if attempt == 2 or connection.in_atomic_block:
-                raise
-            logger.warning("Database error while recording outcomes; reconnecting", exc_info=True)
-            connection.close()
-    return 0
+
+    def write() -> int:
+        if connection.vendor == "postgresql":
+            return sum(
+                _update_from_values(rows[i : i + 500], claim_token)
+                for i in range(0, len(rows), 500)
+            )
+        return queryset.bulk_update(rows, OUTCOME_FIELDS, batch_size=500)
+
+    return with_reconnect(write)
 
 
 _PG_TYPES = {
@@ -300,32 +310,39 @@ class _Batch:
             return
         journal.journal_open(self.token)
         now = timezone.now()
-        claimed = Delivery.objects.filter(
-            id__in=self.ids, status=Delivery.Status.PENDING, next_attempt_at__lte=now
-        ).update(
-            status=Delivery.Status.SENDING,
-            claim_token=self.token,
-            lease_expires_at=now + timedelta(seconds=self.lease),
-            updated_at=now,
+        # Retried on a dropped connection: the UPDATE may have committed
+        # before the error reached us, so what we hold is read back by token.
+        with_reconnect(
+            lambda: Delivery.objects.filter(
+                id__in=self.ids, status=Delivery.Status.PENDING, next_attempt_at__lte=now
+            ).update(
+                status=Delivery.Status.SENDING,
+                claim_token=self.token,
+                lease_expires_at=now + timedelta(seconds=self.lease),
+                updated_at=now,
+            )
         )
         self.renew_at = time.monotonic() + self.lease / 2
-        if not claimed:
-            journal.journal_close(self.token)
-            return
-        self.rows = list(
-            Delivery.objects.filter(claim_token=self.token)
-            .select_related("recipient", "template")
-            .order_by("id")
+        self.rows = with_reconnect(
+            lambda: list(
+                Delivery.objects.filter(claim_token=self.token)
+                .select_related("recipient", "template")
+                .order_by("id")
+            )
         )
+        if not self.rows:
+            journal.journal_close(self.token)
 
     def renew_lease_if_due(self) -> None:
         if time.monotonic() < self.renew_at:
             return
         self.flush()
         now = timezone.now()
-        renewed = Delivery.objects.filter(
-            claim_token=self.token, status=Delivery.Status.SENDING
-        ).update(lease_expires_at=now + timedelta(seconds=self.lease))
+        renewed = with_reconnect(
+            lambda: Delivery.objects.filter(
+                claim_token=self.token, status=Delivery.Status.SENDING
+            ).update(lease_expires_at=now + timedelta(seconds=self.lease))
+        )
         self.renew_at = time.monotonic() + self.lease / 2
         if not renewed:
             logger.warning("Claim %s was recovered by the sweeper; stopping batch", self.token)
@@ -370,9 +387,11 @@ class _Batch:
         }
         if hold:
             fields["next_attempt_at"] = None
-        Delivery.objects.filter(
-            id__in=ids, claim_token=self.token, status=Delivery.Status.SENDING
-        ).update(**fields)
+        with_reconnect(
+            lambda: Delivery.objects.filter(
+                id__in=ids, claim_token=self.token, status=Delivery.Status.SENDING
+            ).update(**fields)
+        )
         self.finished_ids.update(ids)
         self.counts["released"] = self.counts.get("released", 0) + len(ids)
 
@@ -491,15 +510,14 @@ class _Batch:
         self.finish_row(delivery, outcome)
 
     def finish(self) -> None:
+        # If either write fails, the rows stay ``sending`` under this claim and
+        # the journal stays open: the sweeper recovers them from it later.
+        self.flush()
+        self.release_unfinished()
         try:
-            self.flush()
-            self.release_unfinished()
-        finally:
-            if not self.done:
-                try:
-                    journal.journal_close(self.token)
-                except Exception:
-                    logger.warning("Could not close journal %s", self.token, exc_info=True)
+            journal.journal_close(self.token)
+        except Exception:
+            logger.warning("Could not close journal %s", self.token, exc_info=True)
 
 
 def deliveries_send_batch(*, delivery_ids: Iterable[int]) -> dict[str, int]:
