@@ -18,6 +18,28 @@ from campaigns.services.runs import run_materialise
 from notifier.models import Delivery, Recipient, Template
 
 
+def recreate_database() -> None:
+    """Drop and create the configured database, then migrate it (benchmark
+    and fault runs start from nothing)."""
+    import psycopg
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.db import connections
+
+    params = settings.DATABASES["default"]
+    dsn = (
+        f"host={params['HOST'] or '127.0.0.1'} port={params['PORT'] or 5432} "
+        f"user={params['USER']} dbname=postgres"
+    )
+    if params.get("PASSWORD"):
+        dsn += f" password={params['PASSWORD']}"
+    connections.close_all()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{params["NAME"]}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{params["NAME"]}"')
+    call_command("migrate", verbosity=0)
+
+
 def ensure_recipients(n: int) -> None:
     """Recipients u0..u(n-1)@bench.example, created with one INSERT ... SELECT."""
     have = Recipient.objects.filter(email__endswith="@bench.example").count()

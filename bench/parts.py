@@ -8,33 +8,15 @@ import time
 from datetime import datetime
 
 from django.conf import settings
-from django.core.management import call_command
-from django.db import connection, connections
+from django.db import connections
 
 from bench.campaign import ensure_recipients
 from bench.floor import floor_process, recipient_data
 from bench.run import HTML, ITEMS, PY, ROOT, SUBJECT, TEXT, Row
+from campaigns.selectors import run_status_counts
 from notifier.models import Delivery, Template
 
 # --- data -------------------------------------------------------------------------
-
-
-def prepare_database() -> None:
-    """A fresh benchmark database, migrated."""
-    import psycopg
-
-    name = settings.DATABASES["default"]["NAME"]
-    params = settings.DATABASES["default"]
-    dsn = f"host={params['HOST'] or '127.0.0.1'} port={params['PORT'] or 5432} user={params['USER']} dbname=postgres"
-    if params.get("PASSWORD"):
-        dsn += f" password={params['PASSWORD']}"
-    connections.close_all()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    call_command("migrate", verbosity=0)
-    with connection.cursor() as cursor:
-        cursor.execute("ALTER SYSTEM SET synchronous_commit = on")  # the default, stated
 
 
 def bench_template() -> Template:
@@ -146,21 +128,10 @@ def ours(stack, transport: str, n: int, w: int, workers=None) -> dict:
     run = launch_campaign(n, transport)
     done = wait_run_done(run.pk, n, timeout=max(120, n / 50))
     elapsed = done - started
-    counts = _status_counts(run.pk)
+    counts = run_status_counts(run_id=run.pk)
     if own:
         stack.stop(workers, "campaign worker (ours)")
     return {"sent": counts.get("sent", 0), "seconds": elapsed, "run": run.pk, "statuses": counts}
-
-
-def _status_counts(run_id: int) -> dict:
-    from django.db.models import Count
-
-    return dict(
-        Delivery.objects.filter(run_id=run_id)
-        .values_list("status")
-        .annotate(c=Count("id"))
-        .values_list("status", "c")
-    )
 
 
 # --- the parts --------------------------------------------------------------------

@@ -63,11 +63,12 @@ def main(argv=None):
     stack = Stack(args)  # sets the environment the settings read
     django.setup()
     from bench import parts
+    from bench.campaign import recreate_database
 
     rows: list[Row] = []
     started = time.monotonic()
     try:
-        parts.prepare_database()
+        recreate_database()
         stack.start_services()
         wanted = set(args.parts.split(","))
         transports = [t for t in args.transports.split(",") if t]

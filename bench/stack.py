@@ -90,7 +90,7 @@ class Stack:
         self.esp = self._spawn(
             [PY, "manage.py", "fake_esp", "--port", str(self.esp_port), "--light"], "esp"
         )
-        self._wait_port(self.esp_port)
+        wait_port(self.esp_port)
         sink = shutil.which("smtp-sink") or (
             "/usr/sbin/smtp-sink" if Path("/usr/sbin/smtp-sink").exists() else None
         )
@@ -106,7 +106,7 @@ class Stack:
                     start_new_session=True,
                 )
             self.procs.append(self.sink)
-            self._wait_port(self.smtp_port)
+            wait_port(self.smtp_port)
 
     def _spawn(self, cmd, name, env=None):
         log = open(ROOT / "var" / f"bench-{name}.log", "w")  # noqa: SIM115
@@ -120,8 +120,6 @@ class Stack:
         )
         self.procs.append(proc)
         return proc
-
-    _wait_port = staticmethod(lambda port, timeout=20: wait_port(port, timeout))
 
     # fake ESP ------------------------------------------------------------------
     def esp_reset(self):
@@ -152,32 +150,17 @@ class Stack:
 
     # workers ------------------------------------------------------------------
     def start_workers(self, name, queues, concurrency, **env):
+        from config.celery import app, worker_command
+
         proc = self._spawn(
             [
-                PY,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "-Q",
-                queues,
-                "-c",
-                str(concurrency),
-                "-n",
-                f"{name}@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "--loglevel",
-                "WARNING",
+                *worker_command(name=name, queues=queues, concurrency=concurrency, python=PY),
                 "-O",
                 "fair",
             ],
             f"worker-{name}",
             env={**self.env, **env},
         )
-        from config.celery import app
-
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             replies = app.control.ping(timeout=0.5) or []

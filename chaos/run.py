@@ -166,25 +166,15 @@ class ChaosStack:
         urllib.request.urlopen(request, timeout=5).read()
 
     def start_worker(self, name):
+        from config.celery import worker_command
+
         self.workers[name] = self._spawn(
-            [
-                PY,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "-Q",
-                "transactional,campaigns,digests,maintenance",
-                "-c",
-                "1",
-                "-n",
-                f"{name}@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "--loglevel",
-                "WARNING",
-            ],
+            worker_command(
+                name=name,
+                queues="transactional,campaigns,digests,maintenance",
+                concurrency=1,
+                python=PY,
+            ),
             f"worker-{name}",
         )
 
@@ -245,24 +235,8 @@ class ChaosStack:
         return counts
 
 
-def prepare_database():
-    import psycopg
-    from django.conf import settings
-    from django.core.management import call_command
-    from django.db import connections
-
-    params = settings.DATABASES["default"]
-    connections.close_all()
-    dsn = f"host={params['HOST'] or '127.0.0.1'} port={params['PORT'] or 5432} user={params['USER']} dbname=postgres"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{params["NAME"]}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{params["NAME"]}"')
-    call_command("migrate", verbosity=0)
-
-
 def count_run(stack: ChaosStack, run_id: int, name: str, seconds: float) -> Result:
-    from django.db.models import Count
-
+    from campaigns.selectors import run_status_counts
     from notifier.models import Delivery
 
     rows = list(
@@ -280,12 +254,7 @@ def count_run(stack: ChaosStack, run_id: int, name: str, seconds: float) -> Resu
             result.missing += 1
         if status == Delivery.Status.UNKNOWN:
             result.unknown += 1
-    result.final = dict(
-        Delivery.objects.filter(run_id=run_id)
-        .values_list("status")
-        .annotate(c=Count("id"))
-        .values_list("status", "c")
-    )
+    result.final = run_status_counts(run_id=run_id)
     return result
 
 
@@ -474,8 +443,9 @@ def main(argv=None) -> int:
     started = time.monotonic()
     results = []
     try:
-        prepare_database()
-        from bench.campaign import ensure_recipients
+        from bench.campaign import ensure_recipients, recreate_database
+
+        recreate_database()
 
         ensure_recipients(n)
         stack.start_all()

@@ -8,7 +8,6 @@ import importlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -150,30 +149,18 @@ class WorkerProcess:
         self.log_path = ROOT / "var" / f"test-worker-{name}.log"
 
     def start(self) -> "WorkerProcess":
-        from config.celery import app
+        from config.celery import app, worker_command
 
         env = {**os.environ, **self.env_overrides}
         self.log_path.parent.mkdir(exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the subprocess
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "-Q",
-                self.queues,
-                "-c",
-                str(self.concurrency),
-                "-n",
-                f"{self.name}@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "--loglevel",
-                "INFO",
-            ],
+            worker_command(
+                name=self.name,
+                queues=self.queues,
+                concurrency=self.concurrency,
+                loglevel="INFO",
+            ),
             cwd=ROOT,
             env=env,
             stdout=log,

@@ -24,15 +24,6 @@ from notifier.redis import get_redis
 
 JOURNAL_TTL_SECONDS = 7 * 24 * 3600
 
-_MARK_HANDED = """
-if redis.call('HEXISTS', KEYS[1], '__open__') == 1
-   and redis.call('HEXISTS', KEYS[1], '__recovered__') == 0 then
-  redis.call('HSET', KEYS[1], ARGV[1], 'h')
-  return 1
-end
-return 0
-"""
-
 _HANDOFF = """
 if redis.call('HEXISTS', KEYS[1], '__open__') == 1
    and redis.call('HEXISTS', KEYS[1], '__recovered__') == 0 then
@@ -68,22 +59,20 @@ def journal_open(token) -> None:
         pipe.execute()
 
 
-def journal_mark_handed(token, delivery_id: int) -> bool:
-    """Record that ``delivery_id`` is about to be handed over.
+def journal_handoff(token, delivery_id: int, previous: tuple[int, dict] | None = None) -> bool:
+    """Record that ``delivery_id`` is about to be handed over, and the
+    outcome of the ``previous`` row with it (one round trip per message).
 
     False means the claim was recovered by the sweeper or the journal is gone:
     the batch must stop handing anything over.
     """
-    return bool(get_redis().eval(_MARK_HANDED, 1, _key(token), str(delivery_id)))
-
-
-def journal_handoff(token, delivery_id: int, previous: tuple[int, dict] | None = None) -> bool:
-    """``journal_mark_handed`` that also records the previous row's outcome.
-
-    One round trip per message instead of two.
-    """
     prev_id, prev_outcome = (str(previous[0]), json.dumps(previous[1])) if previous else ("", "")
     return bool(get_redis().eval(_HANDOFF, 1, _key(token), str(delivery_id), prev_id, prev_outcome))
+
+
+def journal_mark_handed(token, delivery_id: int) -> bool:
+    """``journal_handoff`` with no previous outcome."""
+    return journal_handoff(token, delivery_id)
 
 
 def journal_record(token, delivery_id: int, outcome: dict) -> None:

@@ -15,7 +15,11 @@ from notifier import templating
 from notifier.errors import InvalidContext, InvalidTemplate, NotifierError, UnknownTransport
 from notifier.models import Delivery, Recipient, Template
 from notifier.services.dispatch import delivery_dispatch_on_commit
-from notifier.services.recipients import recipient_get_or_create, recipient_render_data
+from notifier.services.recipients import (
+    normalize_email,
+    recipient_get_or_create,
+    recipient_render_data,
+)
 from notifier.services.suppressions import SUPPRESSED_RECIPIENT_STATUSES, active_suppressions
 
 
@@ -83,12 +87,7 @@ def send(
     if headers and not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
         raise NotifierError("headers must map strings to strings.")
 
-    if isinstance(to, Recipient):
-        recipient_email = to.email
-    else:
-        from notifier.services.recipients import normalize_email
-
-        recipient_email = normalize_email(to)
+    recipient_email = to.email if isinstance(to, Recipient) else normalize_email(to)
 
     # Render once now, so a template that cannot render with this context is
     # the caller's error, raised here, not a failed send later.

@@ -21,7 +21,6 @@ import os
 import resource
 import signal
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,6 +30,7 @@ from django.core.mail.backends.base import BaseEmailBackend
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, transaction
 
+from config.celery import worker_command
 from notifier.models import Delivery, Topic
 from notifier.services.digests import hourly_window
 
@@ -188,24 +188,7 @@ class Command(BaseCommand):
             env["NOTIFIER_DIGEST_BATCH_SIZE"] = str(batch_size)
         name = f"bench-digests-{os.getpid()}"
         worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "-Q",
-                "maintenance,digests",
-                "-c",
-                str(concurrency),
-                "-n",
-                f"{name}@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "--loglevel",
-                "WARNING",
-            ],
+            worker_command(name=name, queues="maintenance,digests", concurrency=concurrency),
             cwd=settings.BASE_DIR,
             env=env,
             start_new_session=True,
