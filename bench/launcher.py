@@ -17,16 +17,26 @@ def main() -> None:
     import django
 
     django.setup()
-    from django.db import connection
+    from django.db import DatabaseError, connection
     from django.test.utils import CaptureQueriesContext
 
-    from bench.campaign import materialise_only
+    from bench.campaign import queued_run
+    from campaigns.services.runs import run_materialise
     from notifier.models import Delivery, Template
 
-    template = Template.objects.get(pk=template_id)
+    # The audience (contacts, list) is set up first; the clock runs over the
+    # launch's database step alone: writing the run's Deliveries.
+    run = queued_run(n=n, template=Template.objects.get(pk=template_id))
+    # Generating the audience just now left ~1 GB of WAL and dirty pages; a
+    # checkpoint now keeps that one-off write-back out of the measured step.
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("CHECKPOINT")
+    except DatabaseError:
+        connection.close()  # not a superuser: measured as it comes
     with CaptureQueriesContext(connection) as queries:
         started = time.monotonic()
-        run = materialise_only(n=n, template=template)
+        run_materialise(run=run)
         seconds = time.monotonic() - started
     rows = Delivery.objects.filter(run_id=run.pk).count()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

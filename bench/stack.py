@@ -57,6 +57,75 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+# --- CPU accounting -------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_group(pid: int, ppid: int, comm: str, cmdline: str) -> str | None:
+    """Which part of the system a process belongs to (None: not ours to count)."""
+    if pid == os.getpid():
+        return "driver"
+    if comm == "postgres":
+        return "postgres"
+    if comm.startswith("redis-server"):
+        return "redis"
+    if comm == "smtp-sink":
+        return "smtp sink"
+    if "fake_esp" in cmdline:
+        return "fake ESP"
+    if "celery" in cmdline:
+        return "workers"
+    if "send_queued_mail" in cmdline:
+        return "senders"
+    if ppid == os.getpid():  # the floor's processes
+        return "senders"
+    return None
+
+
+def cpu_snapshot() -> dict[int, tuple[str, int]]:
+    """CPU ticks (own + waited-for children) of every process we account for.
+
+    A process that exits between two snapshots is counted in its parent's
+    children time, which is why both are summed: nothing is counted twice.
+    The driver's own children (floor processes, the post-office drain) are
+    counted as ``senders``.
+    """
+    snapshot: dict[int, tuple[str, int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
+        group = _cpu_group(pid, int(fields[1]), comm, cmdline)
+        if group == "driver":
+            snapshot[pid] = ("driver", utime + stime)
+            snapshot[-pid] = ("senders", cutime + cstime)
+        elif group:
+            snapshot[pid] = (group, utime + stime + cutime + cstime)
+    return snapshot
+
+
+def cpu_by_group(before: dict, after: dict) -> dict[str, float]:
+    """CPU seconds per group between two snapshots.
+
+    Summed per group, not per process: a process that exited in between moved
+    its time into its parent's children time, which is in the same group.
+    """
+    totals: dict[str, float] = {}
+    for snapshot, sign in ((after, 1), (before, -1)):
+        for group, ticks in snapshot.values():
+            totals[group] = totals.get(group, 0.0) + sign * ticks / _TICK
+    return {group: spent for group, spent in totals.items() if spent > 0}
+
+
 @dataclass
 class Row:
     part: str

@@ -259,6 +259,11 @@ class CampaignRun(models.Model):
     )
     recipients = models.PositiveIntegerField(default=0, help_text="Deliveries materialised.")
     totals = models.JSONField(default=dict, blank=True)
+    context = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="The campaign's template context as it was at launch, shared by every message.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

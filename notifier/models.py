@@ -137,7 +137,10 @@ class Delivery(models.Model):
         NOTIFICATION = "notification", "Notification"
 
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
-    recipient = models.ForeignKey(Recipient, on_delete=models.PROTECT, related_name="deliveries")
+    # Indexed by delivery_one_per_run_recipient, which leads with it.
+    recipient = models.ForeignKey(
+        Recipient, on_delete=models.PROTECT, related_name="deliveries", db_index=False
+    )
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.TRANSACTIONAL)
     # What: a template plus context, or inline content (template is null).
     template = models.ForeignKey(
@@ -153,7 +156,8 @@ class Delivery(models.Model):
     # Why: a campaign run (campaigns.CampaignRun id; notifier never imports
     # campaigns), or an idempotency key for transactional mail and digests.
     run_id = models.BigIntegerField(null=True, blank=True)
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    # Unique where set (a partial unique index: campaign rows carry none).
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     status_reason = models.CharField(max_length=500, blank=True)
@@ -178,18 +182,42 @@ class Delivery(models.Model):
         verbose_name_plural = "deliveries"
         ordering = ["-id"]
         constraints = [
+            # One row per recipient per run (rows without a run never clash:
+            # NULLs are distinct); also the index of a recipient's deliveries.
             models.UniqueConstraint(
-                fields=["run_id", "recipient"],
-                condition=Q(run_id__isnull=False),
-                name="delivery_one_per_run_recipient",
+                fields=["recipient", "run_id"], name="delivery_one_per_run_recipient"
+            ),
+            models.UniqueConstraint(
+                fields=["idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="delivery_idempotency_key_uniq",
             ),
         ]
+        # Partial indexes: a row enters only the ones for its current state,
+        # so the claim, the outcome write and a million-row launch each update
+        # fewer indexes (every status change is a non-HOT update).
         indexes = [
-            models.Index(fields=["status", "next_attempt_at"], name="delivery_due_idx"),
-            models.Index(fields=["claim_token"], name="delivery_claim_idx"),
-            models.Index(fields=["esp_message_id"], name="delivery_esp_id_idx"),
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=Q(status="pending"),
+                name="delivery_due_idx",
+            ),
+            models.Index(
+                fields=["claim_token"],
+                condition=Q(claim_token__isnull=False),
+                name="delivery_claim_idx",
+            ),
+            models.Index(
+                fields=["esp_message_id"],
+                condition=~Q(esp_message_id=""),
+                name="delivery_esp_id_idx",
+            ),
             models.Index(fields=["run_id", "status"], name="delivery_run_status_idx"),
-            models.Index(fields=["status", "lease_expires_at"], name="delivery_lease_idx"),
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=Q(status="sending"),
+                name="delivery_lease_idx",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -147,6 +147,11 @@ NOTIFIER_BACKOFF_CAP = env.float("NOTIFIER_BACKOFF_CAP", default=3600.0)
 NOTIFIER_LEASE_SECONDS = env.int("NOTIFIER_LEASE_SECONDS", default=120)
 # Deliveries per batch task.
 NOTIFIER_BATCH_SIZE = env.int("NOTIFIER_BATCH_SIZE", default=200)
+# Messages a batch has on the wire at once (sender threads, one transport
+# connection each): the next message renders while earlier ones wait for the
+# ESP or SMTP server. A worker killed mid-batch leaves at most this many in
+# doubt. Mind your SMTP relay's limit on concurrent connections.
+NOTIFIER_SEND_THREADS = env.int("NOTIFIER_SEND_THREADS", default=4)
 # A pending row dispatched to Celery but not claimed after this many seconds
 # is dispatched again by the sweeper (its task was lost, e.g. Redis restarted
 # without persistence). Claims are conditional, so a second task is harmless.

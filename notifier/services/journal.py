@@ -19,6 +19,7 @@ data) every row of the claim is treated as in doubt.
 """
 
 import json
+from collections.abc import Sequence
 
 from notifier.redis import get_redis
 
@@ -27,10 +28,7 @@ JOURNAL_TTL_SECONDS = 7 * 24 * 3600
 _HANDOFF = """
 if redis.call('HEXISTS', KEYS[1], '__open__') == 1
    and redis.call('HEXISTS', KEYS[1], '__recovered__') == 0 then
-  if ARGV[2] ~= '' then
-    redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-  end
-  redis.call('HSET', KEYS[1], ARGV[1], 'h')
+  redis.call('HSET', KEYS[1], ARGV[1], 'h', unpack(ARGV, 2))
   return 1
 end
 return 0
@@ -59,24 +57,30 @@ def journal_open(token) -> None:
         pipe.execute()
 
 
-def journal_handoff(token, delivery_id: int, previous: tuple[int, dict] | None = None) -> bool:
+def journal_handoff(token, delivery_id: int, outcomes: Sequence[tuple[int, dict]] = ()) -> bool:
     """Record that ``delivery_id`` is about to be handed over, and the
-    outcome of the ``previous`` row with it (one round trip per message).
+    ``outcomes`` that came back since the last call with it (one round trip
+    per message).
 
     False means the claim was recovered by the sweeper or the journal is gone:
     the batch must stop handing anything over.
     """
-    prev_id, prev_outcome = (str(previous[0]), json.dumps(previous[1])) if previous else ("", "")
-    return bool(get_redis().eval(_HANDOFF, 1, _key(token), str(delivery_id), prev_id, prev_outcome))
+    args = [str(delivery_id)]
+    for row_id, outcome in outcomes:
+        args += [str(row_id), json.dumps(outcome)]
+    return bool(get_redis().eval(_HANDOFF, 1, _key(token), *args))
 
 
 def journal_mark_handed(token, delivery_id: int) -> bool:
-    """``journal_handoff`` with no previous outcome."""
+    """``journal_handoff`` with no outcomes."""
     return journal_handoff(token, delivery_id)
 
 
-def journal_record(token, delivery_id: int, outcome: dict) -> None:
-    get_redis().hset(_key(token), str(delivery_id), json.dumps(outcome))
+def journal_record(token, outcomes: Sequence[tuple[int, dict]]) -> None:
+    """Record answers that no later hand-off will carry (the batch's last)."""
+    if outcomes:
+        mapping = {str(row_id): json.dumps(outcome) for row_id, outcome in outcomes}
+        get_redis().hset(_key(token), mapping=mapping)
 
 
 def journal_recover(token) -> dict[int, str | dict] | None:

@@ -16,12 +16,15 @@ Invariants, in the order a batch meets them:
    transport down) go back to ``pending`` before the task ends.
 """
 
+import contextvars
 import logging
 import random
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from email.utils import formataddr
+from queue import Empty, SimpleQueue
 from uuid import uuid4
 
 from django.conf import settings
@@ -74,6 +77,11 @@ OUTCOME_FIELDS = [
 # campaigns app registers one; notifier itself never imports campaigns.
 RunGuard = Callable[[set[int]], dict[int, str]]
 _run_guards: list[RunGuard] = []
+# A run context provider is told the run ids in a batch and answers each run's
+# shared template context (a campaign's, as it was at launch): stored once per
+# run, not copied into every Delivery row. A row's own context wins.
+RunContexts = Callable[[set[int]], dict[int, dict]]
+_run_context_providers: list[RunContexts] = []
 # Message hooks may add context and headers (unsubscribe links, for example).
 MessageHook = Callable[[Delivery, dict, dict], None]
 _message_hooks: list[MessageHook] = []
@@ -82,6 +90,19 @@ _message_hooks: list[MessageHook] = []
 def register_run_guard(guard: RunGuard) -> None:
     if guard not in _run_guards:
         _run_guards.append(guard)
+
+
+def register_run_context(provider: RunContexts) -> None:
+    if provider not in _run_context_providers:
+        _run_context_providers.append(provider)
+
+
+def run_contexts(run_ids: set[int]) -> dict[int, dict]:
+    contexts: dict[int, dict] = {}
+    if run_ids:
+        for provider in _run_context_providers:
+            contexts.update(provider(run_ids))
+    return contexts
 
 
 def register_message_hook(hook: MessageHook) -> None:
@@ -244,11 +265,21 @@ def _content(delivery: Delivery) -> tuple[str, str, str]:
     return delivery.subject, delivery.html_body, delivery.text_body
 
 
-def delivery_build_message(delivery: Delivery, connection_=None) -> EmailMultiAlternatives:
-    """Render ``delivery`` into an email message (raises on a broken render)."""
-    # A fresh dict decoded from the row's JSON: plain data already, and this
-    # message's own copy, so no defensive JSON round trip per message.
-    context = dict(delivery.context) if isinstance(delivery.context, dict) else {}
+def delivery_build_message(
+    delivery: Delivery, connection_=None, run_context: dict | None = None
+) -> EmailMultiAlternatives:
+    """Render ``delivery`` into an email message (raises on a broken render).
+
+    ``run_context`` is the shared context of the delivery's run (see
+    ``register_run_context``); looked up when not given.
+    """
+    if run_context is None and delivery.run_id is not None:
+        run_context = run_contexts({delivery.run_id}).get(delivery.run_id)
+    # This message's own top-level dict (hooks add to it); values are plain
+    # data decoded from JSON, which rendering only reads.
+    context = dict(run_context or {})
+    if isinstance(delivery.context, dict):
+        context.update(delivery.context)
     context["recipient"] = recipient_render_data(delivery.recipient)
     headers = {"Message-ID": delivery.message_id}
     headers.update(delivery.headers or {})
@@ -284,6 +315,24 @@ def transport_connection(name: str):
     return get_connection(config["BACKEND"], fail_silently=False, **config.get("OPTIONS", {}))
 
 
+def _transmit(conn, message: EmailMultiAlternatives, delivery: Delivery, transport: str):
+    """Hand one message over (on a sender thread) and classify the answer."""
+    started = time.monotonic()
+    try:
+        conn.send_messages([message])
+    except Exception as exc:
+        outcome = classify_exception(exc)
+        if outcome.status == UNKNOWN and transport == "smtp":
+            # The SMTP connection is unusable after a mid-send failure; the
+            # backend opens a new one for its next message.
+            conn.close()
+    else:
+        outcome = classify_sent_message(message, delivery.recipient.email)
+    observe_send(transport=transport, outcome=outcome.status, seconds=time.monotonic() - started)
+    logger.info("Handed to %s: %s %s", transport, outcome.status, outcome.error or "")
+    return outcome
+
+
 # --- The batch ----------------------------------------------------------------
 
 
@@ -296,13 +345,15 @@ class _Batch:
         self.done: list[Delivery] = []  # outcome applied, not yet written
         self.finished_ids: set[int] = set()
         self.held_ids: set[int] = set()  # rows of paused runs
-        self.unjournaled: tuple[int, dict] | None = None
+        self.unjournaled: list[tuple[int, dict]] = []  # answers not yet journaled
+        self.in_flight = 0
         self.counts: dict[str, int] = {}
         self.stopped = False
         self.last_flush = time.monotonic()
         self.renew_at = 0.0
         self.next_guard_check = 0.0
         self.run_verdicts: dict[int, str] = {}
+        self.run_contexts: dict[int, dict] = {}
 
     # claim / lease ------------------------------------------------------------
     def claim(self) -> None:
@@ -332,6 +383,10 @@ class _Batch:
         )
         if not self.rows:
             journal.journal_close(self.token)
+            return
+        self.run_contexts = with_reconnect(
+            lambda: run_contexts({d.run_id for d in self.rows if d.run_id is not None})
+        )
 
     def renew_lease_if_due(self) -> None:
         if time.monotonic() < self.renew_at:
@@ -429,9 +484,15 @@ class _Batch:
             self.send_over(transport, rows)
 
     def send_over(self, transport: str, rows: list[Delivery]) -> None:
+        """Render each row here and hand it to the transport on one of
+        ``NOTIFIER_SEND_THREADS`` sender threads (each with its own
+        connection), so the next message renders while the previous ones are
+        on the wire. Database and journal writes stay on this thread."""
+        threads = max(1, settings.NOTIFIER_SEND_THREADS)
         try:
-            conn = transport_connection(transport)
-            conn.open()
+            connections = [transport_connection(transport) for _ in range(min(threads, len(rows)))]
+            for conn in connections:
+                conn.open()
         except UnknownTransport as exc:
             for delivery in rows:
                 self.finish_row(delivery, Outcome(FAILED, error=str(exc)))
@@ -444,8 +505,15 @@ class _Batch:
                 )
             return
         rate = settings.NOTIFIER_TRANSPORTS[transport].get("RATE_LIMIT") or 0
+        free: SimpleQueue = SimpleQueue()
+        for conn in connections:
+            free.put(conn)
+        answers: SimpleQueue = SimpleQueue()
+        pool = ThreadPoolExecutor(max_workers=len(connections), thread_name_prefix="sender")
+        self.in_flight = 0
         try:
             for delivery in rows:
+                self.collect(answers, wait=False)
                 self.renew_lease_if_due()
                 if self.stopped:
                     return
@@ -458,56 +526,80 @@ class _Batch:
                 if verdict == "pause":
                     self.held_ids.add(delivery.id)  # released at the end of the batch
                     continue
-                self.send_one(conn, delivery, transport, rate)
+                with log_context(
+                    delivery_id=delivery.id, delivery=str(delivery.uuid), run_id=delivery.run_id
+                ):
+                    self.hand_over(pool, free, answers, delivery, transport, rate)
         finally:
-            try:
-                conn.close()
-            except Exception:
-                logger.warning("Error closing %s connection", transport, exc_info=True)
+            # Every message handed over gets its answer recorded before the
+            # batch ends: a row on the wire is never released for a resend.
+            # The last answers are journaled as they come (no hand-off follows
+            # to carry them), so one slow answer keeps no others in doubt.
+            while self.in_flight:
+                self.collect(answers, wait=True)
+                self.journal_answers()
+            pool.shutdown(wait=True)
+            for conn in connections:
+                try:
+                    conn.close()
+                except Exception:
+                    logger.warning("Error closing %s connection", transport, exc_info=True)
 
-    def send_one(self, conn, delivery: Delivery, transport: str, rate: float) -> None:
-        # Every log line about this send names the delivery and its run.
-        with log_context(
-            delivery_id=delivery.id, delivery=str(delivery.uuid), run_id=delivery.run_id
-        ):
-            self._send_one(conn, delivery, transport, rate)
-
-    def _send_one(self, conn, delivery: Delivery, transport: str, rate: float) -> None:
+    def hand_over(self, pool, free, answers, delivery: Delivery, transport: str, rate: float):
         try:
-            message = delivery_build_message(delivery, conn)
+            message = delivery_build_message(
+                delivery, None, self.run_contexts.get(delivery.run_id, {})
+            )
         except Exception as exc:
             self.finish_row(delivery, Outcome(FAILED, error=f"Could not render: {exc}"))
             return
         rate_limit_wait(transport=transport, per_second=rate)
+        while free.empty():
+            self.collect(answers, wait=True)
         try:
             may_send = journal.journal_handoff(self.token, delivery.id, self.unjournaled)
-            self.unjournaled = None
+            self.unjournaled = []
         except Exception:
             logger.exception("Journal unavailable; stopping batch before hand-off")
             may_send = False
         if not may_send:
             self.stopped = True
             return
-        attempts = delivery.attempts + 1
-        started = time.monotonic()
+        conn = free.get()
+        self.in_flight += 1
+        context = contextvars.copy_context()  # the sender thread logs with it
+
+        def transmit() -> None:
+            try:
+                outcome = context.run(_transmit, conn, message, delivery, transport)
+            except BaseException as exc:  # never leave the batch waiting
+                outcome = Outcome(UNKNOWN, error=f"Sender thread failed: {exc!r}")
+            free.put(conn)
+            answers.put((delivery, outcome))
+
+        pool.submit(transmit)
+
+    def collect(self, answers: SimpleQueue, *, wait: bool) -> None:
+        """Record the answers that came back (waiting for one if ``wait``)."""
+        while self.in_flight:
+            try:
+                delivery, outcome = answers.get(block=wait)
+            except Empty:
+                return
+            wait = False
+            self.in_flight -= 1
+            outcome.attempts = delivery.attempts + 1
+            # Journaled with the next hand-off (one round trip per message);
+            # if the worker dies first, these rows are the ones left in doubt.
+            self.unjournaled.append((delivery.id, outcome.as_journal()))
+            self.finish_row(delivery, outcome)
+
+    def journal_answers(self) -> None:
         try:
-            conn.send_messages([message])
-        except Exception as exc:
-            outcome = classify_exception(exc)
-            if outcome.status == UNKNOWN and transport == "smtp":
-                # The SMTP connection is unusable after a mid-send failure.
-                conn.close()
-        else:
-            outcome = classify_sent_message(message, delivery.recipient.email)
-        outcome.attempts = attempts
-        observe_send(
-            transport=transport, outcome=outcome.status, seconds=time.monotonic() - started
-        )
-        logger.info("Handed to %s: %s %s", transport, outcome.status, outcome.error or "")
-        # Journaled with the next hand-off (one round trip per message); if
-        # the worker dies first, this row is the one left in doubt.
-        self.unjournaled = (delivery.id, outcome.as_journal())
-        self.finish_row(delivery, outcome)
+            journal.journal_record(self.token, self.unjournaled)
+            self.unjournaled = []
+        except Exception:
+            logger.warning("Could not journal answers of %s", self.token, exc_info=True)
 
     def finish(self) -> None:
         # If either write fails, the rows stay ``sending`` under this claim and

@@ -11,6 +11,7 @@ from campaigns.selectors import run_batch_ranges, run_status_counts
 from campaigns.services.campaigns import campaign_run_create
 from campaigns.services.runs import campaign_run_launch, run_materialise
 from notifier.models import Delivery, Recipient
+from notifier.services.sending import delivery_build_message
 from notifier.services.suppressions import suppression_add
 from tests.campaigns.factories import (
     CampaignFactory,
@@ -55,7 +56,8 @@ def test_one_row_per_audience_member_with_suppressed_marked(fan_outs):
     pending = rows[people[2].pk]
     assert pending.status == "pending" and pending.kind == "campaign"
     assert pending.template_id == campaign.template_id
-    assert pending.context == {"offer": "20% off"}
+    # The campaign context is stored once, on the run, not on every row.
+    assert pending.context == {} and run.context == {"offer": "20% off"}
     assert pending.from_email == "Shop <news@shop.example>"
     assert pending.dispatched_at is not None and pending.next_attempt_at is not None
     assert pending.uuid and len({d.uuid for d in rows.values()}) == 9
@@ -124,9 +126,9 @@ def test_100k_launch_is_set_based_and_memory_flat(django_assert_max_num_queries,
 
     tracemalloc.start()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # lock run + audience lists + segments + INSERT ... SELECT + save run
-    # + batch ranges + publish (no queries)
-    with django_assert_max_num_queries(8) as ctx:
+    # lock run + audience lists + segments + work_mem + INSERT ... SELECT
+    # + save run + batch ranges + publish (no queries)
+    with django_assert_max_num_queries(9) as ctx:
         campaign_run_launch(run_id=run.pk)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -141,3 +143,18 @@ def test_100k_launch_is_set_based_and_memory_flat(django_assert_max_num_queries,
         )
     for query in ctx.captured_queries:
         assert "bulk1@example.com" not in query["sql"]
+
+
+def test_messages_render_with_the_context_the_run_took_at_launch(fan_outs):
+    campaign, people = _campaign_with_audience()
+    run = campaign_run_launch(
+        run_id=campaign_run_create(campaign_id=campaign.pk, trigger="manual").pk
+    )
+    campaign.context = {"offer": "edited after launch"}
+    campaign.save()
+    pending = Delivery.objects.get(run_id=run.pk, recipient=people[2])
+
+    message = delivery_build_message(pending)
+
+    html = message.alternatives[0][0]
+    assert "20% off" in html and "edited" not in html

@@ -101,9 +101,10 @@ def test_smtp_transport_end_to_end(celery_worker_process, smtp_sink):
     assert received["message"]["Message-ID"] == delivery.message_id
 
 
-def test_killed_worker_loses_nothing_and_resends_nothing(start_worker, fake_esp):
-    """SIGKILL a worker mid-batch: handed-over messages are not sent again,
-    the rest are sent after the lease expires, the in-doubt one is marked."""
+def _kill_mid_batch(start_worker, fake_esp, *, threads: int, arrived: int) -> tuple[list, dict]:
+    """Send 12 messages; the ESP accepts the 4th request and never answers;
+    SIGKILL the worker once ``arrived`` messages reached the ESP, let the
+    lease expire and a second worker recover. Returns (ids, rows by status)."""
     template = TemplateFactory()
     later = timezone.now() + timezone.timedelta(days=1)
     deliveries = [
@@ -112,15 +113,17 @@ def test_killed_worker_loses_nothing_and_resends_nothing(start_worker, fake_esp)
     ]
     ids = [d.id for d in deliveries]
     Delivery.objects.filter(id__in=ids).update(next_attempt_at=timezone.now())
-    # The 4th request is accepted by the ESP and then hangs: the worker is
-    # killed while waiting for that answer.
     fake_esp.faults["script"] = [{}, {}, {}, {"hang_after_accept": 30}]
     doomed = start_worker(
-        "doomed", queues="kill-test", NOTIFIER_LEASE_SECONDS=3, ESP_READ_TIMEOUT=60
+        "doomed",
+        queues="kill-test",
+        NOTIFIER_LEASE_SECONDS=3,
+        ESP_READ_TIMEOUT=60,
+        NOTIFIER_SEND_THREADS=threads,
     )
     send_deliveries.apply_async(args=[ids], queue="kill-test")
-    wait_for(lambda: len(fake_esp.messages) == 4, timeout=30)
-    time.sleep(0.3)
+    wait_for(lambda: len(fake_esp.messages) == arrived, timeout=30)
+    time.sleep(0.5)
     doomed.kill()
 
     assert Delivery.objects.filter(id__in=ids, status="sending").count() >= 9
@@ -129,14 +132,33 @@ def test_killed_worker_loses_nothing_and_resends_nothing(start_worker, fake_esp)
     _sweep_until(
         lambda: not Delivery.objects.filter(id__in=ids, status__in=["sending", "pending"]).exists()
     )
-
     by_status = {}
     for d in Delivery.objects.filter(id__in=ids).order_by("id"):
         by_status.setdefault(d.status, []).append(d)
+    # Exactly one message per recipient reached the ESP: none lost, none twice.
+    received = sorted(m["To"] for m in fake_esp.messages)
+    assert received == sorted(f"k{i}@example.com" for i in range(12))
+    return ids, by_status
+
+
+def test_killed_worker_loses_nothing_and_resends_nothing(start_worker, fake_esp):
+    """One message on the wire at a time: killed while waiting for the 4th
+    answer, the 3 answered ones are not sent again, the 4th is in doubt and
+    the 8 never handed over are sent by the worker that recovers the claim."""
+    ids, by_status = _kill_mid_batch(start_worker, fake_esp, threads=1, arrived=4)
     assert len(by_status["sent"]) == 11
     (in_doubt,) = by_status["unknown"]
     assert in_doubt.id == ids[3]
     assert "before the answer was recorded" in in_doubt.last_error
-    # Exactly one message per recipient reached the ESP: none lost, none twice.
-    received = sorted(m["To"] for m in fake_esp.messages)
-    assert received == sorted(f"k{i}@example.com" for i in range(12))
+
+
+def test_killed_worker_with_sender_threads_leaves_only_the_unanswered_in_doubt(
+    start_worker, fake_esp
+):
+    """Four messages on the wire at once: the others go on while one answer
+    hangs, and their answers are journaled as they come, so when the worker
+    is killed only the unanswered message is in doubt."""
+    _, by_status = _kill_mid_batch(start_worker, fake_esp, threads=4, arrived=12)
+    assert len(by_status["sent"]) == 11
+    (in_doubt,) = by_status["unknown"]
+    assert "before the answer was recorded" in in_doubt.last_error

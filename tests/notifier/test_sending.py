@@ -186,7 +186,7 @@ def _claim_by_dead_worker(deliveries, journal_entries):
         if value == "h":
             journal.journal_mark_handed(token, delivery_id)
         else:
-            journal.journal_record(token, delivery_id, value)
+            journal.journal_record(token, [(delivery_id, value)])
     Delivery.objects.filter(id__in=[d.id for d in deliveries]).update(
         status="sending", claim_token=token, lease_expires_at=timezone.now() - timedelta(seconds=1)
     )
