@@ -4,6 +4,8 @@ Kept apart from ``bench.parts`` so a freshly spawned interpreter can import
 it before Django is set up.
 """
 
+from email.utils import formataddr
+
 from bench.run import HTML, ITEMS, SUBJECT, TEXT
 
 
@@ -18,12 +20,17 @@ def recipient_data(i: int) -> dict:
     }
 
 
+def recipient_to(i: int) -> str:
+    """The To header of bench recipient ``i``, as the campaign sends it."""
+    data = recipient_data(i)
+    return formataddr((data["name"], data["email"]))
+
+
 def floor_process(transport: str, indices: range, ready, go, queue) -> None:
     """A plain process: render and send, no queue, no database."""
     import django
 
     django.setup()
-    from django.conf import settings
     from django.core.mail import EmailMultiAlternatives
 
     from notifier import templating
@@ -40,11 +47,12 @@ def floor_process(transport: str, indices: range, ready, go, queue) -> None:
         subject, html, text = templating.render_message(
             subject=SUBJECT, html_body=HTML, text_body=TEXT, context=context
         )
+        # The same message as the campaign's: same content, same From and To.
         message = EmailMultiAlternatives(
             subject,
             text,
-            settings.DEFAULT_FROM_EMAIL,
-            [f"u{i}@bench.example"],
+            "Bench <bench@bench.example>",
+            [recipient_to(i)],
             headers={"Message-ID": f"<floor-{i}@bench.example>"},
             connection=conn,
         )

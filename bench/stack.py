@@ -218,11 +218,12 @@ class Stack:
         return self.esp_count() if transport == "esp" else self.sink_count()
 
     # workers ------------------------------------------------------------------
-    def start_workers(self, name, queues, concurrency, **env):
+    def start_workers(self, name, queues, concurrency, nice=0, **env):
         from config.celery import app, worker_command
 
         proc = self._spawn(
             [
+                *(["nice", "-n", str(nice)] if nice else []),
                 *worker_command(name=name, queues=queues, concurrency=concurrency, python=PY),
                 "-O",
                 "fair",

@@ -45,6 +45,19 @@ return redis.call('HGETALL', KEYS[1])
 HANDED = "h"
 
 
+_scripts: dict[tuple[str, int], object] = {}
+
+
+def _script(name: str, source: str):
+    """The Lua script bound to this process's Redis client: run by its SHA
+    (EVALSHA), loaded once, not sent and hashed on every call."""
+    client = get_redis()
+    key = (name, id(client))
+    if key not in _scripts:
+        _scripts[key] = client.register_script(source)
+    return _scripts[key]
+
+
 def _key(token) -> str:
     return f"notifier:journal:{token}"
 
@@ -68,7 +81,7 @@ def journal_handoff(token, delivery_id: int, outcomes: Sequence[tuple[int, dict]
     args = [str(delivery_id)]
     for row_id, outcome in outcomes:
         args += [str(row_id), json.dumps(outcome)]
-    return bool(get_redis().eval(_HANDOFF, 1, _key(token), *args))
+    return bool(_script("handoff", _HANDOFF)(keys=[_key(token)], args=args))
 
 
 def journal_mark_handed(token, delivery_id: int) -> bool:
@@ -85,7 +98,7 @@ def journal_record(token, outcomes: Sequence[tuple[int, dict]]) -> None:
 
 def journal_recover(token) -> dict[int, str | dict] | None:
     """Freeze the claim and return its entries; None if the journal is lost."""
-    raw = get_redis().eval(_RECOVER, 1, _key(token))
+    raw = _script("recover", _RECOVER)(keys=[_key(token)])
     if raw is None:
         return None
     pairs = dict(zip(raw[::2], raw[1::2], strict=True))

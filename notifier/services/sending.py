@@ -509,7 +509,12 @@ class _Batch:
         for conn in connections:
             free.put(conn)
         answers: SimpleQueue = SimpleQueue()
-        pool = ThreadPoolExecutor(max_workers=len(connections), thread_name_prefix="sender")
+        # One connection: sent inline, no thread to hand over to.
+        pool = (
+            ThreadPoolExecutor(max_workers=len(connections), thread_name_prefix="sender")
+            if len(connections) > 1
+            else None
+        )
         self.in_flight = 0
         try:
             for delivery in rows:
@@ -538,7 +543,8 @@ class _Batch:
             while self.in_flight:
                 self.collect(answers, wait=True)
                 self.journal_answers()
-            pool.shutdown(wait=True)
+            if pool is not None:
+                pool.shutdown(wait=True)
             for conn in connections:
                 try:
                     conn.close()
@@ -577,7 +583,10 @@ class _Batch:
             free.put(conn)
             answers.put((delivery, outcome))
 
-        pool.submit(transmit)
+        if pool is None:
+            transmit()
+        else:
+            pool.submit(transmit)
 
     def collect(self, answers: SimpleQueue, *, wait: bool) -> None:
         """Record the answers that came back (waiting for one if ``wait``)."""

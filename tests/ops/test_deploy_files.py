@@ -20,6 +20,8 @@ ROLES = {"web", "beat", "flower", *(f"worker-{q}" for q in QUEUES)}
 
 def _normalise(command: list[str] | str) -> list[str]:
     words = shlex.split(command) if isinstance(command, str) else list(command)
+    if words[:2] == ["nice", "-n"]:  # CPU priority: tested on its own below
+        words = words[3:]
     words[0] = words[0].rsplit("/", 1)[-1]  # /opt/notifier/.venv/bin/celery -> celery
     return words
 
@@ -78,6 +80,14 @@ def test_every_role_runs_the_same_command_everywhere(compose):
     assert _procfile_commands() == compose_commands
     assert _systemd_commands() == compose_commands
     assert _runbook_commands() == compose_commands
+
+
+def test_campaign_workers_run_at_a_lower_cpu_priority_everywhere(compose):
+    """So a big campaign does not hold up transactional mail on a shared host."""
+    assert compose["services"]["worker-campaigns"]["command"][:3] == ["nice", "-n", "10"]
+    assert compose["services"]["worker-transactional"]["command"][0] == "celery"
+    drop_in = _unit("notifier-worker@campaigns.service.d/nice.conf")
+    assert drop_in["Service"]["Nice"] == "10"
 
 
 def test_one_worker_service_per_queue_and_each_consumes_only_its_queue(compose):
@@ -145,7 +155,9 @@ def _deploy_variables(compose) -> set[str]:
     names |= set(re.findall(r"^([A-Z][A-Z0-9_]+)=", example, re.MULTILINE))
     for service in compose["services"].values():
         names |= set(service.get("environment", {}))
-    for unit in (DEPLOY / "systemd").iterdir():
+    for unit in (DEPLOY / "systemd").rglob("*.*"):
+        if unit.is_dir():
+            continue
         names |= set(re.findall(r"^Environment=([A-Z][A-Z0-9_]+)=", unit.read_text(), re.M))
     return names - {"POSTGRES_DB", "POSTGRES_USER"}  # the postgres image's own
 
