@@ -54,7 +54,6 @@ def main(argv=None):
     parser.add_argument("--materialise", type=int, default=1_000_000)
     parser.add_argument("--urgent-campaign", type=int, default=100_000)
     parser.add_argument("--urgent-sends", type=int, default=200)
-    parser.add_argument("--profile", action="store_true", help="profile one worker batch")
     args = parser.parse_args(argv)
 
     import django

@@ -5,13 +5,15 @@ import tracemalloc
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from campaigns.models import CampaignRun
 from campaigns.selectors import run_batch_ranges, run_status_counts
 from campaigns.services.campaigns import campaign_run_create
 from campaigns.services.runs import campaign_run_launch, run_materialise
 from notifier.models import Delivery, Recipient
-from notifier.services.sending import delivery_build_message
+from notifier.services.sending import _Batch, deliveries_send_batch, delivery_build_message
 from notifier.services.suppressions import suppression_add
 from tests.campaigns.factories import (
     CampaignFactory,
@@ -127,8 +129,8 @@ def test_100k_launch_is_set_based_and_memory_flat(django_assert_max_num_queries,
     tracemalloc.start()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # lock run + audience lists + segments + work_mem + INSERT ... SELECT
-    # + save run + batch ranges + publish (no queries)
-    with django_assert_max_num_queries(9) as ctx:
+    # + save run + ANALYZE + batch ranges + publish (no queries)
+    with django_assert_max_num_queries(10) as ctx:
         campaign_run_launch(run_id=run.pk)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -158,3 +160,44 @@ def test_messages_render_with_the_context_the_run_took_at_launch(fan_outs):
 
     html = message.alternatives[0][0]
     assert "20% off" in html and "edited" not in html
+
+
+def test_a_big_launch_leaves_batch_claims_looking_rows_up_by_key(fan_outs):
+    """Statistics taken when no row was pending would make the planner claim
+    ids by scanning every due row; the launch refreshes them."""
+    contact_list = ContactListFactory()
+    _bulk_recipients(20_000, contact_list.pk)
+    first, second = CampaignFactory(), CampaignFactory()
+    for campaign in (first, second):
+        campaign.contact_lists.set([contact_list])
+    done = campaign_run_launch(
+        run_id=campaign_run_create(campaign_id=first.pk, trigger="manual").pk
+    )
+    Delivery.objects.filter(run_id=done.pk).update(status="sent")
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE notifier_delivery")  # no row pending
+
+    run = campaign_run_launch(
+        run_id=campaign_run_create(campaign_id=second.pk, trigger="manual").pk
+    )
+
+    one = Delivery.objects.filter(run_id=run.pk).values_list("id", flat=True).first()
+    plain_claim = Delivery.objects.filter(
+        id__in=[one], status="pending", next_attempt_at__lte=timezone.now()
+    )
+    assert "notifier_delivery_pkey" in plain_claim.explain()
+    # And the batch's own claim finds rows by key even with stale statistics.
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE notifier_delivery")
+    Delivery.objects.filter(run_id=run.pk).update(status="sent")
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE notifier_delivery")  # no row pending again
+    Delivery.objects.filter(run_id=run.pk).update(status="pending")
+    with CaptureQueriesContext(connection) as queries:
+        deliveries_send_batch(delivery_ids=[])  # nothing: no query
+        _Batch([one]).claim()
+    claim_sql = next(q["sql"] for q in queries.captured_queries if q["sql"].startswith("UPDATE"))
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + claim_sql)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "notifier_delivery_pkey" in plan, plan
