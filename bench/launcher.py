@@ -6,9 +6,10 @@ Usage: python -m bench.launcher N TEMPLATE_ID
 
 import json
 import os
-import resource
 import sys
 import time
+
+from bench.stack import peak_rss_mb
 
 
 def main() -> None:
@@ -39,7 +40,9 @@ def main() -> None:
         run_materialise(run=run)
         seconds = time.monotonic() - started
     rows = Delivery.objects.filter(run_id=run.pk).count()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: the latter keeps the forking parent's peak
+    # across exec on Linux.
+    peak = peak_rss_mb(os.getpid())
     print(
         json.dumps(
             {
