@@ -86,14 +86,13 @@ def _insert_sql(*, run: CampaignRun, audience_sql: str, audience_params: list, n
     """
     q = connection.ops.quote_name
     campaign = run.campaign
-    recipient_table = q(Recipient._meta.db_table)
     suppression_table = q(Suppression._meta.db_table)
     # The reason a member is not mailed ('' when they are): an active
     # suppression, or a recipient status other than active.
     reason_sql = f"""COALESCE(
         (SELECT 'Suppressed: ' || s.reason FROM {suppression_table} s
-          WHERE s.email = r.email AND s.lifted_at IS NULL LIMIT 1),
-        CASE WHEN r.status <> %s THEN 'Suppressed: recipient ' || r.status END,
+          WHERE s.email = m.email AND s.lifted_at IS NULL LIMIT 1),
+        CASE WHEN m.status <> %s THEN 'Suppressed: recipient ' || m.status END,
         '')"""
     explicit = {
         "uuid": (_uuid_sql(), []),
@@ -137,9 +136,8 @@ def _insert_sql(*, run: CampaignRun, audience_sql: str, audience_params: list, n
         INSERT INTO {q(Delivery._meta.db_table)} ({", ".join(columns)})
         SELECT {", ".join(values)}
         FROM (
-            SELECT r.id AS id, {reason_sql} AS reason
-            FROM {recipient_table} r
-            WHERE r.id IN ({audience_sql})
+            SELECT m.id AS id, {reason_sql} AS reason
+            FROM ({audience_sql}) m
             OFFSET 0  -- not flattened: each member's reason is looked up once
         ) a
         WHERE true
@@ -150,7 +148,8 @@ def _insert_sql(*, run: CampaignRun, audience_sql: str, audience_params: list, n
 
 def run_materialise(*, run: CampaignRun) -> int:
     """Write the run's Deliveries in one set-based statement. Returns rows added."""
-    audience = campaign_audience(campaign=run.campaign).values("id")
+    # The audience query yields what the reason needs: recipients are read once.
+    audience = campaign_audience(campaign=run.campaign).values("id", "email", "status")
     try:
         audience_sql, audience_params = audience.query.get_compiler(using="default").as_sql()
     except EmptyResultSet:
