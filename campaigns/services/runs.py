@@ -192,14 +192,15 @@ def campaign_run_launch(*, run_id: int) -> CampaignRun | None:
         run.status = CampaignRun.Status.RUNNING
         run.started_at = timezone.now()
         run.save(update_fields=["context", "recipients", "status", "started_at"])
+    run_fan_out(run_id=run.pk)
     if run.recipients >= ANALYZE_AFTER_ROWS and connection.vendor == "postgresql":
+        # After the fan-out, so a worker lost here has published the batches.
         # A big launch turns the table's statistics stale at once (they may
         # say no row is pending); a planner that believes them claims each
         # batch, and each transactional send, by scanning the due index
         # instead of looking ids up by key. Autovacuum would catch up later.
         with connection.cursor() as cursor:
             cursor.execute(f"ANALYZE {Delivery._meta.db_table}")
-    run_fan_out(run_id=run.pk)
     return run
 
 
