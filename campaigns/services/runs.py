@@ -291,10 +291,15 @@ def campaign_run_finalise(*, run_id: int) -> bool:
             )
         ):
             return False
+        # Counted again under the lock: the count above may predate a launch
+        # that held this lock and has committed its rows since.
+        counts = run_status_counts(run_id=run_id)
+        if any(counts.get(status) for status in IN_FLIGHT):
+            return False
         if run.status == CampaignRun.Status.RUNNING:
             run.status = CampaignRun.Status.DONE
         run.finished_at = timezone.now()
-        run.totals = run_totals(run_status_counts(run_id=run_id))
+        run.totals = run_totals(counts)
         run.save(update_fields=["status", "finished_at", "totals"])
         _campaign_after_run(run.campaign)
     logger.info("Run %s closed: %s", run_id, run.totals)
