@@ -59,7 +59,7 @@ def children(pid: int) -> list[int]:
 
 # --- CPU accounting -------------------------------------------------------------
 
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _cpu_group(pid: int, ppid: int, comm: str, cmdline: str) -> str | None:

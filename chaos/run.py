@@ -259,14 +259,10 @@ def count_run(stack: ChaosStack, run_id: int, name: str, seconds: float) -> Resu
 
 
 def _query(fn):
-    """Run a read, reconnecting once if a scenario terminated our connection."""
-    from django.db import InterfaceError, OperationalError, connection
+    """A read that survives a scenario terminating our connection."""
+    from notifier.services.sending import with_reconnect
 
-    try:
-        return fn()
-    except (OperationalError, InterfaceError):
-        connection.close()
-        return fn()
+    return with_reconnect(fn)
 
 
 def wait_terminal(run_id: int, timeout: float) -> bool:

@@ -45,17 +45,16 @@ return redis.call('HGETALL', KEYS[1])
 HANDED = "h"
 
 
-_scripts: dict[tuple[str, int], object] = {}
+_scripts: dict[str, object] = {}
 
 
-def _script(name: str, source: str):
-    """The Lua script bound to this process's Redis client: run by its SHA
-    (EVALSHA), loaded once, not sent and hashed on every call."""
+def _run(source: str, token, args=()):
+    """Run a Lua script by its SHA (EVALSHA; loaded once per server, not sent
+    and hashed on every call) on the current Redis client."""
     client = get_redis()
-    key = (name, id(client))
-    if key not in _scripts:
-        _scripts[key] = client.register_script(source)
-    return _scripts[key]
+    if source not in _scripts:
+        _scripts[source] = client.register_script(source)
+    return _scripts[source](keys=[_key(token)], args=list(args), client=client)
 
 
 def _key(token) -> str:
@@ -81,12 +80,7 @@ def journal_handoff(token, delivery_id: int, outcomes: Sequence[tuple[int, dict]
     args = [str(delivery_id)]
     for row_id, outcome in outcomes:
         args += [str(row_id), json.dumps(outcome)]
-    return bool(_script("handoff", _HANDOFF)(keys=[_key(token)], args=args))
-
-
-def journal_mark_handed(token, delivery_id: int) -> bool:
-    """``journal_handoff`` with no outcomes."""
-    return journal_handoff(token, delivery_id)
+    return bool(_run(_HANDOFF, token, args))
 
 
 def journal_record(token, outcomes: Sequence[tuple[int, dict]]) -> None:
@@ -98,7 +92,7 @@ def journal_record(token, outcomes: Sequence[tuple[int, dict]]) -> None:
 
 def journal_recover(token) -> dict[int, str | dict] | None:
     """Freeze the claim and return its entries; None if the journal is lost."""
-    raw = _script("recover", _RECOVER)(keys=[_key(token)])
+    raw = _run(_RECOVER, token)
     if raw is None:
         return None
     pairs = dict(zip(raw[::2], raw[1::2], strict=True))

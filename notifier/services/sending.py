@@ -56,9 +56,10 @@ from ops.instruments import observe_send
 logger = logging.getLogger(__name__)
 
 FLUSH_EVERY = 100
-FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 FLUSH_SECONDS = 2.0
 GUARD_EVERY_SECONDS = 0.5
+# "Never due" for a row held without next_attempt_at (see the claim).
+FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 
 OUTCOME_FIELDS = [
     "status",
@@ -176,12 +177,13 @@ def apply_outcome(delivery: Delivery, outcome: Outcome, *, now) -> None:
         raise ValueError(f"unknown outcome {outcome.status}")
 
 
-def with_reconnect(write):
-    """Run an idempotent database write; if the connection was dropped
-    (a restarted server, ``pg_terminate_backend``), retry once on a new one."""
+def with_reconnect(call):
+    """Run a database call that is safe to repeat (a read, an idempotent
+    write); if the connection was dropped (a restarted server,
+    ``pg_terminate_backend``), retry once on a new one."""
     for attempt in (1, 2):
         try:
-            return write()
+            return call()
         except DatabaseError:
             if attempt == 2 or connection.in_atomic_block:
                 raise
@@ -269,7 +271,7 @@ def _content(delivery: Delivery) -> tuple[str, str, str]:
 
 
 def delivery_build_message(
-    delivery: Delivery, connection_=None, run_context: dict | None = None
+    delivery: Delivery, *, run_context: dict | None = None
 ) -> EmailMultiAlternatives:
     """Render ``delivery`` into an email message (raises on a broken render).
 
@@ -299,7 +301,6 @@ def delivery_build_message(
         from_email=delivery.from_email or settings.DEFAULT_FROM_EMAIL,
         to=[formataddr((recipient.name, recipient.email)) if recipient.name else recipient.email],
         headers=headers,
-        connection=connection_,
     )
     if html:
         message.attach_alternative(html, "text/html")
@@ -349,6 +350,11 @@ class _Batch:
         self.finished_ids: set[int] = set()
         self.held_ids: set[int] = set()  # rows of paused runs
         self.unjournaled: list[tuple[int, dict]] = []  # answers not yet journaled
+        # The wire, while send_over runs: free connections, answers that came
+        # back, the sender threads (None: one connection, sent inline).
+        self.free: SimpleQueue = SimpleQueue()
+        self.answers: SimpleQueue = SimpleQueue()
+        self.pool: ThreadPoolExecutor | None = None
         self.in_flight = 0
         self.counts: dict[str, int] = {}
         self.stopped = False
@@ -517,20 +523,17 @@ class _Batch:
                 )
             return
         rate = settings.NOTIFIER_TRANSPORTS[transport].get("RATE_LIMIT") or 0
-        free: SimpleQueue = SimpleQueue()
+        self.free, self.answers, self.in_flight = SimpleQueue(), SimpleQueue(), 0
         for conn in connections:
-            free.put(conn)
-        answers: SimpleQueue = SimpleQueue()
-        # One connection: sent inline, no thread to hand over to.
-        pool = (
+            self.free.put(conn)
+        self.pool = (
             ThreadPoolExecutor(max_workers=len(connections), thread_name_prefix="sender")
             if len(connections) > 1
             else None
         )
-        self.in_flight = 0
         try:
             for delivery in rows:
-                self.collect(answers, wait=False)
+                self.collect(wait=False)
                 self.renew_lease_if_due()
                 if self.stopped:
                     return
@@ -546,34 +549,35 @@ class _Batch:
                 with log_context(
                     delivery_id=delivery.id, delivery=str(delivery.uuid), run_id=delivery.run_id
                 ):
-                    self.hand_over(pool, free, answers, delivery, transport, rate)
+                    self.hand_over(delivery, transport, rate)
         finally:
             # Every message handed over gets its answer recorded before the
             # batch ends: a row on the wire is never released for a resend.
             # The last answers are journaled as they come (no hand-off follows
             # to carry them), so one slow answer keeps no others in doubt.
             while self.in_flight:
-                self.collect(answers, wait=True)
+                self.collect(wait=True)
                 self.journal_answers()
-            if pool is not None:
-                pool.shutdown(wait=True)
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
+                self.pool = None
             for conn in connections:
                 try:
                     conn.close()
                 except Exception:
                     logger.warning("Error closing %s connection", transport, exc_info=True)
 
-    def hand_over(self, pool, free, answers, delivery: Delivery, transport: str, rate: float):
+    def hand_over(self, delivery: Delivery, transport: str, rate: float) -> None:
         try:
             message = delivery_build_message(
-                delivery, None, self.run_contexts.get(delivery.run_id, {})
+                delivery, run_context=self.run_contexts.get(delivery.run_id, {})
             )
         except Exception as exc:
             self.finish_row(delivery, Outcome(FAILED, error=f"Could not render: {exc}"))
             return
         rate_limit_wait(transport=transport, per_second=rate)
-        while free.empty():
-            self.collect(answers, wait=True)
+        while self.free.empty():
+            self.collect(wait=True)
         try:
             may_send = journal.journal_handoff(self.token, delivery.id, self.unjournaled)
             self.unjournaled = []
@@ -583,9 +587,10 @@ class _Batch:
         if not may_send:
             self.stopped = True
             return
-        conn = free.get()
+        conn = self.free.get()
         self.in_flight += 1
         context = contextvars.copy_context()  # the sender thread logs with it
+        free, answers = self.free, self.answers
 
         def transmit() -> None:
             try:
@@ -595,16 +600,16 @@ class _Batch:
             free.put(conn)
             answers.put((delivery, outcome))
 
-        if pool is None:
+        if self.pool is None:
             transmit()
         else:
-            pool.submit(transmit)
+            self.pool.submit(transmit)
 
-    def collect(self, answers: SimpleQueue, *, wait: bool) -> None:
+    def collect(self, *, wait: bool) -> None:
         """Record the answers that came back (waiting for one if ``wait``)."""
         while self.in_flight:
             try:
-                delivery, outcome = answers.get(block=wait)
+                delivery, outcome = self.answers.get(block=wait)
             except Empty:
                 return
             wait = False

@@ -142,10 +142,6 @@ def preferences_token_read(token: str) -> Recipient:
     return _recipient(data["r"])
 
 
-def _absolute(path: str) -> str:
-    return f"{settings.SITE_URL}{path}"
-
-
 _PLACEHOLDER = "TOKEN0PLACEHOLDER"
 
 

@@ -13,7 +13,7 @@ from campaigns.selectors import run_batch_ranges, run_status_counts
 from campaigns.services.campaigns import campaign_run_create
 from campaigns.services.runs import campaign_run_launch, run_materialise
 from notifier.models import Delivery, Recipient
-from notifier.services.sending import _Batch, deliveries_send_batch, delivery_build_message
+from notifier.services.sending import _Batch, delivery_build_message
 from notifier.services.suppressions import suppression_add
 from tests.campaigns.factories import (
     CampaignFactory,
@@ -193,9 +193,10 @@ def test_a_big_launch_leaves_batch_claims_looking_rows_up_by_key(fan_outs):
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE notifier_delivery")  # no row pending again
     Delivery.objects.filter(run_id=run.pk).update(status="pending")
+    batch = _Batch([one])
     with CaptureQueriesContext(connection) as queries:
-        deliveries_send_batch(delivery_ids=[])  # nothing: no query
-        _Batch([one]).claim()
+        batch.claim()
+    batch.finish()  # hands the row back and closes the claim's journal
     claim_sql = next(q["sql"] for q in queries.captured_queries if q["sql"].startswith("UPDATE"))
     with connection.cursor() as cursor:
         cursor.execute("EXPLAIN " + claim_sql)
