@@ -129,6 +129,8 @@ def _database_url() -> str:
     from django.db import connection
 
     d = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{d['NAME']}"
     auth = d["USER"] or ""
     if d.get("PASSWORD"):
         auth += f":{d['PASSWORD']}"

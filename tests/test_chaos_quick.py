@@ -16,6 +16,7 @@ from django.db import connection
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.postgresql
 @pytest.mark.skipif(
     not shutil.which("redis-server"), reason="needs redis-server (apt-get install redis-server)"
 )

@@ -74,6 +74,18 @@ def _uuid_sql() -> str:
     )
 
 
+def _not_flattened_sql() -> str:
+    """A clause that keeps the planner from flattening the audience subquery
+    into the INSERT, so each member's reason is looked up once.
+
+    PostgreSQL takes a bare ``OFFSET 0``; SQLite's grammar needs a LIMIT before
+    an OFFSET (``LIMIT -1`` is "no limit"), and a LIMIT stops its flattening too.
+    """
+    if connection.vendor == "postgresql":
+        return "OFFSET 0"
+    return "LIMIT -1 OFFSET 0"
+
+
 def _prep(name: str, value):
     return Delivery._meta.get_field(name).get_db_prep_save(value, connection)
 
@@ -138,7 +150,7 @@ def _insert_sql(*, run: CampaignRun, audience_sql: str, audience_params: list, n
         FROM (
             SELECT m.id AS id, {reason_sql} AS reason
             FROM ({audience_sql}) m
-            OFFSET 0  -- not flattened: each member's reason is looked up once
+            {_not_flattened_sql()}
         ) a
         WHERE true
         ON CONFLICT DO NOTHING

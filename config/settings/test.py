@@ -11,3 +11,8 @@ env.ENVIRON.setdefault("ANYMAIL_WEBHOOK_SECRET", "test:webhook-secret")
 from config.settings.base import *  # noqa: E402,F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+    # The SQLite pass: a file, not pytest-django's in-memory default, so the
+    # worker subprocesses open the same database as the test.
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / "test-notifier.sqlite3")}  # noqa: F405

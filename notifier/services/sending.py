@@ -201,17 +201,11 @@ def deliveries_write(rows: list[Delivery], *, claim_token=None) -> int:
     """
     if not rows:
         return 0
-    queryset = Delivery.objects.all()
-    if claim_token is not None:
-        queryset = queryset.filter(claim_token=claim_token)
 
     def write() -> int:
-        if connection.vendor == "postgresql":
-            return sum(
-                _update_from_values(rows[i : i + 500], claim_token)
-                for i in range(0, len(rows), 500)
-            )
-        return queryset.bulk_update(rows, OUTCOME_FIELDS, batch_size=500)
+        return sum(
+            _update_from_values(rows[i : i + 500], claim_token) for i in range(0, len(rows), 500)
+        )
 
     return with_reconnect(write)
 
@@ -231,15 +225,41 @@ _PG_TYPES = {
 }
 
 
+def _outcome_values_sql(n_rows: int) -> str:
+    """The FROM source ``v(id, <OUTCOME_FIELDS>)`` of the outcome write: n rows
+    of parameters. PostgreSQL types each parameter (a VALUES list has no
+    column types to infer them from) and names the columns in the alias;
+    SQLite names a VALUES list's columns column1, column2... and takes no
+    column list in an alias, so they are renamed in a SELECT."""
+    width = len(OUTCOME_FIELDS) + 1
+    if connection.vendor == "postgresql":
+        row = "(%s::bigint, " + ", ".join(f"%s::{_PG_TYPES[f]}" for f in OUTCOME_FIELDS) + ")"
+        return f"(VALUES {', '.join([row] * n_rows)}) AS v(id, {', '.join(OUTCOME_FIELDS)})"
+    row = "(" + ", ".join(["%s"] * width) + ")"
+    names = ", ".join(f"column{i + 1} AS {name}" for i, name in enumerate(["id", *OUTCOME_FIELDS]))
+    return f"(SELECT {names} FROM (VALUES {', '.join([row] * n_rows)})) AS v"
+
+
+def _outcome_params(rows: list[Delivery]) -> list:
+    if connection.vendor == "postgresql":  # psycopg adapts Python values itself
+        return [v for row in rows for v in (row.pk, *(getattr(row, f) for f in OUTCOME_FIELDS))]
+    fields = [Delivery._meta.get_field(f) for f in OUTCOME_FIELDS]
+    return [
+        v
+        for row in rows
+        for v in (
+            row.pk,
+            *(f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields),
+        )
+    ]
+
+
 def _update_from_values(rows: list[Delivery], claim_token) -> int:
-    """One ``UPDATE ... FROM (VALUES ...)``: Django's bulk_update builds a CASE
-    per column per row, which costs more than sending the messages."""
-    table = Delivery._meta.db_table
-    placeholder = "(%s::bigint, " + ", ".join(f"%s::{_PG_TYPES[f]}" for f in OUTCOME_FIELDS) + ")"
-    params: list = []
-    for row in rows:
-        params.append(row.pk)
-        params.extend(getattr(row, f) for f in OUTCOME_FIELDS)
+    """One ``UPDATE ... FROM (VALUES ...)`` on either database: Django's
+    bulk_update builds a CASE per column per row, which costs more than
+    sending the messages, and could not keep a webhook's status (below)."""
+    table = connection.ops.quote_name(Delivery._meta.db_table)
+    params = _outcome_params(rows)
     assignments = ", ".join(f"{f} = v.{f}" for f in OUTCOME_FIELDS if f != "status")
     # A webhook may have moved the row on (delivered, bounced...) before
     # this batch wrote "sent": keep what the ESP told us since.
@@ -249,12 +269,13 @@ def _update_from_values(rows: list[Delivery], claim_token) -> int:
     )
     sql = (
         f"UPDATE {table} AS d SET {assignments} "
-        f"FROM (VALUES {', '.join([placeholder] * len(rows))}) AS v(id, {', '.join(OUTCOME_FIELDS)}) "
-        "WHERE d.id = v.id"
+        f"FROM {_outcome_values_sql(len(rows))} WHERE d.id = v.id"
     )
     if claim_token is not None:
-        sql += " AND d.claim_token = %s::uuid"
-        params.append(str(claim_token))
+        sql += " AND d.claim_token = %s"
+        params.append(
+            Delivery._meta.get_field("claim_token").get_db_prep_save(claim_token, connection)
+        )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount

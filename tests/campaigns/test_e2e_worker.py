@@ -5,11 +5,10 @@ import time
 from datetime import timedelta
 
 import pytest
-from django.db import connection
 from django.db.models import F
 from django_celery_beat.models import PeriodicTask
 
-from campaigns.models import Campaign, CampaignRun
+from campaigns.models import Campaign, CampaignRun, ListMembership
 from campaigns.selectors import run_status_counts
 from campaigns.services.campaigns import campaign_cancel, campaign_launch_now, campaign_schedule
 from campaigns.services.runs import campaign_run_pause, campaign_run_resume
@@ -25,32 +24,23 @@ from tests.conftest import wait_for
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 
 
-def bulk_people(prefix: str, count: int, *, attributes: str = "{}") -> list[int]:
-    """Create recipients in one statement; returns their ids."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            INSERT INTO notifier_recipient
-                (email, name, attributes, time_zone, locale, status, created_at, updated_at)
-            SELECT %s || n || '@example.com', 'Person' || n || ' ' || %s, %s::jsonb,
-                   'UTC', 'en', 'active', now(), now()
-            FROM generate_series(1, %s) AS n
-            RETURNING id
-            """,
-            [prefix, prefix, attributes, count],
+def bulk_people(prefix: str, count: int, *, attributes: dict | None = None) -> list[int]:
+    """Create recipients in one bulk insert; returns their ids."""
+    people = Recipient.objects.bulk_create(
+        Recipient(
+            email=f"{prefix}{n}@example.com",
+            name=f"Person{n} {prefix}",
+            attributes=attributes or {},
         )
-        return [row[0] for row in cursor.fetchall()]
+        for n in range(1, count + 1)
+    )
+    return [person.pk for person in people]
 
 
 def members(contact_list, ids) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            INSERT INTO campaigns_listmembership (contact_list_id, recipient_id, added_at)
-            SELECT %s, id, now() FROM notifier_recipient WHERE id = ANY(%s)
-            """,
-            [contact_list.pk, ids],
-        )
+    ListMembership.objects.bulk_create(
+        ListMembership(contact_list=contact_list, recipient_id=pk) for pk in ids
+    )
 
 
 def wait_closed(run_id: int, timeout: float = 120) -> CampaignRun:
@@ -65,7 +55,7 @@ def test_campaign_to_2000_recipients(celery_worker_process, fake_esp):
     """Acceptance 1: two overlapping lists plus a segment, some suppressed."""
     a = bulk_people("a", 1000)
     b = bulk_people("b", 800)
-    vip = bulk_people("v", 300, attributes='{"tier": "VIP"}')
+    vip = bulk_people("v", 300, attributes={"tier": "VIP"})
     first, second = ContactListFactory(), ContactListFactory()
     members(first, a + b[:400])
     members(second, b + vip[:100])  # b[:400] and vip[:100] are in two places

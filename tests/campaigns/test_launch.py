@@ -114,6 +114,7 @@ def _bulk_recipients(count: int, list_id: int) -> None:
         )
 
 
+@pytest.mark.postgresql
 def test_100k_launch_is_set_based_and_memory_flat(django_assert_max_num_queries, capsys):
     """Acceptance: a 100,000-recipient run in a few queries, flat memory.
 
@@ -162,6 +163,7 @@ def test_messages_render_with_the_context_the_run_took_at_launch(fan_outs):
     assert "20% off" in html and "edited" not in html
 
 
+@pytest.mark.postgresql
 def test_a_big_launch_leaves_batch_claims_looking_rows_up_by_key(fan_outs):
     """Statistics taken when no row was pending would make the planner claim
     ids by scanning every due row; the launch refreshes them."""

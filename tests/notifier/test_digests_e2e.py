@@ -171,6 +171,7 @@ def _holds_notification_locks() -> bool:
         return cursor.fetchone()[0] > 0
 
 
+@pytest.mark.postgresql
 def test_digest_task_killed_midway_is_redelivered_and_sends_one_digest(
     celery_worker_process, start_worker, fake_esp
 ):

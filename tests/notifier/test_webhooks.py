@@ -452,6 +452,8 @@ def _production_check(**env_extra) -> subprocess.CompletedProcess:
     env.update(
         DJANGO_SETTINGS_MODULE="config.settings.production",
         SECRET_KEY="production-check-" + "k" * 50,
+        # Production refuses SQLite; this check never connects.
+        DATABASE_URL="postgres://notifier@127.0.0.1:5432/notifier",
         **env_extra,
     )
     return subprocess.run(

@@ -21,7 +21,7 @@ from tests.conftest import ROOT, wait_for
 from tests.ops.private_services import PrivatePostgres, PrivateRedis, free_port
 from tests.ops.production import manage, production_env
 
-pytestmark = pytest.mark.worker
+pytestmark = [pytest.mark.worker, pytest.mark.postgresql]
 
 BIN = Path(sys.executable).parent
 
