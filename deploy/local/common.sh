@@ -22,10 +22,14 @@ find_python() {
   return 1
 }
 
+# ensure_venv REQUIREMENTS: .venv with those pinned requirements installed.
+# One stamp per requirements file (named after it and its content), so `make
+# run` and `make test` (the same file) and `make bench` never undo each other.
 ensure_venv() {
-  local requirements="$1" stamp
-  stamp="$VENV/.installed-$(cat "$requirements" requirements/base.txt | md5sum | cut -c1-12)"
-  if [[ -f "$stamp" ]]; then return 0; fi
+  local requirements="$1" name stamp
+  name="$(basename "$requirements" .txt)"
+  stamp="$VENV/.installed-$name-$(cat "$requirements" requirements/base.txt | md5sum | cut -c1-12)"
+  if [[ -f "$stamp" && -x "$PY" ]]; then return 0; fi
   local python
   python="$(find_python)" || die "Python 3.11+ with venv is required (Debian/Ubuntu: apt-get install python3 python3-venv)."
   if [[ ! -x "$PY" ]]; then
@@ -34,7 +38,7 @@ ensure_venv() {
   fi
   say "Installing pinned requirements from $requirements"
   "$PY" -m pip install --quiet --disable-pip-version-check -r "$requirements"
-  rm -f "$VENV"/.installed-*
+  rm -f "$VENV/.installed-$name-"*
   touch "$stamp"
 }
 
