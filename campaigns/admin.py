@@ -377,6 +377,8 @@ class CampaignAdmin(admin.ModelAdmin):
             data["run"] = {
                 "id": run.pk,
                 "status": run.status,
+                "problem": run.problem,
+                "problem_detail": run.problem_detail,
                 "recipients": run.recipients,
                 "counts": counts,
                 "totals": run_totals(counts),
@@ -489,9 +491,10 @@ class CampaignRunAdmin(admin.ModelAdmin):
         "totals_summary",
         "started_at",
         "finished_at",
+        "problem_summary",
         "links",
     )
-    list_filter = ("status", "trigger")
+    list_filter = ("status", "problem", "trigger")
     search_fields = ("campaign__name",)
     list_select_related = ("campaign",)
     show_full_result_count = False
@@ -505,6 +508,16 @@ class CampaignRunAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    @admin.display(description="Problem", ordering="problem")
+    def problem_summary(self, obj):
+        if not obj.problem:
+            return "-"
+        return format_html(
+            '<strong class="run-problem">{}</strong><br>{}',
+            obj.get_problem_display(),
+            obj.problem_detail,
+        )
 
     @admin.display(description="Totals")
     def totals_summary(self, obj):

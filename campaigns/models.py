@@ -247,6 +247,14 @@ class CampaignRun(models.Model):
 
     ACTIVE = (Status.QUEUED, Status.RUNNING, Status.PAUSED)
 
+    class Problem(models.TextChoices):
+        """Why a run is not progressing, beside its status (data, not text:
+        the error itself is in ``problem_detail``)."""
+
+        NONE = "", "None"
+        LAUNCH_FAILED = "launch_failed", "Failed to launch"
+        STALLED = "stalled", "Stalled: its batches fail"
+
     class Trigger(models.TextChoices):
         MANUAL = "manual", "Launched by staff"
         SCHEDULE = "schedule", "Schedule"
@@ -267,10 +275,23 @@ class CampaignRun(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Set by campaigns.services.runs when a launch or a batch raises; cleared
+    # when the run makes progress again. Maintenance retries a failed launch
+    # at ``retry_at`` (exponential backoff), never on every tick.
+    problem = models.CharField(max_length=16, choices=Problem.choices, blank=True, default="")
+    problem_detail = models.TextField("error", blank=True)
+    problem_since = models.DateTimeField(null=True, blank=True)
+    problem_count = models.PositiveIntegerField("failed attempts", default=0)
+    retry_at = models.DateTimeField("next attempt", null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]
-        indexes = [models.Index(fields=["status", "finished_at"], name="run_status_idx")]
+        indexes = [
+            models.Index(fields=["status", "finished_at"], name="run_status_idx"),
+            models.Index(
+                fields=["problem"], condition=~models.Q(problem=""), name="run_problem_idx"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"Run {self.pk} of {self.campaign_id} ({self.status})"

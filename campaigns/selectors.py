@@ -234,3 +234,13 @@ def contact_list_export_rows(*, contact_list: ContactList) -> Iterator[list[str]
     for email, name, status, attributes in rows.iterator(chunk_size=2000):
         attributes = attributes or {}
         yield [_cell(email), _cell(name), status, *(_cell(attributes.get(k)) for k in columns)]
+
+
+def runs_with_problems() -> QuerySet[CampaignRun]:
+    """Active runs that failed to launch or whose batches fail (for health and staff)."""
+    return (
+        CampaignRun.objects.exclude(problem="")
+        .filter(status__in=CampaignRun.ACTIVE)
+        .select_related("campaign")
+        .order_by("problem_since")
+    )

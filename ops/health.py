@@ -8,6 +8,10 @@ pass, 503 otherwise, with one entry per check::
 ``/health/live/`` (liveness) only says the web process answers: restarting a
 web process because PostgreSQL is down would not help.
 
+When every check passes but a campaign run failed to launch or stalled, the
+answer is still 200 with ``"status": "degraded"`` and a ``problems`` list
+naming each run and the reason.
+
 Checks come from django-health-check (database, Redis ping, Celery ping
 with "every queue has a consumer") plus the beat heartbeat below.
 """
@@ -92,10 +96,36 @@ class HealthView(HealthCheckView):
             for (name, _), result in zip(checks, results, strict=True)
         }
         healthy = all(entry["ok"] for entry in report.values())
-        return JsonResponse(
-            {"status": "ok" if healthy else "unhealthy", "checks": report},
-            status=200 if healthy else 503,
-        )
+        body = {"status": "ok" if healthy else "unhealthy", "checks": report}
+        if healthy:
+            # Serving works but some work does not progress: say which, and
+            # why, without taking the web tier out of the load balancer.
+            problems = await asyncio.to_thread(_run_problems)
+            if problems:
+                body["status"] = "degraded"
+                body["problems"] = problems
+        return JsonResponse(body, status=200 if healthy else 503)
+
+
+def _run_problems() -> list[dict]:
+    from django.db import connections
+
+    from campaigns.selectors import runs_with_problems
+
+    try:
+        return [
+            {
+                "run": run.pk,
+                "campaign": run.campaign.name,
+                "problem": run.problem,
+                "reason": f"{run.get_problem_display()}: {run.problem_detail}",
+                "since": run.problem_since.isoformat() if run.problem_since else None,
+                "attempts": run.problem_count,
+            }
+            for run in runs_with_problems()[:20]
+        ]
+    finally:
+        connections.close_all()  # this worker thread's own connection
 
 
 def live(request):

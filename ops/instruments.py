@@ -23,3 +23,14 @@ SEND_OUTCOMES = Counter(
 def observe_send(*, transport: str, outcome: str, seconds: float) -> None:
     SEND_SECONDS.labels(transport=transport).observe(seconds)
     SEND_OUTCOMES.labels(transport=transport, outcome=outcome).inc()
+
+
+TASK_FAILURES = Counter(
+    "notifier_task_failures",
+    "Celery tasks that raised, and runs whose maintenance failed, by task name.",
+    ["task"],
+)
+
+
+def count_task_failure(*, task: str) -> None:
+    TASK_FAILURES.labels(task=task).inc()

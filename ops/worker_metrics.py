@@ -9,7 +9,7 @@ samples would be seen, which is right only for ``--pool solo/threads``.
 import logging
 import os
 
-from celery.signals import worker_process_shutdown, worker_ready
+from celery.signals import task_failure, worker_process_shutdown, worker_ready
 from django.conf import settings
 from prometheus_client import REGISTRY, CollectorRegistry, multiprocess, start_http_server
 
@@ -33,3 +33,10 @@ def serve_worker_metrics(**kwargs) -> None:
 def forget_dead_child(pid=None, **kwargs) -> None:
     if settings.PROMETHEUS_MULTIPROC_DIR:
         multiprocess.mark_process_dead(pid or os.getpid())
+
+
+@task_failure.connect
+def count_failed_task(sender=None, **kwargs) -> None:
+    from ops.instruments import count_task_failure
+
+    count_task_failure(task=getattr(sender, "name", None) or "unknown")

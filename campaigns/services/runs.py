@@ -45,6 +45,7 @@ from campaigns.selectors import (
 )
 from notifier.models import Delivery, Recipient, Suppression
 from notifier.services.sending import deliveries_send_batch
+from ops.instruments import count_task_failure
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +185,23 @@ def run_materialise(*, run: CampaignRun) -> int:
 
 
 def campaign_run_launch(*, run_id: int) -> CampaignRun | None:
-    """Materialise a queued run and fan it out. Launching twice sends once."""
+    """Materialise a queued run and fan it out. Launching twice sends once.
+
+    A launch that raises leaves the run queued (its transaction rolled back),
+    records the error on the run (``launch_failed``, with the next attempt
+    after a backoff) and raises again for the caller (the task fails visibly).
+    """
+    try:
+        run = _launch(run_id)
+    except Exception as exc:
+        _record_problem(run_id, CampaignRun.Problem.LAUNCH_FAILED, exc)
+        raise
+    if run is not None and run.problem == CampaignRun.Problem.LAUNCH_FAILED:
+        run_problem_clear(run_id=run_id, problem=CampaignRun.Problem.LAUNCH_FAILED)
+    return run
+
+
+def _launch(run_id: int) -> CampaignRun | None:
     with transaction.atomic():
         run = (
             CampaignRun.objects.select_for_update()
@@ -247,17 +264,88 @@ def campaign_run_send_batch(*, run_id: int, first_id: int, last_id: int) -> dict
     A paused or cancelled run sends nothing here (its rows are already held or
     cancelled); the run guard covers a pause that lands mid-batch.
     """
-    status = CampaignRun.objects.filter(pk=run_id).values_list("status", flat=True).first()
+    status, problem = CampaignRun.objects.filter(pk=run_id).values_list(
+        "status", "problem"
+    ).first() or (None, "")
     if status != CampaignRun.Status.RUNNING:
         return {}
-    ids = Delivery.objects.filter(
-        run_id=run_id,
-        id__gte=first_id,
-        id__lte=last_id,
-        status=Delivery.Status.PENDING,
-        next_attempt_at__isnull=False,
-    ).values_list("id", flat=True)
-    return deliveries_send_batch(delivery_ids=list(ids))
+    try:
+        ids = Delivery.objects.filter(
+            run_id=run_id,
+            id__gte=first_id,
+            id__lte=last_id,
+            status=Delivery.Status.PENDING,
+            next_attempt_at__isnull=False,
+        ).values_list("id", flat=True)
+        counts = deliveries_send_batch(delivery_ids=list(ids))
+    except Exception as exc:
+        _record_problem(run_id, CampaignRun.Problem.STALLED, exc)
+        raise
+    if problem == CampaignRun.Problem.STALLED and counts:
+        run_problem_clear(run_id=run_id, problem=CampaignRun.Problem.STALLED)
+    return counts
+
+
+# --- Problems ---------------------------------------------------------------------
+
+
+def _problem_backoff(count: int) -> timedelta:
+    base, cap = settings.CAMPAIGNS_PROBLEM_BACKOFF_BASE, settings.CAMPAIGNS_PROBLEM_BACKOFF_CAP
+    return timedelta(seconds=min(cap, base * 2 ** max(0, count - 1)))
+
+
+def run_problem_record(*, run_id: int, problem: str, error: BaseException | str) -> None:
+    """Record why the run is not progressing, with the next automatic attempt.
+
+    Logged once per failed attempt; attempts back off exponentially, so a
+    deterministic error is neither retried nor logged on every tick.
+    """
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    now = timezone.now()
+    with transaction.atomic():
+        run = CampaignRun.objects.select_for_update().filter(pk=run_id).first()
+        if run is None:
+            return
+        same = run.problem == problem
+        run.problem = problem
+        run.problem_detail = text[:4000]
+        run.problem_since = run.problem_since if same else now
+        run.problem_count = run.problem_count + 1 if same else 1
+        run.retry_at = now + _problem_backoff(run.problem_count)
+        run.save(
+            update_fields=[
+                "problem",
+                "problem_detail",
+                "problem_since",
+                "problem_count",
+                "retry_at",
+            ]
+        )
+    logger.error(
+        "Run %s: %s (failed attempt %s; next attempt at %s): %s",
+        run_id,
+        CampaignRun.Problem(problem).label,
+        run.problem_count,
+        run.retry_at.isoformat(timespec="seconds"),
+        text,
+    )
+
+
+def _record_problem(run_id: int, problem: str, exc: BaseException) -> None:
+    """Record ``exc`` on the run while the caller re-raises it; a failure to
+    record (the caller's own transaction is broken) must not hide it."""
+    try:
+        run_problem_record(run_id=run_id, problem=problem, error=exc)
+    except Exception:
+        logger.warning("Could not record the problem of run %s", run_id, exc_info=True)
+
+
+def run_problem_clear(*, run_id: int, problem: str) -> None:
+    cleared = CampaignRun.objects.filter(pk=run_id, problem=problem).update(
+        problem="", problem_detail="", problem_since=None, problem_count=0, retry_at=None
+    )
+    if cleared:
+        logger.info("Run %s: progressing again after %s", run_id, problem)
 
 
 # --- Close ------------------------------------------------------------------------
@@ -448,24 +536,41 @@ def campaign_runs_maintain(*, stale_after: float = 60.0) -> dict[str, int]:
     """Beat: close finished runs, launch lost queued runs, release stray holds.
 
     * a run whose chord callback never came is closed once its rows are done;
-    * a queued run whose launch task was lost is launched (idempotent);
+    * a queued run whose launch task was lost is launched (idempotent); one
+      whose launch failed is tried again only when its backoff has passed;
     * rows a batch held after the run was resumed are made due again.
+
+    One run's error is recorded on that run and never stops the others.
     """
-    result = {"closed": 0, "launched": 0, "released": 0}
-    stale = timezone.now() - timedelta(seconds=stale_after)
-    for run_id, status, created_at in runs_to_maintain().values_list("pk", "status", "created_at"):
-        if status == CampaignRun.Status.QUEUED:
-            if created_at < stale:
-                campaign_run_launch(run_id=run_id)
-                result["launched"] += 1
+    result = {"closed": 0, "launched": 0, "released": 0, "failed": 0}
+    now = timezone.now()
+    stale = now - timedelta(seconds=stale_after)
+    runs = runs_to_maintain().values_list("pk", "status", "created_at", "retry_at")
+    for run_id, status, created_at, retry_at in runs:
+        if retry_at is not None and retry_at > now:
             continue
-        if status == CampaignRun.Status.RUNNING:
-            result["released"] += _make_due(
-                Delivery.objects.filter(
-                    run_id=run_id, status=Delivery.Status.PENDING, next_attempt_at__isnull=True
-                ),
-                dispatched_at=None,
-            )
-        if status != CampaignRun.Status.PAUSED and campaign_run_finalise(run_id=run_id):
-            result["closed"] += 1
+        try:
+            _maintain_run(run_id, status, created_at, stale, result)
+        except Exception as exc:
+            result["failed"] += 1
+            count_task_failure(task="campaigns.maintain_runs")
+            if status != CampaignRun.Status.QUEUED:  # a launch records its own problem
+                _record_problem(run_id, CampaignRun.Problem.STALLED, exc)
     return result
+
+
+def _maintain_run(run_id: int, status: str, created_at, stale, result: dict[str, int]) -> None:
+    if status == CampaignRun.Status.QUEUED:
+        if created_at < stale:
+            campaign_run_launch(run_id=run_id)
+            result["launched"] += 1
+        return
+    if status == CampaignRun.Status.RUNNING:
+        result["released"] += _make_due(
+            Delivery.objects.filter(
+                run_id=run_id, status=Delivery.Status.PENDING, next_attempt_at__isnull=True
+            ),
+            dispatched_at=None,
+        )
+    if status != CampaignRun.Status.PAUSED and campaign_run_finalise(run_id=run_id):
+        result["closed"] += 1

@@ -256,6 +256,11 @@ PROMETHEUS_MULTIPROC_DIR = env("PROMETHEUS_MULTIPROC_DIR", default="")
 CAMPAIGNS_BATCH_SIZE = env.int("CAMPAIGNS_BATCH_SIZE", default=NOTIFIER_BATCH_SIZE)
 # Rows per bulk insert when importing contacts from CSV (memory stays bounded).
 CAMPAIGNS_IMPORT_CHUNK = env.int("CAMPAIGNS_IMPORT_CHUNK", default=2000)
+# A run whose launch (or maintenance) raises is tried again after this many
+# seconds, doubling on each failure up to the cap: a deterministic error is
+# neither retried nor logged on every maintenance tick.
+CAMPAIGNS_PROBLEM_BACKOFF_BASE = env.float("CAMPAIGNS_PROBLEM_BACKOFF_BASE", default=30.0)
+CAMPAIGNS_PROBLEM_BACKOFF_CAP = env.float("CAMPAIGNS_PROBLEM_BACKOFF_CAP", default=3600.0)
 # Closes runs whose chord callback never came (a batch raised, retries were
 # due later), launches queued runs whose task was lost, releases stray holds.
 CELERY_BEAT_SCHEDULE["campaigns-maintain-runs"] = {
