@@ -19,6 +19,7 @@ from notifier.models import (
     Template,
     Topic,
 )
+from notifier.services.digests import digests_send_now
 from notifier.services.recipients import normalize_email, recipient_render_data
 from notifier.services.retries import deliveries_retry
 from notifier.services.suppressions import suppression_add, suppression_lift
@@ -46,6 +47,18 @@ class RecipientAdmin(admin.ModelAdmin):
     search_fields = ("email", "name")
     readonly_fields = ("created_at", "updated_at")
     show_full_result_count = False
+    actions = ["send_digest_now"]
+
+    @admin.action(
+        description="Send digest now (their pending hourly/daily notifications)",
+        permissions=["change"],
+    )
+    def send_digest_now(self, request, queryset):
+        _digest_sent_message(
+            self,
+            request,
+            digests_send_now(recipient_ids=list(queryset.values_list("pk", flat=True))),
+        )
 
 
 @admin.register(Template)
@@ -287,6 +300,31 @@ class TopicAdmin(admin.ModelAdmin):
     list_display = ("key", "name", "default_frequency", "digest_cap")
     search_fields = ("key", "name")
     prepopulated_fields = {"key": ("name",)}
+    actions = ["send_digest_now"]
+
+    @admin.action(
+        description="Send digest now to everyone with pending notifications of these topics",
+        permissions=["change"],
+    )
+    def send_digest_now(self, request, queryset):
+        _digest_sent_message(
+            self, request, digests_send_now(topic_ids=list(queryset.values_list("pk", flat=True)))
+        )
+
+
+def _digest_sent_message(model_admin, request, result: dict[str, int]) -> None:
+    if not result["recipients"]:
+        model_admin.message_user(
+            request, "Nobody has pending digest notifications: nothing to send.", messages.WARNING
+        )
+        return
+    model_admin.message_user(
+        request,
+        f"Building and sending the digests of {result['recipients']} "
+        f"recipient{'s' if result['recipients'] != 1 else ''} now; they appear under Deliveries "
+        "within a few seconds.",
+        messages.SUCCESS,
+    )
 
 
 @admin.register(Preference)

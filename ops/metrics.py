@@ -21,6 +21,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from campaigns.models import CampaignRun
+from campaigns.selectors import runs_with_problems
 from notifier.models import Delivery, DeliveryEvent, Suppression
 
 logger = logging.getLogger(__name__)
@@ -88,7 +90,17 @@ class NotifierCollector:
         )
         for row in DeliveryEvent.objects.order_by().values("event_type").annotate(n=Count("id")):
             events.add_metric([row["event_type"]], row["n"])
-        return [deliveries, retries, suppressions, events]
+
+        problems = GaugeMetricFamily(
+            "notifier_campaign_runs_with_problem",
+            "Active campaign runs that failed to launch or whose batches fail, by problem.",
+            labels=["problem"],
+        )
+        found = dict(runs_with_problems().order_by().values_list("problem").annotate(n=Count("id")))
+        for problem in CampaignRun.Problem.values:
+            if problem:
+                problems.add_metric([problem], found.get(problem, 0))
+        return [deliveries, retries, suppressions, events, problems]
 
     def _broker(self):
         depth = GaugeMetricFamily(

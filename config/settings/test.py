@@ -13,6 +13,7 @@ from config.settings.base import *  # noqa: E402,F403
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
-    # The SQLite pass: a file, not pytest-django's in-memory default, so the
-    # worker subprocesses open the same database as the test.
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / "test-notifier.sqlite3")}  # noqa: F405
+    # The SQLite pass: the file DATABASE_URL names (made afresh for the run),
+    # not pytest-django's in-memory default, so the worker subprocesses open
+    # the same database as the test.
+    DATABASES["default"]["TEST"] = {"NAME": DATABASES["default"]["NAME"]}  # noqa: F405

@@ -37,7 +37,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import BigIntegerField, Case, Value, When
 from django.utils import timezone
-from django.utils.html import strip_tags
+from django.utils.html import escape, strip_tags
 
 from notifier import templating
 from notifier.models import Delivery, Frequency, Notification, Recipient, Topic
@@ -199,24 +199,64 @@ def digest_batches_due(
             yield batches
 
 
+def _publish_builds(batches: list[DigestBatch]) -> None:
+    from notifier.tasks import build_digests
+
+    group(
+        build_digests.si(b.recipient_ids, b.frequency, b.window, b.cutoff.isoformat()).set(
+            queue="digests"
+        )
+        for b in batches
+    ).apply_async()
+
+
+def digests_send_now(
+    *, recipient_ids: list[int] | None = None, topic_ids: list[int] | None = None, now=None
+) -> dict[str, int]:
+    """Staff: send the digests of these recipients (or of everyone with a
+    pending notification of these topics) now instead of at the top of the
+    hour or their daily time. Each digest holds all the recipient's pending
+    notifications of its frequency, as the scheduled one would have.
+
+    The window is this moment (``now-<UTC timestamp>``): pressing twice in the
+    same second sends once; the scheduled digest later finds nothing left.
+    Returns how many recipients and build tasks.
+    """
+    now = now or timezone.now()
+    pending = Notification.objects.filter(
+        included_at__isnull=True, frequency__in=DIGEST_FREQUENCIES
+    )
+    if recipient_ids is not None:
+        pending = pending.filter(recipient_id__in=recipient_ids)
+    if topic_ids is not None:
+        pending = pending.filter(topic_id__in=topic_ids)
+    window = f"now-{now.astimezone(UTC):%Y%m%dT%H%M%S}"
+    size = settings.NOTIFIER_DIGEST_BATCH_SIZE
+    batches = []
+    for frequency in DIGEST_FREQUENCIES:
+        ids = sorted(
+            set(pending.filter(frequency=frequency).values_list("recipient_id", flat=True))
+        )
+        batches += [
+            DigestBatch(ids[i : i + size], frequency, window, now) for i in range(0, len(ids), size)
+        ]
+    if batches:
+        transaction.on_commit(lambda: _publish_builds(batches))
+    recipients = sum(len(b.recipient_ids) for b in batches)
+    logger.info("Digests sent now: %d recipients in %d tasks", recipients, len(batches))
+    return {"recipients": recipients, "tasks": len(batches)}
+
+
 def digests_run(*, frequency: str, now: datetime | None = None) -> dict[str, int]:
     """Fan out digest builds for everyone due: one Celery group per page.
 
     Safe to run twice for the same window (the digest keys dedupe). Returns
     how many recipients were found and how many tasks were published.
     """
-    from notifier.tasks import build_digests
-
     now = now or timezone.now()
     found = published = 0
     for batches in digest_batches_due(frequency=frequency, now=now):
-        signatures = [
-            build_digests.si(b.recipient_ids, b.frequency, b.window, b.cutoff.isoformat()).set(
-                queue="digests"
-            )
-            for b in batches
-        ]
-        group(signatures).apply_async()
+        _publish_builds(batches)
         found += sum(len(b.recipient_ids) for b in batches)
         published += len(batches)
     logger.info("%s digest run: %d recipients in %d tasks", frequency, found, published)
@@ -230,12 +270,26 @@ def _topic_data(topic: Topic) -> dict:
     return {"key": topic.key, "name": topic.name, "description": topic.description}
 
 
+def _readable(data) -> str:
+    """An entry for a topic without its own ``digest_item``: the data's values
+    as words ("title: Bob replied · url: https://…"), never a Python repr."""
+    if isinstance(data, dict):
+        return " · ".join(f"{key}: {_readable(value)}" for key, value in data.items())
+    if isinstance(data, list):
+        return ", ".join(_readable(value) for value in data)
+    return "" if data is None else str(data)
+
+
 def _render_item(topic: Topic, context: dict) -> dict:
+    source = (topic.digest_item or "").strip()
     try:
-        rendered = templating.render(topic.digest_item or FALLBACK_ITEM, context)
+        if source in ("", FALLBACK_ITEM):
+            rendered = escape(_readable(context["data"]))
+        else:
+            rendered = templating.render(source, context)
     except Exception:
         logger.warning("Digest entry of topic %s does not render", topic.key, exc_info=True)
-        rendered = templating.render(FALLBACK_ITEM, context)
+        rendered = escape(_readable(context["data"]))
     text = strip_tags(rendered) if "<" in rendered else rendered
     return {
         "html": rendered,

@@ -87,6 +87,9 @@ def test_a_launch_that_raises_marks_the_run_and_shows_on_its_pages(
     assert "Failed to launch" in runs and "near &quot;OFFSET&quot;: syntax error" in runs
     progress = staff.get(reverse("admin:campaigns_campaign_progress", args=[campaign.pk])).json()
     assert progress["run"]["problem"] == "launch_failed"
+    metrics = staff.get("/metrics").content.decode()
+    assert 'notifier_campaign_runs_with_problem{problem="launch_failed"} 1.0' in metrics
+    assert 'notifier_campaign_runs_with_problem{problem="stalled"} 0.0' in metrics
 
 
 @pytest.mark.django_db

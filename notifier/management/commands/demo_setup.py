@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from notifier.models import Recipient, Template, Topic
+from notifier.services.notifications import notify
 from notifier.services.recipients import normalize_email
 
 DEMO_USER = "admin"
@@ -13,6 +14,15 @@ WELCOME_HTML = """<h1>Welcome, {{ recipient.first_name|default:"friend" }}!</h1>
 <p>Thanks for joining {{ product }}. Here is what you can do next:</p>
 <ul>{% for step in steps %}<li>{{ step }}</li>{% endfor %}</ul>
 """
+
+
+DIGEST_ITEM = '{{ data.author }} commented on <a href="{{ data.url }}">{{ data.post }}</a>'
+DEMO_COMMENTS = [
+    ("Grace Hopper", "Notes on the Analytical Engine", "ada@example.com"),
+    ("Alan Turing", "Notes on the Analytical Engine", "ada@example.com"),
+    ("Ada Lovelace", "Nanoseconds, explained with wire", "grace@example.com"),
+    ("Hedy Lamarr", "Computing machinery and intelligence", "alan@example.com"),
+]
 
 
 class Command(BaseCommand):
@@ -50,16 +60,33 @@ class Command(BaseCommand):
                         "attributes": {"plan": ["free", "pro"][i % 2]},
                     },
                 )
-            Topic.objects.get_or_create(
+            topic, _ = Topic.objects.get_or_create(
                 key="comments",
-                defaults={"name": "Comments on your posts", "default_frequency": "hourly"},
+                defaults={
+                    "name": "Comments on your posts",
+                    "description": "Someone commented on something you wrote.",
+                    "default_frequency": "hourly",
+                    "digest_item": DIGEST_ITEM,
+                },
             )
+            # A few comments waiting for the next hourly digest ("Send digest
+            # now" on the topic shows it at once). Keyed: made once.
+            for n, (author, post, email) in enumerate(DEMO_COMMENTS):
+                recipient = Recipient.objects.filter(email=email).first()
+                if recipient is not None:
+                    notify(
+                        recipient,
+                        topic,
+                        {"author": author, "post": post, "url": f"{settings.SITE_URL}/posts/{n}/"},
+                        idempotency_key=f"demo-comment-{n}",
+                    )
         self._demo_extra()
         site = settings.SITE_URL
         self.stdout.write(
             self.style.SUCCESS(f"Admin: {site}/admin/  login: {DEMO_USER} / {DEMO_PASSWORD}")
         )
-        self.stdout.write("Fake ESP inbox: http://127.0.0.1:8025/_fake/messages")
+        inbox = settings.ANYMAIL["POSTMARK_API_URL"].rstrip("/") + "/_fake/messages"
+        self.stdout.write(f"Fake ESP inbox: {inbox}")
 
     def _demo_extra(self):
         """Other apps' demo data (campaigns), when they provide it."""
