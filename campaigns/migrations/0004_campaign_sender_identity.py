@@ -27,12 +27,21 @@ def _one_address(value: str) -> tuple[str, str] | None:
     return name.strip().replace('"', ""), address.lower()
 
 
+def _check_constraints_now(schema_editor):
+    # Foreign keys are checked at commit on PostgreSQL; the index this
+    # migration creates after the updates cannot be built while those checks
+    # are pending, so run them as each update happens.
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+
+
 def senders_from_addresses(apps, schema_editor):
+    _check_constraints_now(schema_editor)
     Campaign = apps.get_model("campaigns", "Campaign")
     SenderIdentity = apps.get_model("notifier", "SenderIdentity")
     Template = apps.get_model("notifier", "Template")
     TemplateRevision = apps.get_model("notifier", "TemplateRevision")
-    for campaign in Campaign.objects.exclude(from_email=""):
+    for campaign in Campaign.objects.exclude(from_email="").order_by("pk"):
         parsed = _one_address(campaign.from_email)
         if parsed is None:
             print(
@@ -41,6 +50,9 @@ def senders_from_addresses(apps, schema_editor):
             continue
         name, address = parsed
         identity, _ = SenderIdentity.objects.get_or_create(email=address, defaults={"name": name})
+        if name and not identity.name:  # the first campaign had a bare address
+            identity.name = name
+            identity.save(update_fields=["name"])
         Campaign.objects.filter(pk=campaign.pk).update(sender=identity)
     copies = {}
     for campaign in Campaign.objects.filter(template__kind="transactional").select_related(
@@ -73,6 +85,7 @@ def senders_from_addresses(apps, schema_editor):
 
 
 def addresses_from_senders(apps, schema_editor):
+    _check_constraints_now(schema_editor)
     Campaign = apps.get_model("campaigns", "Campaign")
     for campaign in Campaign.objects.filter(sender__isnull=False).select_related("sender"):
         sender = campaign.sender
@@ -101,15 +114,4 @@ class Migration(migrations.Migration):
             ),
         ),
         migrations.RunPython(senders_from_addresses, addresses_from_senders),
-        migrations.RemoveField(model_name="campaign", name="from_email"),
-        migrations.AlterField(
-            model_name="campaign",
-            name="template",
-            field=models.ForeignKey(
-                limit_choices_to={"kind": "campaign"},
-                on_delete=django.db.models.deletion.PROTECT,
-                related_name="campaigns",
-                to="notifier.template",
-            ),
-        ),
     ]
