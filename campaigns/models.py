@@ -167,6 +167,10 @@ class Campaign(models.Model):
     )
     contact_lists = models.ManyToManyField(ContactList, blank=True, related_name="campaigns")
     segments = models.ManyToManyField(Segment, blank=True, related_name="campaigns")
+    # Replaced by ``sender`` (migration 0004 moved the values there). Kept,
+    # unused, for one release: processes of the previous version still read
+    # it while an upgrade migrates (deploy/README.md, "Upgrades").
+    from_email = models.CharField(max_length=320, blank=True, editable=False)
     # An address identity configured by administrators (never free text);
     # empty: DEFAULT_FROM_EMAIL.
     sender = models.ForeignKey(

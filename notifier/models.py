@@ -66,7 +66,14 @@ class Template(models.Model):
         CAMPAIGN = "campaign", "Campaign"
 
     name = models.CharField(max_length=200, unique=True)
-    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.TRANSACTIONAL)
+    # The database default serves processes of the previous version, which
+    # insert templates without a kind while an upgrade migrates.
+    kind = models.CharField(
+        max_length=16,
+        choices=Kind.choices,
+        default=Kind.TRANSACTIONAL,
+        db_default=Kind.TRANSACTIONAL,
+    )
     subject = models.CharField(max_length=500)
     html_body = models.TextField("HTML body")
     text_body = models.TextField(

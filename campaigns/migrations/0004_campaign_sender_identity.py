@@ -1,6 +1,9 @@
 """Campaigns pick a sender identity instead of typing a From, and use campaign
 templates only.
 
+The old ``from_email`` column stays (unused) for one release, as the runbook's
+upgrade rule asks; the values are copied, not moved.
+
 Each distinct valid ``from_email`` becomes an address identity; a value that
 is not exactly one valid address (control characters, two addresses) is
 dropped and its campaign falls back to the default sender. A campaign whose
@@ -114,4 +117,19 @@ class Migration(migrations.Migration):
             ),
         ),
         migrations.RunPython(senders_from_addresses, addresses_from_senders),
+        migrations.AlterField(
+            model_name="campaign",
+            name="from_email",
+            field=models.CharField(blank=True, editable=False, max_length=320),
+        ),
+        migrations.AlterField(
+            model_name="campaign",
+            name="template",
+            field=models.ForeignKey(
+                limit_choices_to={"kind": "campaign"},
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="campaigns",
+                to="notifier.template",
+            ),
+        ),
     ]

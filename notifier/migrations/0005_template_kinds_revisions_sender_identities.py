@@ -84,6 +84,7 @@ class Migration(migrations.Migration):
                     ("transactional", "Transactional (send(), API, topics)"),
                     ("campaign", "Campaign"),
                 ],
+                db_default="transactional",
                 default="transactional",
                 max_length=16,
             ),

@@ -8,7 +8,7 @@ from django.db.migrations.executor import MigrationExecutor
 BEFORE = [("notifier", "0003_partial_indexes"), ("campaigns", "0003_run_context")]
 AFTER = [
     ("notifier", "0005_template_kinds_revisions_sender_identities"),
-    ("campaigns", "0005_campaign_from_email_removed"),
+    ("campaigns", "0004_campaign_sender_identity"),
 ]
 
 
