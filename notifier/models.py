@@ -103,6 +103,12 @@ class Template(models.Model):
                 check_syntax(getattr(self, field) or "")
             except TemplateSyntaxProblem as exc:
                 errors[field] = str(exc)
+        if (
+            self.pk
+            and self.kind == self.Kind.CAMPAIGN
+            and Topic.objects.filter(instant_template=self).exists()
+        ):
+            errors["kind"] = "A topic sends this template: it must stay transactional."
         if errors:
             raise ValidationError(errors)
 

@@ -10,12 +10,19 @@ recorded so it can be reviewed and rolled back.
 import pytest
 from django.contrib.auth.models import Permission, User
 
+from api.services import api_token_create
 from campaigns.models import Campaign
 from notifier import send
 from notifier.errors import NotifierError
 from notifier.models import Delivery, Template, TemplateRevision
+from tests.api.conftest import ApiClient
 from tests.campaigns.factories import ContactListFactory
-from tests.notifier.factories import DeliveryFactory, RecipientFactory, TemplateFactory
+from tests.notifier.factories import (
+    DeliveryFactory,
+    RecipientFactory,
+    TemplateFactory,
+    TopicFactory,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -172,6 +179,29 @@ def test_send_and_the_api_use_transactional_templates_only(reset_template):
     assert not Delivery.objects.exists()
     delivery = send(to="ann@example.com", template="Password reset", context={"link": SECRET})
     assert delivery.template == reset_template
+    _token, secret = api_token_create(service="billing")
+    response = ApiClient(secret).post(
+        "/api/v1/messages", {"to": "bob@example.com", "template": "Sale", "context": {}}
+    )
+    assert (
+        response.status_code == 400 and "campaign template" in response.json()["error"]["message"]
+    )
+
+
+def test_a_topics_template_stays_transactional(admin_client, reset_template):
+    TopicFactory(instant_template=reset_template)
+    response = admin_client.post(
+        f"{ADMIN}/notifier/template/{reset_template.pk}/change/",
+        _template_form(name="Password reset", kind="campaign", html_body="<p>x</p>"),
+    )
+    assert response.status_code == 200
+    assert "kind" in response.context["adminform"].form.errors
+    reset_template.refresh_from_db()
+    assert reset_template.kind == Template.Kind.TRANSACTIONAL
+    campaign_template = TemplateFactory(name="Sale", kind=Template.Kind.CAMPAIGN)
+    form = admin_client.get(f"{ADMIN}/notifier/topic/add/").context["adminform"].form
+    choices = {c[0].value for c in form.fields["instant_template"].choices if c[0]}
+    assert reset_template.pk in choices and campaign_template.pk not in choices
 
 
 def test_transactional_templates_need_their_own_permission(client, reset_template):
