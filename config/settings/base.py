@@ -326,3 +326,5 @@ LOGIN_PROXY_COUNT = env.int("LOGIN_PROXY_COUNT", default=0)
 AXES_CLIENT_IP_CALLABLE = "config.login.client_ip"
 # Failures are what matter; a row per successful login is not kept.
 AXES_DISABLE_ACCESS_LOG = True
+# No start-up banner in every process's log; failures and lockouts are still logged.
+AXES_VERBOSE = False

@@ -112,5 +112,6 @@ def template_revision_diff(*, revision: TemplateRevision) -> list[dict]:
             tofile="after",
             lineterm="",
         )
-        changes.append({"field": field, "diff": list(lines)})
+        label = TemplateRevision._meta.get_field(field).verbose_name
+        changes.append({"field": field, "label": label, "diff": list(lines)})
     return changes
