@@ -2,8 +2,9 @@ import json
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import HttpResponseRedirect
+from django.http import Http404, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -29,8 +30,8 @@ from notifier.services.suppressions import suppression_add, suppression_lift
 from notifier.services.templates import (
     template_can_manage,
     template_delete,
+    template_history,
     template_restore,
-    template_revision_diff,
     template_save,
 )
 
@@ -148,12 +149,12 @@ class TemplateAdmin(admin.ModelAdmin):
 
     def history_view(self, request, object_id, extra_context=None):
         """Every revision of the template with its diff, newest first."""
-        template = get_object_or_404(self.get_queryset(request), pk=object_id)
+        template = self.get_object(request, unquote(object_id))
+        if template is None:
+            raise Http404("No such template.")
         if not self.has_view_permission(request, template):
             raise PermissionDenied
-        revisions = list(template.revisions.select_related("changed_by", "restored_from"))
-        for revision in revisions:
-            revision.changes = template_revision_diff(revision=revision)
+        revisions = template_history(template=template)
         return TemplateResponse(
             request,
             self.object_history_template,

@@ -86,19 +86,18 @@ def template_delete(*, template: Template, user=None) -> None:
         template.delete()
 
 
-def template_revision_diff(*, revision: TemplateRevision) -> list[dict]:
-    """Per field, the unified diff from the revision before this one to this one.
-
-    Only changed fields are listed; the first revision is diffed against
-    nothing (everything is added).
+def template_history(*, template: Template) -> list[TemplateRevision]:
+    """The template's revisions, newest first, each with ``changes``: per changed
+    field, the unified diff from the revision before it (the first one is
+    diffed against nothing). One query, however long the history.
     """
-    previous = (
-        TemplateRevision.objects.filter(template_id=revision.template_id, id__lt=revision.id)
-        .order_by("-id")
-        .first()
-        if revision.template_id is not None
-        else None
-    )
+    revisions = list(template.revisions.select_related("restored_from").order_by("-id"))
+    for revision, previous in zip(revisions, [*revisions[1:], None], strict=True):
+        revision.changes = _changes(previous, revision)
+    return revisions
+
+
+def _changes(previous: TemplateRevision | None, revision: TemplateRevision) -> list[dict]:
     changes = []
     for field in CONTENT_FIELDS:
         old = getattr(previous, field) if previous is not None else ""
@@ -106,11 +105,7 @@ def template_revision_diff(*, revision: TemplateRevision) -> list[dict]:
         if old == new:
             continue
         lines = difflib.unified_diff(
-            old.splitlines(),
-            new.splitlines(),
-            fromfile="before",
-            tofile="after",
-            lineterm="",
+            old.splitlines(), new.splitlines(), fromfile="before", tofile="after", lineterm=""
         )
         label = TemplateRevision._meta.get_field(field).verbose_name
         changes.append({"field": field, "label": label, "diff": list(lines)})

@@ -15,6 +15,7 @@ from campaigns.models import Campaign
 from notifier import send
 from notifier.errors import NotifierError
 from notifier.models import Delivery, Template, TemplateRevision
+from notifier.services.templates import template_save
 from tests.api.conftest import ApiClient
 from tests.campaigns.factories import ContactListFactory
 from tests.notifier.factories import (
@@ -277,3 +278,17 @@ def test_restore_needs_a_post_and_the_templates_own_revision(marketer, reset_tem
     url = f"{ADMIN}/notifier/template/{other.pk}/history/{foreign.pk}/restore/"
     assert marketer.get(url).status_code == 405
     assert marketer.post(url).status_code == 404
+
+
+def test_history_is_one_page_of_queries_and_refuses_bad_ids(
+    admin_client, django_assert_max_num_queries
+):
+    template = TemplateFactory(name="Sale", kind=Template.Kind.CAMPAIGN)
+    for i in range(30):
+        template.subject = f"Sale {i}"
+        template_save(template=template)
+    with django_assert_max_num_queries(8):
+        page = admin_client.get(f"{ADMIN}/notifier/template/{template.pk}/history/")
+    assert page.status_code == 200 and page.content.decode().count("Restore this version") == 29
+    for bad in ("abc", "999999", "1%00"):
+        assert admin_client.get(f"{ADMIN}/notifier/template/{bad}/history/").status_code == 404
