@@ -270,6 +270,10 @@ class CampaignForm(forms.ModelForm):
         self.fields["transport"].choices = [(t, t) for t in settings.NOTIFIER_TRANSPORTS]
         self.fields["send_at"].help_text = f"For a one-off schedule; in {settings.TIME_ZONE}."
         self.fields["sender"].empty_label = f"Default sender ({settings.DEFAULT_FROM_EMAIL})"
+        self.fields["sender"].error_messages["invalid_choice"] = (
+            "Choose one of the sender identities; administrators add them under "
+            "Notifier > Sender identities."
+        )
 
     def clean_context(self):
         return self.cleaned_data.get("context") or {}

@@ -124,7 +124,8 @@ def test_a_campaign_picks_a_configured_sender(marketer):
     for bad in (domain.pk, 999999, "PayPal Security <security@paypal.example>"):
         response = marketer.post(url, {**base, "sender": bad})
         assert response.status_code == 200
-        assert "sender" in response.context["adminform"].form.errors, bad
+        errors = response.context["adminform"].form.errors
+        assert "Choose one of the sender identities" in str(errors["sender"]), bad
     # A free-text From is not a field any more: it is ignored.
     response = marketer.post(url, {**base, "sender": shop.pk, "from_email": "x@evil.example"})
     assert response.status_code == 302
