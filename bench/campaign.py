@@ -14,7 +14,7 @@ from campaigns.services.campaigns import (
     campaign_run_create,
     campaign_schedule,
 )
-from notifier.models import Delivery, Recipient, Template
+from notifier.models import Delivery, Recipient, SenderIdentity, Template
 
 
 def recreate_database() -> None:
@@ -90,7 +90,9 @@ def _campaign(n: int, transport: str, template: Template, **fields) -> Campaign:
         template=template,
         transport=transport,
         context={"items": _items()},
-        from_email="Bench <bench@bench.example>",
+        sender=SenderIdentity.objects.get_or_create(
+            email="bench@bench.example", defaults={"name": "Bench"}
+        )[0],
         **fields,
     )
     campaign.contact_lists.set([audience_list(n)])
@@ -121,6 +123,7 @@ def chaos_template() -> Template:
     template, _ = Template.objects.update_or_create(
         name="Chaos",
         defaults={
+            "kind": Template.Kind.CAMPAIGN,
             "subject": "Hello {{ recipient.first_name }}",
             "html_body": "<p>Hi {{ recipient.name }}, this is message {{ recipient.email }}.</p>",
             "text_body": "",

@@ -22,7 +22,12 @@ from notifier.models import Delivery, Template
 def bench_template() -> Template:
     template, _ = Template.objects.update_or_create(
         name="Bench weekly picks",
-        defaults={"subject": SUBJECT, "html_body": HTML, "text_body": TEXT},
+        defaults={
+            "kind": Template.Kind.CAMPAIGN,
+            "subject": SUBJECT,
+            "html_body": HTML,
+            "text_body": TEXT,
+        },
     )
     return template
 

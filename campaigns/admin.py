@@ -58,7 +58,7 @@ from campaigns.services.runs import (
     campaign_run_retry,
 )
 from notifier.errors import InvalidAddress
-from notifier.models import Delivery, Recipient
+from notifier.models import Delivery, Recipient, SenderIdentity
 from notifier.selectors import delivery_event_totals
 from notifier.services.recipients import normalize_email
 
@@ -225,7 +225,7 @@ class SegmentAdmin(admin.ModelAdmin):
 
 
 CAMPAIGN_FIELDSETS = (
-    (None, {"fields": ("name", "status", "template", "context", "from_email", "transport")}),
+    (None, {"fields": ("name", "status", "template", "context", "sender", "transport")}),
     ("Audience", {"fields": ("contact_lists", "segments")}),
     (
         "Schedule",
@@ -269,6 +269,11 @@ class CampaignForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         self.fields["transport"].choices = [(t, t) for t in settings.NOTIFIER_TRANSPORTS]
         self.fields["send_at"].help_text = f"For a one-off schedule; in {settings.TIME_ZONE}."
+        self.fields["sender"].empty_label = f"Default sender ({settings.DEFAULT_FROM_EMAIL})"
+        self.fields["sender"].error_messages["invalid_choice"] = (
+            "Choose one of the sender identities; administrators add them under "
+            "Notifier > Sender identities."
+        )
 
     def clean_context(self):
         return self.cleaned_data.get("context") or {}
@@ -277,7 +282,8 @@ class CampaignForm(forms.ModelForm):
         cleaned = super().clean()
         probe = Campaign(
             transport=cleaned.get("transport", ""),
-            from_email=cleaned.get("from_email", ""),
+            sender=cleaned.get("sender"),
+            template=cleaned.get("template"),
             context=cleaned.get("context") or {},
             schedule=cleaned.get("schedule", Campaign.Schedule.NONE),
             send_at=cleaned.get("send_at"),
@@ -363,6 +369,8 @@ class CampaignAdmin(admin.ModelAdmin):
                 .order_by("email")
                 .values_list("email", flat=True)[:20],
                 can_act=self.has_change_permission(request, campaign),
+                senders=SenderIdentity.objects.filter(domain=""),
+                default_sender=settings.DEFAULT_FROM_EMAIL,
             )
         return super().change_view(request, object_id, form_url, extra_context=extra)
 
@@ -447,7 +455,9 @@ class CampaignAdmin(admin.ModelAdmin):
             count = campaign_cancel(campaign=campaign)
             return f"Cancelled ({count} unsent messages cancelled)."
         if action == "test":
-            delivery = campaign_send_test(campaign=campaign, to=request.POST.get("to", ""))
+            delivery = campaign_send_test(
+                campaign=campaign, to=request.POST.get("to", ""), sender=_test_sender(request)
+            )
             if delivery.status == Delivery.Status.SUPPRESSED:
                 raise CampaignError(f"Not sent: {delivery.status_reason}.")
             return f"Test message queued to {delivery.recipient.email}."
@@ -463,6 +473,19 @@ class CampaignAdmin(admin.ModelAdmin):
             return "Paused."
         count = campaign_run_resume(run=run)
         return f"Resumed ({count} messages to go)."
+
+
+def _test_sender(request) -> SenderIdentity | None:
+    """The address identity picked for a test send (empty: the default sender)."""
+    chosen = request.POST.get("sender", "")
+    if not chosen:
+        return None
+    sender = (
+        SenderIdentity.objects.filter(pk=chosen, domain="").first() if chosen.isdigit() else None
+    )
+    if sender is None:
+        raise CampaignError("Choose a sender from the list of sender identities.")
+    return sender
 
 
 def _live_counts(run_ids: list[int]) -> dict[int, dict[str, int]]:

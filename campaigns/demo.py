@@ -3,7 +3,7 @@
 from django.db import transaction
 
 from campaigns.models import Campaign, ContactList, ListMembership, Segment, SegmentCondition
-from notifier.models import Recipient, Template
+from notifier.models import Recipient, SenderIdentity, Template
 
 DEMO_CONTEXT = {
     "product": "Notifier",
@@ -30,12 +30,15 @@ def demo_setup() -> None:
         SegmentCondition.objects.create(
             segment=pro, field="attribute", attribute="plan", operator="equals", value="pro"
         )
-    template = Template.objects.filter(name="Welcome").first()
+    template = Template.objects.filter(name="Welcome", kind=Template.Kind.CAMPAIGN).first()
     if template is None:
         return
+    sender, _ = SenderIdentity.objects.get_or_create(
+        email="news@example.com", defaults={"name": "Notifier demo"}
+    )
     campaign, created = Campaign.objects.get_or_create(
         name="Welcome (demo)",
-        defaults={"template": template, "context": DEMO_CONTEXT, "from_email": "news@example.com"},
+        defaults={"template": template, "context": DEMO_CONTEXT, "sender": sender},
     )
     if created:
         campaign.contact_lists.set([newsletter])

@@ -2,11 +2,14 @@ import json
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
+from django.views.decorators.http import require_POST
 
 from notifier import templating
 from notifier.models import (
@@ -15,14 +18,23 @@ from notifier.models import (
     Notification,
     Preference,
     Recipient,
+    SenderIdentity,
     Suppression,
     Template,
+    TemplateRevision,
     Topic,
 )
 from notifier.services.digests import digests_send_now
 from notifier.services.recipients import normalize_email, recipient_render_data
 from notifier.services.retries import deliveries_retry
 from notifier.services.suppressions import suppression_add, suppression_lift
+from notifier.services.templates import (
+    template_can_manage,
+    template_delete,
+    template_history,
+    template_restore,
+    template_save,
+)
 
 
 class RecipientForm(forms.ModelForm):
@@ -61,11 +73,75 @@ class RecipientAdmin(admin.ModelAdmin):
         )
 
 
+class TemplateForm(forms.ModelForm):
+    class Meta:
+        model = Template
+        fields = ["name", "kind", "subject", "html_body", "text_body"]
+
+    def __init__(self, *args, user=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if user is not None and not template_can_manage(
+            user=user, kind=Template.Kind.TRANSACTIONAL
+        ):
+            # Campaign templates only: the kind is fixed, whatever is posted.
+            self.fields["kind"].choices = [(Template.Kind.CAMPAIGN, Template.Kind.CAMPAIGN.label)]
+            self.fields["kind"].disabled = True
+            self.initial["kind"] = Template.Kind.CAMPAIGN
+
+
 @admin.register(Template)
 class TemplateAdmin(admin.ModelAdmin):
-    list_display = ("name", "subject", "updated_at", "preview_link")
+    """Templates, split by kind: campaign ones for marketing staff, transactional
+    ones (send(), API, topics) only for holders of manage_transactional_template.
+
+    Every save, restore and delete goes through ``notifier.services.templates``,
+    which records a revision; the History page shows each revision's diff and
+    restores one.
+    """
+
+    form = TemplateForm
+    list_display = ("name", "kind", "subject", "updated_at", "preview_link")
+    list_filter = ("kind",)
     search_fields = ("name", "subject")
     readonly_fields = ("created_at", "updated_at")
+    object_history_template = "admin/notifier/template_history.html"
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if not template_can_manage(user=request.user, kind=Template.Kind.TRANSACTIONAL):
+            queryset = queryset.filter(kind=Template.Kind.CAMPAIGN)
+        return queryset
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+
+        class UserTemplateForm(form):
+            def __init__(self, *args, **inner):
+                super().__init__(*args, user=request.user, **inner)
+
+        return UserTemplateForm
+
+    def _may_manage(self, request, obj) -> bool:
+        return obj is None or template_can_manage(user=request.user, template=obj)
+
+    def has_view_permission(self, request, obj=None):
+        return super().has_view_permission(request, obj) and self._may_manage(request, obj)
+
+    def has_change_permission(self, request, obj=None):
+        return super().has_change_permission(request, obj) and self._may_manage(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and self._may_manage(request, obj)
+
+    def save_model(self, request, obj, form, change):
+        template_save(template=obj, user=request.user)
+
+    def delete_model(self, request, obj):
+        template_delete(template=obj, user=request.user)
+
+    def delete_queryset(self, request, queryset):
+        for template in queryset:
+            template_delete(template=template, user=request.user)
 
     @admin.display(description="Preview")
     def preview_link(self, obj):
@@ -73,17 +149,59 @@ class TemplateAdmin(admin.ModelAdmin):
         return format_html('<a href="{}">Preview</a>', url)
 
     def get_urls(self):
+        view = self.admin_site.admin_view
         return [
+            path("<int:pk>/preview/", view(self.preview_view), name="notifier_template_preview"),
             path(
-                "<int:pk>/preview/",
-                self.admin_site.admin_view(self.preview_view),
-                name="notifier_template_preview",
+                "<int:pk>/history/<int:revision_id>/restore/",
+                view(require_POST(self.restore_view)),
+                name="notifier_template_restore",
             ),
             *super().get_urls(),
         ]
 
+    def history_view(self, request, object_id, extra_context=None):
+        """Every revision of the template with its diff, newest first."""
+        template = self.get_object(request, unquote(object_id))
+        if template is None:
+            raise Http404("No such template.")
+        if not self.has_view_permission(request, template):
+            raise PermissionDenied
+        revisions = template_history(template=template)
+        return TemplateResponse(
+            request,
+            self.object_history_template,
+            {
+                **self.admin_site.each_context(request),
+                "opts": self.model._meta,
+                "original": template,
+                "object": template,
+                "title": f"History: {template.name}",
+                "revisions": revisions,
+                "can_restore": self.has_change_permission(request, template),
+            },
+        )
+
+    def restore_view(self, request, pk, revision_id):
+        template = get_object_or_404(self.get_queryset(request), pk=pk)
+        if not self.has_change_permission(request, template):
+            raise PermissionDenied
+        revision = get_object_or_404(TemplateRevision, pk=revision_id, template=template)
+        try:
+            template_restore(revision=revision, user=request.user)
+        except ValidationError as exc:
+            self.message_user(request, f"Not restored: {exc}", messages.ERROR)
+        else:
+            self.message_user(
+                request,
+                f"Restored the version of {revision.created_at:%Y-%m-%d %H:%M:%S} "
+                f"(revision {revision.pk}).",
+                messages.SUCCESS,
+            )
+        return HttpResponseRedirect(reverse("admin:notifier_template_history", args=[pk]))
+
     def preview_view(self, request, pk):
-        template = get_object_or_404(Template, pk=pk)
+        template = get_object_or_404(self.get_queryset(request), pk=pk)
         if not self.has_view_permission(request, template):
             raise PermissionDenied
         email = request.GET.get("recipient", "").strip()
@@ -130,6 +248,32 @@ class TemplateAdmin(admin.ModelAdmin):
         )
 
 
+@admin.register(TemplateRevision)
+class TemplateRevisionAdmin(admin.ModelAdmin):
+    """Every recorded template version, deleted templates' included (read-only)."""
+
+    list_display = ("name", "kind", "action", "changed_by_name", "created_at", "template")
+    list_filter = ("action", "kind")
+    search_fields = ("name", "changed_by_name")
+    list_select_related = ("template",)
+    readonly_fields = [f.name for f in TemplateRevision._meta.fields]
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if not template_can_manage(user=request.user, kind=Template.Kind.TRANSACTIONAL):
+            queryset = queryset.filter(kind=Template.Kind.CAMPAIGN)
+        return queryset
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Delivery)
 class DeliveryAdmin(admin.ModelAdmin):
     list_display = (
@@ -149,6 +293,24 @@ class DeliveryAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     actions = ["retry_failed", "retry_failed_and_unknown"]
     readonly_fields = [f.name for f in Delivery._meta.fields]
+
+    def get_queryset(self, request):
+        """Campaign deliveries only, unless the user may read message content.
+
+        Transactional, notification and digest rows carry secrets in their
+        context, bodies and headers (password-reset links); without
+        ``notifier.view_message_content`` they are not listed, not found by
+        search and not opened (the change page answers as for a missing row).
+        """
+        queryset = super().get_queryset(request)
+        if not request.user.has_perm("notifier.view_message_content"):
+            queryset = queryset.filter(kind=Delivery.Kind.CAMPAIGN)
+        return queryset
+
+    def get_list_filter(self, request):
+        if request.user.has_perm("notifier.view_message_content"):
+            return self.list_filter
+        return tuple(f for f in self.list_filter if f != "kind")
 
     def has_add_permission(self, request):
         return False
@@ -264,6 +426,19 @@ class SuppressionAdmin(admin.ModelAdmin):
             lifted += 1
         self.message_user(request, f"{lifted} suppressions lifted.", messages.SUCCESS)
         return None
+
+
+@admin.register(SenderIdentity)
+class SenderIdentityAdmin(admin.ModelAdmin):
+    """The From identities mail may use (see notifier.services.senders).
+
+    Administrators only: the Marketing group has no permission on this model,
+    it picks from these identities on a campaign.
+    """
+
+    list_display = ("__str__", "name", "email", "domain", "created_at")
+    search_fields = ("name", "email", "domain")
+    readonly_fields = ("created_at",)
 
 
 class TopicForm(forms.ModelForm):

@@ -19,3 +19,7 @@ class InvalidContext(NotifierError):
 
 class UnknownTransport(NotifierError):
     pass
+
+
+class InvalidSender(NotifierError):
+    pass

@@ -58,7 +58,22 @@ class Template(models.Model):
     syntax error is reported on save, not at send time.
     """
 
+    class Kind(models.TextChoices):
+        # Used by send(), the HTTP API and topics: password resets, receipts.
+        # Changing one needs the manage_transactional_template permission.
+        TRANSACTIONAL = "transactional", "Transactional (send(), API, topics)"
+        # Used by campaigns only; the Marketing group writes these.
+        CAMPAIGN = "campaign", "Campaign"
+
     name = models.CharField(max_length=200, unique=True)
+    # The database default serves processes of the previous version, which
+    # insert templates without a kind while an upgrade migrates.
+    kind = models.CharField(
+        max_length=16,
+        choices=Kind.choices,
+        default=Kind.TRANSACTIONAL,
+        db_default=Kind.TRANSACTIONAL,
+    )
     subject = models.CharField(max_length=500)
     html_body = models.TextField("HTML body")
     text_body = models.TextField(
@@ -69,6 +84,12 @@ class Template(models.Model):
 
     class Meta:
         ordering = ["name"]
+        permissions = [
+            (
+                "manage_transactional_template",
+                "Can see, add, change and delete transactional templates",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -82,6 +103,119 @@ class Template(models.Model):
                 check_syntax(getattr(self, field) or "")
             except TemplateSyntaxProblem as exc:
                 errors[field] = str(exc)
+        if (
+            self.pk
+            and self.kind == self.Kind.CAMPAIGN
+            and Topic.objects.filter(instant_template=self).exists()
+        ):
+            errors["kind"] = "A topic sends this template: it must stay transactional."
+        if errors:
+            raise ValidationError(errors)
+
+
+class TemplateRevision(models.Model):
+    """One saved version of a template: who saved it, when, and its content.
+
+    Written by ``notifier.services.templates`` on every create, change,
+    restore and delete, so a change can be reviewed (the admin shows the diff
+    against the previous revision) and rolled back. Kept when the template or
+    the user is deleted.
+    """
+
+    class Action(models.TextChoices):
+        CREATED = "created", "Created"
+        CHANGED = "changed", "Changed"
+        RESTORED = "restored", "Restored"
+        DELETED = "deleted", "Deleted"
+        BASELINE = "baseline", "Recorded (content before revisions were kept)"
+
+    template = models.ForeignKey(
+        Template, null=True, blank=True, on_delete=models.SET_NULL, related_name="revisions"
+    )
+    action = models.CharField(max_length=16, choices=Action.choices)
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=16, choices=Template.Kind.choices)
+    subject = models.CharField(max_length=500)
+    html_body = models.TextField("HTML body")
+    text_body = models.TextField("text body", blank=True)
+    changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # The username as it was, so the record survives the user's deletion.
+    changed_by_name = models.CharField(max_length=150, blank=True)
+    restored_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["template", "-id"], name="templaterevision_template_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.get_action_display()} {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class SenderIdentity(models.Model):
+    """A From identity staff may send as: one address, or a whole domain.
+
+    Configured by admins. When at least one exists, every From (campaigns,
+    test sends, ``send()`` and the API) must be one of them: an address
+    identity's exact address, or any address at a domain identity's domain.
+    ``DEFAULT_FROM_EMAIL`` is always allowed. See
+    ``notifier.services.senders``.
+    """
+
+    name = models.CharField(
+        "display name", max_length=200, blank=True, help_text="Shown as the sender's name."
+    )
+    email = models.EmailField(
+        "address",
+        max_length=254,
+        blank=True,
+        help_text="One address campaigns can send from. Leave empty for a domain identity.",
+    )
+    domain = models.CharField(
+        max_length=253,
+        blank=True,
+        help_text="A verified domain: send() and the API may use any address at it. "
+        "Leave empty for an address identity.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["email", "domain"]
+        verbose_name = "sender identity"
+        verbose_name_plural = "sender identities"
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(email="") & ~Q(domain="")) | (~Q(email="") & Q(domain="")),
+                name="senderidentity_address_or_domain",
+            ),
+            models.UniqueConstraint(
+                fields=["email"], condition=~Q(email=""), name="senderidentity_email_uniq"
+            ),
+            models.UniqueConstraint(
+                fields=["domain"], condition=~Q(domain=""), name="senderidentity_domain_uniq"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        if self.domain:
+            return f"any address @{self.domain}"
+        return self.from_header
+
+    @property
+    def from_header(self) -> str:
+        """The From header for an address identity ("Name <address>")."""
+        from email.utils import formataddr
+
+        return formataddr((self.name, self.email)) if self.name else self.email
+
+    def clean(self) -> None:
+        from notifier.services.senders import sender_identity_problems
+
+        errors = sender_identity_problems(identity=self)
         if errors:
             raise ValidationError(errors)
 
@@ -181,6 +315,12 @@ class Delivery(models.Model):
     class Meta:
         verbose_name_plural = "deliveries"
         ordering = ["-id"]
+        permissions = [
+            (
+                "view_message_content",
+                "Can see transactional, notification and digest deliveries and their content",
+            )
+        ]
         constraints = [
             # One row per recipient per run (rows without a run never clash:
             # NULLs are distinct); also the index of a recipient's deliveries.
@@ -309,7 +449,12 @@ class Topic(models.Model):
         max_length=8, choices=Frequency.choices, default=Frequency.INSTANT
     )
     instant_template = models.ForeignKey(
-        Template, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        Template,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        limit_choices_to={"kind": "transactional"},
     )
     # One entry of the digest's section for this topic (template language,
     # context: the notification's data).

@@ -105,6 +105,17 @@ def marketing_group(db):
     return group
 
 
+@pytest.fixture
+def marketer(client, marketing_group):
+    """The test client, logged in as a staff member of the Marketing group (and nothing else)."""
+    from django.contrib.auth.models import User
+
+    user = User.objects.create_user("mia", password="pw", is_staff=True)
+    user.groups.add(marketing_group)
+    client.force_login(user)
+    return client
+
+
 # --- Redis ----------------------------------------------------------------------
 
 

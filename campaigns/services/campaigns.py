@@ -2,7 +2,6 @@
 
 import logging
 from datetime import timedelta
-from email.utils import parseaddr
 
 from django.conf import settings
 from django.db import transaction
@@ -15,8 +14,9 @@ from campaigns.services.runs import campaign_run_cancel
 from campaigns.services.schedules import campaign_schedule_remove, campaign_schedule_sync
 from notifier import templating
 from notifier.errors import InvalidAddress, NotifierError
-from notifier.models import Delivery, Recipient
+from notifier.models import Delivery, Recipient, SenderIdentity, Template
 from notifier.services.recipients import normalize_email, recipient_render_data
+from notifier.services.senders import sender_validate
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +29,13 @@ def campaign_problems(*, campaign: Campaign, check_audience: bool = True) -> dic
             f"Unknown transport {campaign.transport!r}; "
             f"configured: {', '.join(settings.NOTIFIER_TRANSPORTS)}."
         )
-    if campaign.from_email:
-        address = parseaddr(campaign.from_email)[1]
-        try:
-            normalize_email(address)
-        except InvalidAddress as exc:
-            problems["from_email"] = str(exc)
+    if campaign.template_id and campaign.template.kind != Template.Kind.CAMPAIGN:
+        problems["template"] = (
+            f"{campaign.template.name!r} is a transactional template; "
+            "a campaign uses a campaign template."
+        )
+    if campaign.sender_id:
+        problems.update(_sender_problems(campaign.sender))
     try:
         context = templating.plain_data(campaign.context)
         if not isinstance(context, dict):
@@ -51,6 +52,16 @@ def campaign_problems(*, campaign: Campaign, check_audience: bool = True) -> dic
     ):
         problems["contact_lists"] = "Choose at least one contact list or segment."
     return problems
+
+
+def _sender_problems(sender: SenderIdentity) -> dict[str, str]:
+    if sender.domain:
+        return {"sender": "Choose an address identity, not a whole domain."}
+    try:
+        sender_validate(from_email=sender.from_header)
+    except NotifierError as exc:
+        return {"sender": str(exc)}
+    return {}
 
 
 def _raise_problems(problems: dict[str, str]) -> None:
@@ -200,11 +211,12 @@ def campaign_render(*, campaign: Campaign, recipient: Recipient) -> tuple[str, s
     )
 
 
-def campaign_send_test(*, campaign: Campaign, to: str) -> Delivery:
+def campaign_send_test(*, campaign: Campaign, to: str, sender: SenderIdentity | None) -> Delivery:
     """Send the campaign's message to one address now, marked as a test.
 
     It goes through the transactional queue (not behind a running campaign)
     and is personalised with that address's recipient data when it has any.
+    ``sender`` is an address identity (None: the default sender).
     """
     from notifier import send
 
@@ -212,6 +224,8 @@ def campaign_send_test(*, campaign: Campaign, to: str) -> Delivery:
         email = normalize_email(to)
     except InvalidAddress as exc:
         raise CampaignError(str(exc)) from exc
+    if sender is not None:
+        _raise_problems(_sender_problems(sender))
     template = campaign.template
     try:
         return send(
@@ -220,7 +234,7 @@ def campaign_send_test(*, campaign: Campaign, to: str) -> Delivery:
             html=template.html_body,
             text=template.text_body,
             context=campaign.context or {},
-            from_email=campaign.from_email or None,
+            from_email=sender.from_header if sender is not None else None,
             transport=campaign.transport,
         )
     except NotifierError as exc:

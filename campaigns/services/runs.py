@@ -112,7 +112,7 @@ def _insert_sql(*, run: CampaignRun, audience_sql: str, audience_params: list, n
         "recipient": ("a.id", []),
         "kind": ("%s", [Delivery.Kind.CAMPAIGN]),
         "template": ("%s", [campaign.template_id]),
-        "from_email": ("%s", [campaign.from_email]),
+        "from_email": ("%s", [campaign.from_header]),
         "transport": ("%s", [campaign.transport]),
         "run_id": ("%s", [run.pk]),
         "status": (
@@ -204,8 +204,9 @@ def campaign_run_launch(*, run_id: int) -> CampaignRun | None:
 def _launch(run_id: int) -> CampaignRun | None:
     with transaction.atomic():
         run = (
-            CampaignRun.objects.select_for_update()
-            .select_related("campaign")
+            # The sender is read (for the From of every row), not locked.
+            CampaignRun.objects.select_for_update(of=("self", "campaign"))
+            .select_related("campaign__sender")
             .filter(pk=run_id)
             .first()
         )

@@ -24,6 +24,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_celery_beat",
     "anymail",
+    "axes",
     "notifier",
     "campaigns",
     "api",
@@ -38,6 +39,15 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into its lockout page.
+    "axes.middleware.AxesMiddleware",
+]
+
+# django-axes first: it refuses a locked-out username+IP before any password
+# is checked. API tokens never go through these backends.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -302,3 +312,24 @@ CELERY_BEAT_SCHEDULE.update(
         },
     }
 )
+
+# --- Admin login brute-force protection (django-axes) ---------------------------
+from datetime import timedelta  # noqa: E402
+
+AXES_ENABLED = env.bool("LOGIN_LOCKOUT_ENABLED", default=True)
+# Locked out after this many failed logins of one username from one IP ...
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+# ... for this long (each failure during the lockout starts it again); an
+# administrator unlocks earlier by deleting the row under Axes > Access attempts.
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("LOGIN_COOLOFF_MINUTES", default=15))
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "admin/login_locked_out.html"
+# The client IP: REMOTE_ADDR, or behind N reverse proxies the Nth address from
+# the right of X-Forwarded-For (the one the outermost trusted proxy saw).
+LOGIN_PROXY_COUNT = env.int("LOGIN_PROXY_COUNT", default=0)
+AXES_CLIENT_IP_CALLABLE = "config.login.client_ip"
+# Failures are what matter; a row per successful login is not kept.
+AXES_DISABLE_ACCESS_LOG = True
+# No start-up banner in every process's log; failures and lockouts are still logged.
+AXES_VERBOSE = False

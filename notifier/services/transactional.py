@@ -20,18 +20,29 @@ from notifier.services.recipients import (
     recipient_get_or_create,
     recipient_render_data,
 )
+from notifier.services.senders import sender_validate
 from notifier.services.suppressions import SUPPRESSED_RECIPIENT_STATUSES, active_suppressions
 
 
 def _resolve_template(template) -> Template | None:
-    if template is None or isinstance(template, Template):
-        return template
+    """The transactional template meant; campaign templates are refused.
+
+    Campaign templates are editable by marketing staff; a transactional
+    message (a password reset) must never be built from one.
+    """
     if isinstance(template, str):
         try:
-            return Template.objects.get(name=template)
+            template = Template.objects.get(name=template)
         except Template.DoesNotExist:
             raise InvalidTemplate(f"No template named {template!r}.") from None
-    raise InvalidTemplate("template must be a Template or a template name.")
+    elif template is not None and not isinstance(template, Template):
+        raise InvalidTemplate("template must be a Template or a template name.")
+    if template is not None and template.kind != Template.Kind.TRANSACTIONAL:
+        raise InvalidTemplate(
+            f"Template {template.name!r} is a campaign template; "
+            "send() and the API use transactional templates only."
+        )
+    return template
 
 
 def send(
@@ -84,6 +95,8 @@ def send(
         raise InvalidContext(str(exc)) from exc
     if not isinstance(plain_context, dict):
         raise InvalidContext("context must be a dict.")
+    if from_email:
+        from_email = sender_validate(from_email=from_email)
     if headers and not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
         raise NotifierError("headers must map strings to strings.")
 

@@ -12,7 +12,7 @@ import requests
 from django.contrib.auth.models import User
 
 from campaigns.models import Campaign, CampaignRun
-from notifier.models import Delivery
+from notifier.models import Delivery, SenderIdentity
 from tests.browser.conftest import screenshot_path
 from tests.conftest import wait_for
 from tests.notifier.esp_payloads import (
@@ -81,6 +81,7 @@ def test_marketer_runs_a_campaign_and_reads_its_results(
     from playwright.sync_api import expect
 
     User.objects.create_user("mia", password=PASSWORD, is_staff=True).groups.add(marketing_group)
+    SenderIdentity.objects.create(name="Shop", email="news@shop.example")
     admin = f"{live_server.url}/admin/"
     fake_esp.faults["delay"] = 0.2  # slow enough for the progress bar to move
 
@@ -126,7 +127,7 @@ def test_marketer_runs_a_campaign_and_reads_its_results(
     page.fill("#id_name", "Spring sale")
     page.select_option("#id_template", label="Spring news")
     page.fill("#id_context", '{"offer": "20% off"}')
-    page.fill("#id_from_email", "Shop <news@shop.example>")
+    page.select_option("#id_sender", label="Shop <news@shop.example>")
     page.select_option("#id_contact_lists_from", label="Pioneers")
     page.click("#id_contact_lists_add")
     page.click("input[name=_continue]")

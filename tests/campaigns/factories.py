@@ -1,7 +1,7 @@
 import factory
 
 from campaigns.models import Campaign, ContactList, ListMembership, Segment, SegmentCondition
-from tests.notifier.factories import RecipientFactory, TemplateFactory
+from tests.notifier.factories import RecipientFactory, SenderIdentityFactory, TemplateFactory
 
 
 class ContactListFactory(factory.django.DjangoModelFactory):
@@ -36,11 +36,12 @@ class CampaignFactory(factory.django.DjangoModelFactory):
     name = factory.Sequence(lambda n: f"campaign-{n}")
     template = factory.SubFactory(
         TemplateFactory,
+        kind="campaign",
         subject="News for {{ recipient.first_name }}",
         html_body="<p>Hello {{ recipient.name }} ({{ recipient.email }}), {{ offer }}</p>",
     )
     context = factory.LazyFunction(lambda: {"offer": "20% off"})
-    from_email = "Shop <news@shop.example>"
+    sender = factory.SubFactory(SenderIdentityFactory)
 
 
 def add_members(contact_list: ContactList, recipients) -> None:

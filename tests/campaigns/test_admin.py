@@ -39,7 +39,6 @@ def _campaign_form(**overrides):
     data = {
         "name": "Spring sale",
         "context": '{"offer": "10% off"}',
-        "from_email": "Shop <shop@example.com>",
         "transport": "esp",
         "schedule": "none",
         "send_at_0": "",
@@ -91,7 +90,9 @@ def test_marketing_sees_only_its_models(marketer):
 @pytest.mark.django_db
 def test_schedule_edit_and_delete_manage_one_periodic_task(marketer):
     """Acceptance 2 (admin part): crontab edits change the PeriodicTask; delete removes it."""
-    template = Template.objects.create(name="t", subject="Hi", html_body="<p>Hi</p>")
+    template = Template.objects.create(
+        name="t", kind="campaign", subject="Hi", html_body="<p>Hi</p>"
+    )
     contact_list = ContactListFactory()
     _post(
         marketer,
@@ -165,7 +166,9 @@ def test_schedule_edit_and_delete_manage_one_periodic_task(marketer):
 
 @pytest.mark.django_db
 def test_list_screens_have_no_n_plus_one(marketer, django_assert_max_num_queries):
-    template = Template.objects.create(name="t", subject="Hi", html_body="<p>Hi</p>")
+    template = Template.objects.create(
+        name="t", kind="campaign", subject="Hi", html_body="<p>Hi</p>"
+    )
     people = RecipientFactory.create_batch(20)
     for i in range(15):
         contact_list = ContactListFactory()

@@ -156,8 +156,7 @@ def test_results_page_before_anything_was_sent(marketer, run):
 
 
 def test_results_need_the_view_permission(client, run):
-    User.objects.create_user("sam", password="pw", is_staff=True)
-    client.login(username="sam", password="pw")
+    client.force_login(User.objects.create_user("sam", password="pw", is_staff=True))
     assert client.get(f"/admin/campaigns/campaignrun/{run.pk}/results/").status_code == 403
 
 

@@ -1,7 +1,7 @@
 import factory
 from django.utils import timezone
 
-from notifier.models import Delivery, Recipient, Template, Topic
+from notifier.models import Delivery, Recipient, SenderIdentity, Template, Topic
 
 
 class RecipientFactory(factory.django.DjangoModelFactory):
@@ -21,6 +21,15 @@ class TemplateFactory(factory.django.DjangoModelFactory):
     subject = "Hello {{ recipient.first_name }}"
     html_body = "<p>Hi {{ recipient.name }}, your code is <b>{{ code }}</b>.</p>"
     text_body = ""
+
+
+class SenderIdentityFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = SenderIdentity
+        django_get_or_create = ("email",)
+
+    name = "Shop"
+    email = "news@shop.example"
 
 
 class DeliveryFactory(factory.django.DjangoModelFactory):

@@ -58,7 +58,10 @@ class Command(BaseCommand):
             f"errors {report.error_count}; max RSS {rss:.0f} -> {_max_rss_mib():.0f} MiB"
         )
         template = Template.objects.create(
-            name="bench template (rolled back)", subject="Hi", html_body="<p>Hi</p>"
+            name="bench template (rolled back)",
+            kind=Template.Kind.CAMPAIGN,
+            subject="Hi",
+            html_body="<p>Hi</p>",
         )
         campaign = Campaign.objects.create(name="bench campaign (rolled back)", template=template)
         campaign.contact_lists.set([contact_list])

@@ -3,9 +3,10 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from notifier.models import Recipient, Template, Topic
+from notifier.models import Recipient, SenderIdentity, Template, Topic
 from notifier.services.notifications import notify
 from notifier.services.recipients import normalize_email
+from notifier.services.templates import template_save
 
 DEMO_USER = "admin"
 DEMO_PASSWORD = "admin"
@@ -35,12 +36,17 @@ class Command(BaseCommand):
             user_model = get_user_model()
             if not user_model.objects.filter(username=DEMO_USER).exists():
                 user_model.objects.create_superuser(DEMO_USER, "admin@example.com", DEMO_PASSWORD)
-            Template.objects.get_or_create(
-                name="Welcome",
-                defaults={
-                    "subject": "Welcome to {{ product }}, {{ recipient.first_name }}",
-                    "html_body": WELCOME_HTML,
-                },
+            if not Template.objects.filter(name="Welcome").exists():
+                template_save(
+                    template=Template(
+                        name="Welcome",
+                        kind=Template.Kind.CAMPAIGN,
+                        subject="Welcome to {{ product }}, {{ recipient.first_name }}",
+                        html_body=WELCOME_HTML,
+                    )
+                )
+            SenderIdentity.objects.get_or_create(
+                email="news@example.com", defaults={"name": "Notifier demo"}
             )
             for i, (name, tz) in enumerate(
                 [

@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("campaigns", "0003_run_context"),
+        ("campaigns", "0004_campaign_sender_identity"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
