@@ -203,3 +203,26 @@ def test_marketer_runs_a_campaign_and_reads_its_results(
     page.screenshot(path=screenshot_path("5-results-page"), full_page=True)
     for name in ("1-import", "2-preview", "3-campaign-progress-done", "4-results-chart"):
         assert screenshot_path(name).stat().st_size > 5_000
+
+    # The admin home: the run with its rates, and a failed launch needing attention.
+    broken = CampaignRun.objects.create(
+        campaign=campaign,
+        status="queued",
+        problem="launch_failed",
+        problem_detail="DatabaseError: the audience query failed",
+        problem_since=run.started_at,
+        problem_count=2,
+    )
+    page.goto(admin)
+    dashboard = page.locator("#dashboard")
+    latest = page.locator("#dash-recent tbody tr")
+    expect(dashboard).to_contain_text("Latest runs")
+    expect(latest.first).to_contain_text("12 of 12")
+    expect(latest.first).to_contain_text("91.7 %")  # delivered: 11 of 12
+    expect(latest.first).to_contain_text("58.3 %")  # opened: 7 of 12
+    expect(page.locator("#dash-problems")).to_contain_text(
+        "Failed to launch: DatabaseError: the audience query failed"
+    )
+    expect(dashboard).to_contain_text("12messages sent in 24 h")
+    page.screenshot(path=screenshot_path("6-dashboard"), full_page=True)
+    broken.delete()
