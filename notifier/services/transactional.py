@@ -13,7 +13,9 @@ from django.utils import timezone
 
 from notifier import templating
 from notifier.errors import (
+    InvalidAddress,
     InvalidContext,
+    InvalidName,
     InvalidSchedule,
     InvalidTemplate,
     NotifierError,
@@ -50,6 +52,18 @@ def check_send_at(send_at: datetime) -> datetime:
             f"{SEND_AT_MAX_AHEAD.days} days after now ({now:%Y-%m-%dT%H:%M:%SZ})."
         )
     return send_at
+
+
+# The error raised for a problem with each argument.
+_FIELD_ERRORS = {
+    "to": InvalidAddress,
+    "name": InvalidName,
+    "template": InvalidTemplate,
+    "subject": InvalidTemplate,
+    "html": InvalidTemplate,
+    "text": InvalidTemplate,
+    "context": InvalidContext,
+}
 
 
 def _resolve_template(template) -> Template | None:
@@ -110,7 +124,7 @@ def send(
     )
     if problem is not None:
         field, reason = problem
-        error = InvalidContext if field.startswith("context") else NotifierError
+        error = _FIELD_ERRORS.get(field.partition(".")[0], NotifierError)
         raise error(f"{field}: {reason}")
     if idempotency_key is not None:
         if not isinstance(idempotency_key, str) or not idempotency_key.strip():
