@@ -29,7 +29,7 @@ BAD_NAMES = [
 
 @pytest.mark.parametrize("name", BAD_NAMES)
 def test_send_refuses_a_control_character_in_a_name(name):
-    with pytest.raises(InvalidName, match="control character|NUL"):
+    with pytest.raises(InvalidName, match=r"control character|NUL"):
         send(subject="s", text="t", to="ann@example.com", name=name)
     assert issubclass(InvalidName, NotifierError)
     assert not Recipient.objects.exists() and not Delivery.objects.exists()

@@ -8,6 +8,9 @@ PostgreSQL accepted it from ``"send_at": "0001-01-01T00:00:00+14:00"``.
 """
 
 import importlib
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -188,3 +191,46 @@ def test_the_migration_fails_rows_written_before_the_check():
     assert (bad_pending.status, bad_pending.next_attempt_at) == ("failed", None)
     assert bad_pending.status_reason == UNREADABLE_REASON
     assert (bad_sent.status, bad_sent.next_attempt_at) == ("sent", None)
+
+
+SQLITE_PROBE = """
+from django.db import IntegrityError, connection, transaction
+from notifier import send
+delivery = send(subject="s", text="t", to="a@example.com")
+for value in ["0001-01-01 00:00:00", "10000-01-01 00:00:00", "1999-12-31 23:59:59", "2026-06-01 00:00:00"]:
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE notifier_delivery SET next_attempt_at = %s WHERE id = %s", [value, delivery.pk]
+            )
+        print("accepted", value)
+    except IntegrityError:
+        print("refused", value)
+"""
+
+
+def test_the_range_check_holds_on_sqlite_too(tmp_path):
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.local",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+    }
+
+    def manage(*args):
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    assert manage("migrate", "--noinput").returncode == 0
+    probe = manage("shell", "--no-imports", "-c", SQLITE_PROBE)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.splitlines()[-4:] == [
+        "refused 0001-01-01 00:00:00",
+        "refused 10000-01-01 00:00:00",
+        "refused 1999-12-31 23:59:59",
+        "accepted 2026-06-01 00:00:00",
+    ]
