@@ -99,21 +99,23 @@ def api_view(methods: tuple[str, ...]) -> Callable:
                 response = error_response(exc.status, exc.code, exc.message, details=exc.details)
                 for name, value in exc.headers.items():
                     response[name] = value
-            except DataError as exc:
-                # The database refused a value: the caller's data, not an
-                # outage (every known case is refused earlier, with its field).
-                logger.warning("API request refused by the database: %s", exc)
-                response = error_response(
-                    400, "invalid_request", "The request holds a value that cannot be stored."
-                )
-            except Exception:
-                # An outage (database, broker), never the caller's input: say
-                # so in JSON, and keep the traceback in the log.
-                logger.exception("API request failed: %s %s", request.method, request.path)
-                response = error_response(
-                    503, "unavailable", "The service is unavailable; retry later."
-                )
-                response["Retry-After"] = "10"
+            except Exception as exc:
+                if isinstance(exc, DataError) and request.method == "POST":
+                    # A value of the body the database (or its driver)
+                    # refused: the caller's mistake, not an outage. Every
+                    # known case is refused earlier, with its field.
+                    logger.warning("API request refused by the database: %s", exc)
+                    response = error_response(
+                        400, "invalid_request", "The request holds a value that cannot be stored."
+                    )
+                else:
+                    # An outage (database, broker), never the caller's input:
+                    # say so in JSON, and keep the traceback in the log.
+                    logger.exception("API request failed: %s %s", request.method, request.path)
+                    response = error_response(
+                        503, "unavailable", "The service is unavailable; retry later."
+                    )
+                    response["Retry-After"] = "10"
             response["RateLimit-Limit"] = str(limit.limit)
             response["RateLimit-Remaining"] = str(limit.remaining)
             return response

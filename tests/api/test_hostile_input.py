@@ -178,3 +178,17 @@ def test_other_unknown_paths_keep_the_html_page():
     response = Client().get("/no-such-page/")
     assert response.status_code == 404
     assert response["Content-Type"].startswith("text/html")
+
+
+def test_a_value_the_database_refuses_is_the_callers_mistake(api, monkeypatch, no_errors_logged):
+    """A last line: should a value pass every check and still be refused by
+    PostgreSQL, the answer is a 400, not "retry later"."""
+    from api import views
+    from notifier.services import transactional
+
+    for module in (views, transactional):
+        monkeypatch.setattr(module, "storable_problem", lambda value, **kwargs: None)
+    response = api.post(MESSAGES, {**INLINE, "text": "nul\x00"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_request"
+    assert not Delivery.objects.exists()
