@@ -18,7 +18,7 @@ bench:
 chaos:
 	@bash deploy/local/chaos.sh $(ARGS)
 
-# Fuzz the HTTP API from its OpenAPI schema (schemathesis, ~3,000 cases);
+# Fuzz the HTTP API from its OpenAPI schema (schemathesis, ~10,000 cases);
 # fails on any 5xx. Quick: make fuzz ARGS="--max-examples 100"
 fuzz:
 	@bash deploy/local/fuzz.sh $(ARGS)

@@ -250,11 +250,13 @@ def _send_at(body: dict):
 @api_view(("POST",))
 def messages(request, token: ApiToken):
     body = _json_body(request, "MessageRequest")
-    send_at = _send_at(body)
 
     def handler(key: str | None) -> Answer:
         from notifier import send
 
+        # Checked here, not before: a replayed request is answered as it was
+        # the first time, even once its send_at has slipped out of the window.
+        send_at = _send_at(body)
         try:
             delivery = send(
                 to=body["to"],

@@ -192,3 +192,20 @@ def test_a_value_the_database_refuses_is_the_callers_mistake(api, monkeypatch, n
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_request"
     assert not Delivery.objects.exists()
+
+
+def test_a_replay_is_answered_even_once_its_send_at_left_the_window(api, monkeypatch):
+    from notifier.services import transactional
+
+    body = {**INLINE, "send_at": (timezone.now() - timedelta(hours=20)).isoformat()}
+    first = api.post(MESSAGES, body, headers={"Idempotency-Key": "k1"})
+    assert first.status_code == 202
+    monkeypatch.setattr(transactional, "SEND_AT_MAX_PAST", timedelta(hours=1))  # time passed
+
+    again = api.post(MESSAGES, body, headers={"Idempotency-Key": "k1"})
+    assert again.status_code == 202
+    assert again["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json()
+    fresh = api.post(MESSAGES, body, headers={"Idempotency-Key": "k2"})
+    assert fresh.status_code == 400
+    assert fresh.json()["error"]["details"][0]["field"] == "send_at"
