@@ -1,4 +1,4 @@
-.PHONY: run test bench chaos lint format lock
+.PHONY: run test bench chaos fuzz lint format lock
 
 # Bring up web + worker + beat (+ fake ESP) with demo data.
 run:
@@ -18,6 +18,11 @@ bench:
 chaos:
 	@bash deploy/local/chaos.sh $(ARGS)
 
+# Fuzz the HTTP API from its OpenAPI schema (schemathesis, ~10,000 cases);
+# fails on any 5xx. Quick: make fuzz ARGS="--max-examples 100"
+fuzz:
+	@bash deploy/local/fuzz.sh $(ARGS)
+
 lint:
 	@.venv/bin/ruff check . && .venv/bin/ruff format --check .
 
@@ -27,4 +32,4 @@ format:
 # Re-pin requirements/*.txt from requirements/*.in.
 lock:
 	@.venv/bin/pip install --quiet pip-tools
-	@for f in base test bench; do .venv/bin/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links --no-header -o requirements/$$f.txt requirements/$$f.in; done
+	@for f in base test bench fuzz; do .venv/bin/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links --no-header -o requirements/$$f.txt requirements/$$f.in; done

@@ -9,5 +9,7 @@ urlpatterns = [
     path("v1/messages/<uuid:id>", views.message, name="message"),
     path("v1/events", views.events, name="events"),
     path("v1/openapi.json", views.openapi, name="openapi"),
-    re_path(r"^(?P<rest>.*)$", views.not_found),
+    # Every other path under /api/, any character included (a percent-encoded
+    # newline too, which "." would not match): a JSON 404.
+    re_path(r"^[\s\S]*$", views.not_found),
 ]

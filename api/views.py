@@ -14,6 +14,7 @@ from functools import wraps
 from uuid import UUID, uuid4
 
 from django.conf import settings
+from django.db import DataError
 from django.http import HttpRequest, JsonResponse
 from django.urls import reverse
 from django.utils.dateparse import parse_datetime
@@ -29,8 +30,17 @@ from api.services import (
     idempotent_call,
     request_fingerprint,
 )
-from notifier.errors import NotifierError
+from notifier.errors import (
+    InvalidAddress,
+    InvalidContext,
+    InvalidName,
+    InvalidSchedule,
+    InvalidTemplate,
+    NotifierError,
+)
 from notifier.models import Delivery, Topic
+from notifier.services.inputs import storable_problem
+from notifier.services.transactional import check_send_at
 
 logger = logging.getLogger(__name__)
 
@@ -89,14 +99,23 @@ def api_view(methods: tuple[str, ...]) -> Callable:
                 response = error_response(exc.status, exc.code, exc.message, details=exc.details)
                 for name, value in exc.headers.items():
                     response[name] = value
-            except Exception:
-                # An outage (database, broker), never the caller's input: say
-                # so in JSON, and keep the traceback in the log.
-                logger.exception("API request failed: %s %s", request.method, request.path)
-                response = error_response(
-                    503, "unavailable", "The service is unavailable; retry later."
-                )
-                response["Retry-After"] = "10"
+            except Exception as exc:
+                if isinstance(exc, DataError) and request.method == "POST":
+                    # A value of the body the database (or its driver)
+                    # refused: the caller's mistake, not an outage. Every
+                    # known case is refused earlier, with its field.
+                    logger.warning("API request refused by the database: %s", exc)
+                    response = error_response(
+                        400, "invalid_request", "The request holds a value that cannot be stored."
+                    )
+                else:
+                    # An outage (database, broker), never the caller's input:
+                    # say so in JSON, and keep the traceback in the log.
+                    logger.exception("API request failed: %s %s", request.method, request.path)
+                    response = error_response(
+                        503, "unavailable", "The service is unavailable; retry later."
+                    )
+                    response["Retry-After"] = "10"
             response["RateLimit-Limit"] = str(limit.limit)
             response["RateLimit-Remaining"] = str(limit.remaining)
             return response
@@ -128,13 +147,23 @@ def _json_body(request: HttpRequest, schema_name: str) -> dict:
     if len(raw) > limit:
         raise ApiError(413, "too_large", f"The body is larger than {limit} bytes.")
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(raw, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        # ValueError: JSONDecodeError, NaN/Infinity, an integer too long to read.
         raise ApiError(400, "invalid_json", f"The body is not valid JSON: {exc}.")
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "The body is not valid JSON: nested too deeply.")
+    problem = storable_problem(data)
+    if problem is not None:
+        raise _invalid(*problem)
     details = schema_errors(schema_name, data)
     if details:
         raise ApiError(400, "invalid_request", "The request is not valid.", details=details)
     return data
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _idempotency_key(request: HttpRequest) -> str | None:
@@ -171,6 +200,12 @@ def _delivery_key_prefix(token: ApiToken) -> str:
     return f"api:{token.service}:"
 
 
+def _caller(token: ApiToken) -> str:
+    # The recipients a service creates are its own to name (see
+    # recipient_get_or_create); its tokens are one caller.
+    return f"api:{token.service}"
+
+
 def _message_url(delivery: Delivery) -> str:
     return reverse("api:message", args=[delivery.uuid])
 
@@ -178,23 +213,50 @@ def _message_url(delivery: Delivery) -> str:
 # --- Views ----------------------------------------------------------------------
 
 
+# The request field each kind of refusal from send() is about.
+_SEND_ERROR_FIELDS = {
+    InvalidAddress: "to",
+    InvalidName: "name",
+    InvalidSchedule: "send_at",
+    InvalidTemplate: "template",
+    InvalidContext: "context",
+}
+
+
+def _invalid(field: str, message: str) -> ApiError:
+    return ApiError(
+        400,
+        "invalid_request",
+        f"The request is not valid: {field}: {message}",
+        details=[{"field": field, "message": message}],
+    )
+
+
+def _send_at(body: dict):
+    if "send_at" not in body:
+        return None
+    try:
+        send_at = parse_datetime(body["send_at"])
+    except ValueError as exc:  # well formed, but no such time (2024-02-30)
+        raise _invalid("send_at", f"Not a valid date and time: {exc}.")
+    if send_at is None:
+        raise _invalid("send_at", "Not an ISO 8601 date and time.")
+    try:
+        return check_send_at(send_at)
+    except InvalidSchedule as exc:
+        raise _invalid("send_at", str(exc))
+
+
 @api_view(("POST",))
 def messages(request, token: ApiToken):
     body = _json_body(request, "MessageRequest")
-    send_at = None
-    if "send_at" in body:
-        send_at = parse_datetime(body["send_at"])
-        if send_at is None:
-            raise ApiError(
-                400,
-                "invalid_request",
-                "The request is not valid.",
-                details=[{"field": "send_at", "message": "Not an ISO 8601 date and time."}],
-            )
 
     def handler(key: str | None) -> Answer:
         from notifier import send
 
+        # Checked here, not before: a replayed request is answered as it was
+        # the first time, even once its send_at has slipped out of the window.
+        send_at = _send_at(body)
         try:
             delivery = send(
                 to=body["to"],
@@ -206,9 +268,14 @@ def messages(request, token: ApiToken):
                 context=body.get("context"),
                 send_at=send_at,
                 idempotency_key=_delivery_key_prefix(token) + (key or f"auto:{uuid4()}"),
+                caller=_caller(token),
             )
         except NotifierError as exc:
-            return Answer(400, {"error": {"code": "invalid_message", "message": str(exc)}})
+            error = {"code": "invalid_message", "message": str(exc)}
+            field = next((f for t, f in _SEND_ERROR_FIELDS.items() if isinstance(exc, t)), None)
+            if field is not None:
+                error["details"] = [{"field": field, "message": str(exc)}]
+            return Answer(400, {"error": error})
         logger.info("API message %s queued for %s", delivery.uuid, token.service)
         return Answer(
             202,
@@ -224,10 +291,26 @@ def messages(request, token: ApiToken):
     return _run_idempotent(request, token, body, handler)
 
 
+MESSAGE_FIELDS = (
+    "uuid",
+    "status",
+    "status_reason",
+    "recipient__email",
+    "attempts",
+    "created_at",
+    "sent_at",
+    "opens",
+    "clicks",
+)
+
+
 @api_view(("GET",))
 def message(request, token: ApiToken, id: UUID):
     delivery = (
         Delivery.objects.filter(uuid=id, idempotency_key__startswith=_delivery_key_prefix(token))
+        # Only what the answer shows: a column it does not show can never
+        # keep a message from being read.
+        .only(*MESSAGE_FIELDS)
         .select_related("recipient")
         .prefetch_related("events")
         .first()
@@ -289,5 +372,9 @@ def openapi(request):
     return JsonResponse(openapi_document())
 
 
-def not_found(request, rest: str = ""):
+def not_found(request, exception=None):
     return error_response(404, "not_found", f"No API endpoint at {request.path}.")
+
+
+def is_api_path(path: str) -> bool:
+    return path == "/api" or path.startswith("/api/")

@@ -9,6 +9,14 @@ class InvalidAddress(NotifierError):
     pass
 
 
+class InvalidName(NotifierError):
+    pass
+
+
+class InvalidSchedule(NotifierError):
+    pass
+
+
 class InvalidTemplate(NotifierError):
     pass
 

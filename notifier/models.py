@@ -6,8 +6,10 @@ ESP, and updated with every outcome. Its status machine is documented on
 ``Delivery.Status``; services in ``notifier.services`` are the only writers.
 """
 
+import unicodedata
 import uuid
 import zoneinfo
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -22,6 +24,43 @@ def validate_time_zone(value: str) -> None:
         )
 
 
+# Every timestamp a caller can set is kept inside this range by a CHECK (on
+# PostgreSQL and SQLite alike): PostgreSQL stores times Python cannot read back
+# (years 0 and 10000 and beyond), and one such row would break every query that
+# loads it. Generous on purpose: a caller's own limits are narrower.
+STORED_TIME_MIN = datetime(2000, 1, 1, tzinfo=UTC)
+STORED_TIME_MAX = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def time_in_stored_range(field: str) -> Q:
+    return Q(**{f"{field}__isnull": True}) | Q(
+        **{f"{field}__gte": STORED_TIME_MIN, f"{field}__lt": STORED_TIME_MAX}
+    )
+
+
+# Control characters (C0, DEL, C1) and the Unicode line and paragraph
+# separators: in a name they end up in a To header, where they split or
+# mangle it.
+_NAME_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
+
+
+def name_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a recipient's name, or None."""
+    for position, char in enumerate(value):
+        if unicodedata.category(char) in _NAME_FORBIDDEN_CATEGORIES:
+            return (
+                f"The name contains a control character (U+{ord(char):04X} at position "
+                f"{position + 1}); names are one line of visible text."
+            )
+    return None
+
+
+def validate_recipient_name(value: str) -> None:
+    problem = name_problem(value)
+    if problem is not None:
+        raise ValidationError(problem)
+
+
 class Recipient(models.Model):
     class Status(models.TextChoices):
         ACTIVE = "active", "Active"
@@ -33,8 +72,14 @@ class Recipient(models.Model):
     # Normalised by notifier.services.recipients.normalize_email (lower case,
     # IDNA domain); unique so one person is one row.
     email = models.EmailField(max_length=254, unique=True)
-    name = models.CharField(max_length=200, blank=True)
+    name = models.CharField(max_length=200, blank=True, validators=[validate_recipient_name])
     attributes = models.JSONField(default=dict, blank=True)
+    # Who created the row: "api:<service>" for an HTTP API caller (only that
+    # caller may set its name later); empty for staff, imports and code in
+    # this process. A database default: bulk imports insert without it.
+    created_by = models.CharField(
+        max_length=64, blank=True, default="", db_default="", editable=False
+    )
     time_zone = models.CharField(max_length=64, default="UTC", validators=[validate_time_zone])
     locale = models.CharField(max_length=16, default="en", blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
@@ -331,6 +376,10 @@ class Delivery(models.Model):
                 fields=["idempotency_key"],
                 condition=Q(idempotency_key__isnull=False),
                 name="delivery_idempotency_key_uniq",
+            ),
+            models.CheckConstraint(
+                condition=time_in_stored_range("next_attempt_at"),
+                name="delivery_next_attempt_at_range",
             ),
         ]
         # Partial indexes: a row enters only the ones for its current state,

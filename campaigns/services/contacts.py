@@ -22,12 +22,11 @@ from django.utils import timezone
 
 from campaigns.errors import ImportFileError
 from campaigns.models import ContactList, ListMembership
-from notifier.errors import InvalidAddress
+from notifier.errors import InvalidAddress, InvalidName
 from notifier.models import Recipient
-from notifier.services.recipients import normalize_email
+from notifier.services.recipients import check_name, normalize_email
 
 MAX_REPORTED_ERRORS = 1000
-NAME_MAX = Recipient._meta.get_field("name").max_length
 
 
 @dataclass
@@ -240,8 +239,10 @@ def _row_recipient(
         report.add_error(row_number, f"Duplicate of row {seen[email]} ({email}).")
         return None
     name = row[columns.name].strip() if columns.name is not None else ""
-    if len(name) > NAME_MAX:
-        report.add_error(row_number, f"The name is longer than {NAME_MAX} characters.")
+    try:
+        check_name(name)
+    except InvalidName as exc:
+        report.add_error(row_number, str(exc))
         return None
     seen[email] = row_number
     attributes = {key: row[i].strip() for key, i in columns.attributes if row[i].strip()}

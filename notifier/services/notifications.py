@@ -19,6 +19,7 @@ from notifier import templating
 from notifier.errors import InvalidContext, NotifierError
 from notifier.models import Delivery, Frequency, Notification, Recipient, Topic
 from notifier.selectors import notification_ids_prunable, topic_frequency_for
+from notifier.services.inputs import storable_problem
 from notifier.services.recipients import normalize_email, recipient_get_or_create
 from notifier.services.suppressions import SUPPRESSED_RECIPIENT_STATUSES, active_suppressions
 from notifier.services.transactional import send
@@ -129,6 +130,17 @@ def notify(
     once. Bad input raises ``NotifierError`` and stores nothing. Runs in the
     caller's transaction; an instant email is queued when it commits.
     """
+    problem = storable_problem(
+        {
+            "recipient": recipient if isinstance(recipient, str) else "",
+            "topic": topic if isinstance(topic, str) else "",
+            "data": data,
+            "idempotency_key": idempotency_key,
+        }
+    )
+    if problem is not None:
+        field, reason = problem
+        raise (InvalidContext if field.startswith("data") else NotifierError)(f"{field}: {reason}")
     _check_key(idempotency_key)
     topic = _resolve_topic(topic)
     try:

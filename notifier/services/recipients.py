@@ -1,7 +1,9 @@
 from email_validator import EmailNotValidError, validate_email
 
-from notifier.errors import InvalidAddress
-from notifier.models import Recipient
+from notifier.errors import InvalidAddress, InvalidName
+from notifier.models import Recipient, name_problem
+
+NAME_MAX = Recipient._meta.get_field("name").max_length
 
 
 def normalize_email(address: str) -> str:
@@ -21,13 +23,36 @@ def normalize_email(address: str) -> str:
     return result.normalized.lower()
 
 
-def recipient_get_or_create(*, email: str, name: str = "") -> Recipient:
+def check_name(name: str) -> str:
+    """Return ``name`` if it can be a recipient's name, else raise InvalidName."""
+    if not isinstance(name, str):
+        raise InvalidName("The name must be a string.")
+    if len(name) > NAME_MAX:
+        raise InvalidName(f"The name is longer than {NAME_MAX} characters.")
+    problem = name_problem(name)
+    if problem is not None:
+        raise InvalidName(problem)
+    return name
+
+
+def recipient_get_or_create(*, email: str, name: str = "", caller: str | None = None) -> Recipient:
+    """The recipient with ``email``, created if new (with ``name``).
+
+    A recipient is shared by every service that mails it, so one caller must
+    not change what another set up. ``caller`` (``"api:<service>"``) names an
+    HTTP API caller: it names recipients it creates, and may rename only
+    those. Without a caller (code in this process) an empty name is filled in.
+    """
     normalized = normalize_email(email)
+    check_name(name)
     recipient, created = Recipient.objects.get_or_create(
-        email=normalized, defaults={"name": name[:200]}
+        email=normalized, defaults={"name": name, "created_by": caller or ""}
     )
-    if not created and name and not recipient.name:
-        recipient.name = name[:200]
+    if created or not name or name == recipient.name:
+        return recipient
+    may_rename = recipient.created_by == caller if caller else not recipient.name
+    if may_rename:
+        recipient.name = name
         recipient.save(update_fields=["name", "updated_at"])
     return recipient
 

@@ -5,8 +5,13 @@ no Delivery stays ``sending`` forever and none waits forever in ``pending``:
 
 1. claims whose lease expired (the worker died) are recovered from their
    hand-off journal (see ``journal.py``);
-2. pending rows that are due and have no live task (never dispatched, a
+2. pending rows due at a time outside the stored range are failed (see
+   ``unreadable.py``: such a row can only predate the range CHECK);
+3. pending rows that are due and have no live task (never dispatched, a
    retry whose backoff has passed, or a task lost with Redis) are dispatched.
+
+A row that cannot be read back is failed on its own (``deliveries_load``):
+it never stops a recovery or a batch.
 
 Retries wait in the database (``next_attempt_at``), never in Celery
 countdowns, which Redis would redeliver after the visibility timeout.
@@ -25,6 +30,7 @@ from notifier.services import journal
 from notifier.services.dispatch import deliveries_dispatch, group_by_kind
 from notifier.services.outcomes import UNKNOWN, Outcome
 from notifier.services.sending import apply_outcome, deliveries_write
+from notifier.services.unreadable import deliveries_fail_out_of_range, deliveries_load
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +51,9 @@ def deliveries_recover_expired(*, max_claims: int = 200) -> dict[str, int]:
     counts: dict[str, int] = {}
     for token in tokens:
         entries = journal.journal_recover(token)
-        rows = list(Delivery.objects.filter(claim_token=token, status=Delivery.Status.SENDING))
+        rows = deliveries_load(
+            Delivery.objects.filter(claim_token=token, status=Delivery.Status.SENDING)
+        )
         for delivery in rows:
             entry = None if entries is None else entries.get(delivery.id)
             if entries is None:
@@ -108,11 +116,15 @@ def deliveries_sweep() -> dict[str, int]:
         return {"skipped": 1}
     try:
         recovered = deliveries_recover_expired()
+        unreadable = deliveries_fail_out_of_range()
         dispatched = deliveries_dispatch_due()
     finally:
         if r.get(SWEEP_LOCK_KEY) == token:
             r.delete(SWEEP_LOCK_KEY)
-    return {"dispatched": dispatched, **{f"recovered_{k}": v for k, v in recovered.items()}}
+    counts = {"dispatched": dispatched, **{f"recovered_{k}": v for k, v in recovered.items()}}
+    if unreadable:
+        counts["failed_out_of_range"] = unreadable
+    return counts
 
 
 RETRYABLE = (Delivery.Status.FAILED, Delivery.Status.UNKNOWN)

@@ -51,6 +51,7 @@ from notifier.services.outcomes import (
 from notifier.services.ratelimit import rate_limit_wait
 from notifier.services.recipients import recipient_render_data
 from notifier.services.suppressions import SUPPRESSED_RECIPIENT_STATUSES, active_suppressions
+from notifier.services.unreadable import deliveries_load
 from ops.instruments import observe_send
 
 logger = logging.getLogger(__name__)
@@ -413,8 +414,9 @@ class _Batch:
             )
         )
         self.renew_at = time.monotonic() + self.lease / 2
+        # A row that cannot be read back is failed on its own, not the batch.
         self.rows = with_reconnect(
-            lambda: list(
+            lambda: deliveries_load(
                 Delivery.objects.filter(claim_token=self.token)
                 .select_related("recipient", "template")
                 .order_by("id")

@@ -5,23 +5,66 @@ only after that transaction commits (a worker never races the row), on the
 ``transactional`` queue so no campaign can delay it.
 """
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from notifier import templating
-from notifier.errors import InvalidContext, InvalidTemplate, NotifierError, UnknownTransport
+from notifier.errors import (
+    InvalidAddress,
+    InvalidContext,
+    InvalidName,
+    InvalidSchedule,
+    InvalidTemplate,
+    NotifierError,
+    UnknownTransport,
+)
 from notifier.models import Delivery, Recipient, Template
 from notifier.services.dispatch import delivery_dispatch_on_commit
+from notifier.services.inputs import storable_problem
 from notifier.services.recipients import (
+    check_name,
     normalize_email,
     recipient_get_or_create,
     recipient_render_data,
 )
 from notifier.services.senders import sender_validate
 from notifier.services.suppressions import SUPPRESSED_RECIPIENT_STATUSES, active_suppressions
+
+# How far from now a message may be scheduled: a little in the past (a
+# caller's clock, a retried request) and up to a year ahead.
+SEND_AT_MAX_PAST = timedelta(days=1)
+SEND_AT_MAX_AHEAD = timedelta(days=365)
+
+
+def check_send_at(send_at: datetime) -> datetime:
+    """Return ``send_at`` if a message may be scheduled then, else raise InvalidSchedule."""
+    if not isinstance(send_at, datetime):
+        raise InvalidSchedule("send_at must be a datetime.")
+    if timezone.is_naive(send_at):
+        raise InvalidSchedule("send_at must be timezone-aware.")
+    now = timezone.now()
+    # Compared before any conversion: year 1 at +14:00 has no UTC equivalent.
+    if send_at < now - SEND_AT_MAX_PAST or send_at > now + SEND_AT_MAX_AHEAD:
+        raise InvalidSchedule(
+            f"send_at must be between {SEND_AT_MAX_PAST.days} day before and "
+            f"{SEND_AT_MAX_AHEAD.days} days after now ({now:%Y-%m-%dT%H:%M:%SZ})."
+        )
+    return send_at
+
+
+# The error raised for a problem with each argument.
+_FIELD_ERRORS = {
+    "to": InvalidAddress,
+    "name": InvalidName,
+    "template": InvalidTemplate,
+    "subject": InvalidTemplate,
+    "html": InvalidTemplate,
+    "text": InvalidTemplate,
+    "context": InvalidContext,
+}
 
 
 def _resolve_template(template) -> Template | None:
@@ -60,6 +103,7 @@ def send(
     headers: dict | None = None,
     name: str = "",
     kind: str = Delivery.Kind.TRANSACTIONAL,
+    caller: str | None = None,
 ) -> Delivery:
     """Queue one email and return its Delivery.
 
@@ -68,7 +112,31 @@ def send(
     Delivery and sends once. A suppressed address gets a Delivery marked
     ``suppressed`` and no email. Bad input raises ``NotifierError`` (with a
     message saying what is wrong) and stores nothing.
+
+    ``send_at`` may lie from a day before to a year after now. ``name`` names
+    a new recipient; ``caller`` (``"api:<service>"``) says who asks, for the
+    rules of ``recipient_get_or_create``.
     """
+    # First: these values reach database queries (the idempotency key, the
+    # template name) before anything else looks at them.
+    problem = storable_problem(
+        {
+            "to": to if isinstance(to, str) else "",
+            "name": name,
+            "template": template if isinstance(template, str) else "",
+            "subject": subject,
+            "html": html,
+            "text": text,
+            "context": context,
+            "idempotency_key": idempotency_key,
+            "from_email": from_email,
+            "headers": headers,
+        }
+    )
+    if problem is not None:
+        field, reason = problem
+        error = _FIELD_ERRORS.get(field.partition(".")[0], NotifierError)
+        raise error(f"{field}: {reason}")
     if idempotency_key is not None:
         if not isinstance(idempotency_key, str) or not idempotency_key.strip():
             raise NotifierError("idempotency_key must be a non-empty string.")
@@ -84,8 +152,9 @@ def send(
             raise InvalidTemplate("Give a template, or a subject and an html or text body.")
     elif subject or html or text:
         raise InvalidTemplate("Give either a template or inline content, not both.")
-    if send_at is not None and timezone.is_naive(send_at):
-        raise NotifierError("send_at must be timezone-aware.")
+    if send_at is not None:
+        send_at = check_send_at(send_at)
+    check_name(name)
     transport = transport or settings.NOTIFIER_DEFAULT_TRANSPORT
     if transport not in settings.NOTIFIER_TRANSPORTS:
         raise UnknownTransport(f"Unknown transport {transport!r}.")
@@ -124,7 +193,7 @@ def send(
         recipient = (
             to
             if isinstance(to, Recipient)
-            else recipient_get_or_create(email=recipient_email, name=name)
+            else recipient_get_or_create(email=recipient_email, name=name, caller=caller)
         )
         suppressed = active_suppressions([recipient.email]).get(recipient.email)
         if suppressed is None and recipient.status in SUPPRESSED_RECIPIENT_STATUSES:
