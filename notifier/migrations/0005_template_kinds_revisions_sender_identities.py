@@ -46,7 +46,7 @@ def unclassify_templates(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("notifier", "0003_partial_indexes"),
+        ("notifier", "0004_stored_time_range_recipient_owner"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
