@@ -279,6 +279,7 @@ class CampaignForm(forms.ModelForm):
             transport=cleaned.get("transport", ""),
             from_email=cleaned.get("from_email", ""),
             context=cleaned.get("context") or {},
+            template=cleaned.get("template"),
             schedule=cleaned.get("schedule", Campaign.Schedule.NONE),
             send_at=cleaned.get("send_at"),
         )

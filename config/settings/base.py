@@ -157,6 +157,17 @@ NOTIFIER_SEND_THREADS = env.int("NOTIFIER_SEND_THREADS", default=4)
 # without persistence). Claims are conditional, so a second task is harmless.
 NOTIFIER_REDISPATCH_SECONDS = env.int("NOTIFIER_REDISPATCH_SECONDS", default=300)
 
+# Render limits, per rendered part (subject, HTML, text, digest entry): a
+# template that exceeds one fails with the reason (a form error or a 400 when
+# it is saved or sent, a failed Delivery if it is already stored). Steps are
+# nodes rendered plus loop iterations; a normal email takes a few thousand.
+NOTIFIER_RENDER_MAX_STEPS = env.int("NOTIFIER_RENDER_MAX_STEPS", default=500_000)
+NOTIFIER_RENDER_MAX_SECONDS = env.float("NOTIFIER_RENDER_MAX_SECONDS", default=5.0)
+NOTIFIER_RENDER_MAX_CHARS = env.int("NOTIFIER_RENDER_MAX_CHARS", default=1_000_000)
+# Largest width/precision argument of ljust, rjust, center, floatformat and
+# stringformat.
+NOTIFIER_RENDER_MAX_WIDTH = env.int("NOTIFIER_RENDER_MAX_WIDTH", default=1_000)
+
 # --- Redis and Celery ---------------------------------------------------------
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
 
