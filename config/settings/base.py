@@ -267,6 +267,13 @@ PROMETHEUS_MULTIPROC_DIR = env("PROMETHEUS_MULTIPROC_DIR", default="")
 CAMPAIGNS_BATCH_SIZE = env.int("CAMPAIGNS_BATCH_SIZE", default=NOTIFIER_BATCH_SIZE)
 # Rows per bulk insert when importing contacts from CSV (memory stays bounded).
 CAMPAIGNS_IMPORT_CHUNK = env.int("CAMPAIGNS_IMPORT_CHUNK", default=2000)
+# Caps on a CSV import, so a hostile file is refused early with a clear
+# message: the file size, one line's length (refused as the bytes arrive),
+# the header's columns, and one field's characters (a row error).
+CAMPAIGNS_IMPORT_MAX_BYTES = env.int("CAMPAIGNS_IMPORT_MAX_BYTES", default=100_000_000)
+CAMPAIGNS_IMPORT_MAX_LINE_BYTES = env.int("CAMPAIGNS_IMPORT_MAX_LINE_BYTES", default=100_000)
+CAMPAIGNS_IMPORT_MAX_COLUMNS = env.int("CAMPAIGNS_IMPORT_MAX_COLUMNS", default=200)
+CAMPAIGNS_IMPORT_MAX_FIELD_CHARS = env.int("CAMPAIGNS_IMPORT_MAX_FIELD_CHARS", default=10_000)
 # Closes runs whose chord callback never came (a batch raised, retries were
 # due later), launches queued runs whose task was lost, releases stray holds.
 CELERY_BEAT_SCHEDULE["campaigns-maintain-runs"] = {
