@@ -3,7 +3,13 @@
 ``/health/`` (readiness) runs every check at once and answers 200 when all
 pass, 503 otherwise, with one entry per check::
 
-    {"status": "ok", "checks": {"database": {"ok": true, "error": null}, ...}}
+    {"status": "ok", "checks": {"database": {"ok": true}, ...}}
+
+The checks' errors and timings are shown only to an operator (a staff
+session or the ``METRICS_TOKEN`` bearer, as for ``/metrics``). Each web
+process runs the checks at most once per ``HEALTH_CACHE_SECONDS``: callers
+in the meantime get the last report, and callers arriving while a run is in
+progress wait for it, so a burst of probes costs one Celery broadcast.
 
 ``/health/live/`` (liveness) only says the web process answers: restarting a
 web process because PostgreSQL is down would not help.
@@ -15,17 +21,21 @@ with "every queue has a consumer") plus the beat heartbeat below.
 import asyncio
 import dataclasses
 import datetime
+import threading
+import time
 
 import redis.asyncio
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.http import JsonResponse
+from django.views.decorators.cache import never_cache
 from health_check.base import HealthCheck
 from health_check.checks import Database
 from health_check.contrib.celery import Ping
 from health_check.contrib.redis import Redis
 from health_check.exceptions import ServiceUnavailable
-from health_check.views import HealthCheckView
 
+from ops.access import is_operator
 from ops.heartbeat import beat_heartbeat_age
 
 
@@ -76,26 +86,47 @@ def health_checks() -> list[tuple[str, HealthCheck]]:
     return checks
 
 
-class HealthView(HealthCheckView):
-    """Readiness: JSON only, 503 when any check fails."""
-
-    async def get(self, request, *args, **kwargs):
-        checks = health_checks()
-        with self.get_executor() as executor:
-            results = await asyncio.gather(*(check.get_result(executor) for _, check in checks))
-        report = {
-            name: {
-                "ok": result.error is None,
-                "error": None if result.error is None else str(result.error),
-                "seconds": round(result.time_taken, 3),
-            }
-            for (name, _), result in zip(checks, results, strict=True)
+async def _run_checks() -> dict:
+    checks = health_checks()
+    results = await asyncio.gather(*(check.get_result() for _, check in checks))
+    return {
+        name: {
+            "ok": result.error is None,
+            "error": None if result.error is None else str(result.error),
+            "seconds": round(result.time_taken, 3),
         }
-        healthy = all(entry["ok"] for entry in report.values())
-        return JsonResponse(
-            {"status": "ok" if healthy else "unhealthy", "checks": report},
-            status=200 if healthy else 503,
-        )
+        for (name, _), result in zip(checks, results, strict=True)
+    }
+
+
+_report_lock = threading.Lock()
+_last_report: tuple[float, dict] | None = None  # (time.monotonic() taken, report)
+
+
+def health_report() -> dict:
+    """The checks' report, run at most once per HEALTH_CACHE_SECONDS per process."""
+    global _last_report
+    with _report_lock:
+        if _last_report is not None:
+            taken, report = _last_report
+            if time.monotonic() - taken < settings.HEALTH_CACHE_SECONDS:
+                return report
+        report = async_to_sync(_run_checks)()
+        _last_report = (time.monotonic(), report)
+        return report
+
+
+@never_cache
+def health(request):
+    """Readiness: JSON only, 503 when any check fails."""
+    report = health_report()
+    healthy = all(entry["ok"] for entry in report.values())
+    if not is_operator(request):
+        report = {name: {"ok": entry["ok"]} for name, entry in report.items()}
+    return JsonResponse(
+        {"status": "ok" if healthy else "unhealthy", "checks": report},
+        status=200 if healthy else 503,
+    )
 
 
 def live(request):

@@ -254,6 +254,9 @@ HEALTH_BEAT_MAX_AGE = env.int(
 )
 # How long the health check waits for Celery workers to answer a ping.
 HEALTH_WORKER_TIMEOUT = env.float("HEALTH_WORKER_TIMEOUT", default=1.0)
+# Seconds a web process reuses its last /health/ report: a burst of probes
+# costs one Celery broadcast, not one each.
+HEALTH_CACHE_SECONDS = env.float("HEALTH_CACHE_SECONDS", default=5.0)
 # If set, /metrics requires "Authorization: Bearer <METRICS_TOKEN>".
 METRICS_TOKEN = env("METRICS_TOKEN", default="")
 # Port on which each Celery worker serves its own /metrics (0: off).
