@@ -230,6 +230,9 @@ NOTIFIER_SOFT_BOUNCE_LIMIT = env.int("SOFT_BOUNCE_LIMIT", default=3)
 NOTIFIER_SOFT_BOUNCE_WINDOW_DAYS = env.int("SOFT_BOUNCE_WINDOW_DAYS", default=7)
 # Address added to List-Unsubscribe as a mailto: alternative (empty: https only).
 NOTIFIER_UNSUBSCRIBE_MAILTO = env("UNSUBSCRIBE_MAILTO", default="")
+# Days a preference link works (every email carries a fresh one; unsubscribe
+# links never expire, as RFC 8058 needs).
+NOTIFIER_PREFERENCE_LINK_DAYS = env.int("PREFERENCE_LINK_DAYS", default=90)
 
 # --- HTTP API and operations (api/, ops/, deploy/) ------------------------------
 from config.logging import build_logging  # noqa: E402
