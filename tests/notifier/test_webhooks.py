@@ -452,6 +452,7 @@ def _production_check(**env_extra) -> subprocess.CompletedProcess:
     env.update(
         DJANGO_SETTINGS_MODULE="config.settings.production",
         SECRET_KEY="production-check-" + "k" * 50,
+        METRICS_TOKEN="metrics-" + "m" * 24,
         **env_extra,
     )
     return subprocess.run(
