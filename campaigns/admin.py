@@ -82,6 +82,15 @@ class ImportForm(forms.Form):
         "(their subscription status is never changed).",
     )
 
+    def clean_file(self):
+        upload = self.cleaned_data["file"]
+        limit = settings.CAMPAIGNS_IMPORT_MAX_BYTES
+        if upload.size > limit:
+            raise forms.ValidationError(
+                f"The file is over {limit / 1e6:g} MB; split it and import the parts."
+            )
+        return upload
+
 
 class _Echo:
     def write(self, value):

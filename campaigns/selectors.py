@@ -229,7 +229,7 @@ def contact_list_export_rows(*, contact_list: ContactList) -> Iterator[list[str]
     for attributes in members.values_list("attributes", flat=True).iterator(chunk_size=2000):
         keys.update(attributes or {})
     columns = sorted(keys - {"email", "name", "status"})
-    yield ["email", "name", "status", *columns]
+    yield ["email", "name", "status", *map(_cell, columns)]
     rows = members.values_list("email", "name", "status", "attributes")
     for email, name, status, attributes in rows.iterator(chunk_size=2000):
         attributes = attributes or {}

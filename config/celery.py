@@ -6,7 +6,9 @@ import os
 from celery import Celery
 from celery.signals import setup_logging
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
+# Production unless told otherwise: a process started by mistake refuses to
+# run without production secrets instead of running with DEBUG on.
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.production")
 
 app = Celery("notifier")
 app.config_from_object("django.conf:settings", namespace="CELERY")

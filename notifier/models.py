@@ -61,6 +61,18 @@ def validate_recipient_name(value: str) -> None:
         raise ValidationError(problem)
 
 
+class RandomUUID(models.Func):
+    """A random UUID made by the database (rows inserted by bulk SQL get one too)."""
+
+    output_field = models.UUIDField()
+
+    def as_sql(self, compiler, connection, **extra_context):
+        return "gen_random_uuid()", []  # PostgreSQL 13+
+
+    def as_sqlite(self, compiler, connection, **extra_context):
+        return "lower(hex(randomblob(16)))", []  # how Django stores a UUID in SQLite
+
+
 class Recipient(models.Model):
     class Status(models.TextChoices):
         ACTIVE = "active", "Active"
@@ -83,6 +95,11 @@ class Recipient(models.Model):
     time_zone = models.CharField(max_length=64, default="UTC", validators=[validate_time_zone])
     locale = models.CharField(max_length=16, default="en", blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    # What links in emails name the recipient by: random, so a link reveals
+    # nothing about other recipients (the id is sequential).
+    public_id = models.UUIDField(
+        default=uuid.uuid4, db_default=RandomUUID(), unique=True, editable=False
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

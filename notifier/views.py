@@ -6,6 +6,7 @@ POST with no CSRF token, as RFC 8058 requires (mail providers post to it);
 a GET never changes anything, so link scanners cannot unsubscribe anyone.
 """
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -20,6 +21,7 @@ from notifier.services.preferences import preferences_update
 from notifier.services.unsubscribe import (
     SCOPE_ALL,
     InvalidLink,
+    LinkExpired,
     preferences_token,
     preferences_token_read,
     recipient_resubscribe,
@@ -40,6 +42,9 @@ def home(request):
 
 
 def _invalid_link(request, exc: InvalidLink):
+    if isinstance(exc, LinkExpired):
+        context = {"days": settings.NOTIFIER_PREFERENCE_LINK_DAYS}
+        return render(request, "notifier/public/link_expired.html", context, status=410)
     return render(request, "notifier/public/invalid_link.html", {"error": str(exc)}, status=400)
 
 
@@ -63,7 +68,7 @@ def unsubscribe(request, token: str):
         "email": recipient.email,
         "scope_label": scope_describe(scope),
         "preferences_url": reverse(
-            "notifier:preferences", args=[preferences_token(recipient_id=recipient.pk)]
+            "notifier:preferences", args=[preferences_token(recipient=recipient)]
         ),
     }
     if request.method == "POST":

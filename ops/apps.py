@@ -7,4 +7,4 @@ class OpsConfig(AppConfig):
 
     def ready(self) -> None:
         # Celery signal handlers: each worker serves its own /metrics.
-        from ops import worker_metrics  # noqa: F401
+        from ops import checks, worker_metrics  # noqa: F401  (checks: registers them)

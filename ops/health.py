@@ -3,14 +3,20 @@
 ``/health/`` (readiness) runs every check at once and answers 200 when all
 pass, 503 otherwise, with one entry per check::
 
-    {"status": "ok", "checks": {"database": {"ok": true, "error": null}, ...}}
+    {"status": "ok", "checks": {"database": {"ok": true}, ...}}
+
+The checks' errors and timings are shown only to an operator (a staff
+session or the ``METRICS_TOKEN`` bearer, as for ``/metrics``). Each web
+process runs the checks at most once per ``HEALTH_CACHE_SECONDS``: callers
+in the meantime get the last report, and callers arriving while a run is in
+progress wait for it, so a burst of probes costs one Celery broadcast.
 
 ``/health/live/`` (liveness) only says the web process answers: restarting a
 web process because PostgreSQL is down would not help.
 
 When every check passes but a campaign run failed to launch or stalled, the
-answer is still 200 with ``"status": "degraded"`` and a ``problems`` list
-naming each run and the reason.
+answer is still 200 with ``"status": "degraded"`` and ``problems``: for an
+operator a list naming each run and the reason, for others how many.
 
 Checks come from django-health-check (database, Redis ping, Celery ping
 with "every queue has a consumer") plus the beat heartbeat below.
@@ -19,17 +25,21 @@ with "every queue has a consumer") plus the beat heartbeat below.
 import asyncio
 import dataclasses
 import datetime
+import threading
+import time
 
 import redis.asyncio
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.http import JsonResponse
+from django.views.decorators.cache import never_cache
 from health_check.base import HealthCheck
 from health_check.checks import Database
 from health_check.contrib.celery import Ping
 from health_check.contrib.redis import Redis
 from health_check.exceptions import ServiceUnavailable
-from health_check.views import HealthCheckView
 
+from ops.access import is_operator
 from ops.heartbeat import beat_heartbeat_age
 
 
@@ -80,52 +90,70 @@ def health_checks() -> list[tuple[str, HealthCheck]]:
     return checks
 
 
-class HealthView(HealthCheckView):
-    """Readiness: JSON only, 503 when any check fails."""
-
-    async def get(self, request, *args, **kwargs):
-        checks = health_checks()
-        with self.get_executor() as executor:
-            results = await asyncio.gather(*(check.get_result(executor) for _, check in checks))
-        report = {
-            name: {
-                "ok": result.error is None,
-                "error": None if result.error is None else str(result.error),
-                "seconds": round(result.time_taken, 3),
-            }
-            for (name, _), result in zip(checks, results, strict=True)
+async def _run_checks() -> dict:
+    checks = health_checks()
+    results = await asyncio.gather(*(check.get_result() for _, check in checks))
+    return {
+        name: {
+            "ok": result.error is None,
+            "error": None if result.error is None else str(result.error),
+            "seconds": round(result.time_taken, 3),
         }
-        healthy = all(entry["ok"] for entry in report.values())
-        body = {"status": "ok" if healthy else "unhealthy", "checks": report}
-        if healthy:
-            # Serving works but some work does not progress: say which, and
-            # why, without taking the web tier out of the load balancer.
-            problems = await asyncio.to_thread(_run_problems)
-            if problems:
-                body["status"] = "degraded"
-                body["problems"] = problems
-        return JsonResponse(body, status=200 if healthy else 503)
+        for (name, _), result in zip(checks, results, strict=True)
+    }
+
+
+_report_lock = threading.Lock()
+_last_report: tuple[float, dict] | None = None  # (time.monotonic() taken, report)
+
+
+def health_report() -> dict:
+    """The checks' report, run at most once per HEALTH_CACHE_SECONDS per process."""
+    global _last_report
+    with _report_lock:
+        if _last_report is not None:
+            taken, report = _last_report
+            if time.monotonic() - taken < settings.HEALTH_CACHE_SECONDS:
+                return report
+        report = async_to_sync(_run_checks)()
+        if all(entry["ok"] for entry in report.values()):
+            report["problems"] = _run_problems()
+        _last_report = (time.monotonic(), report)
+        return report
+
+
+@never_cache
+def health(request):
+    """Readiness: JSON only, 503 when any check fails."""
+    report = dict(health_report())
+    problems = report.pop("problems", [])
+    healthy = all(entry["ok"] for entry in report.values())
+    if not is_operator(request):
+        report = {name: {"ok": entry["ok"]} for name, entry in report.items()}
+    body = {"status": "ok" if healthy else "unhealthy", "checks": report}
+    if healthy and problems:
+        # Serving works but some work does not progress: say so without
+        # taking the web tier out of the load balancer; operators see which
+        # runs and why.
+        body["status"] = "degraded"
+        body["problems"] = problems if is_operator(request) else len(problems)
+    return JsonResponse(body, status=200 if healthy else 503)
 
 
 def _run_problems() -> list[dict]:
-    from django.db import connections
-
     from campaigns.selectors import runs_with_problems
 
-    try:
-        return [
-            {
-                "run": run.pk,
-                "campaign": run.campaign.name,
-                "problem": run.problem,
-                "reason": f"{run.get_problem_display()}: {run.problem_detail}",
-                "since": run.problem_since.isoformat() if run.problem_since else None,
-                "attempts": run.problem_count,
-            }
-            for run in runs_with_problems()[:20]
-        ]
-    finally:
-        connections.close_all()  # this worker thread's own connection
+    return [
+        {
+            "run": run.pk,
+            "campaign": run.campaign.name,
+            "problem": run.problem,
+            "reason": f"{run.get_problem_display()}: {run.problem_detail}",
+            "since": run.problem_since.isoformat() if run.problem_since else None,
+            "attempts": run.problem_count,
+        }
+        for run in runs_with_problems()[:20]
+    ]
 
 
 def live(request):

@@ -10,7 +10,6 @@ A part that cannot be read (database or Redis down) is reported as
 ``notifier_metrics_scrape_error{part=...} 1`` instead of failing the scrape.
 """
 
-import hmac
 import logging
 
 import redis
@@ -24,6 +23,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from campaigns.models import CampaignRun
 from campaigns.selectors import runs_with_problems
 from notifier.models import Delivery, DeliveryEvent, Suppression
+from ops.access import has_metrics_token
 
 logger = logging.getLogger(__name__)
 
@@ -126,9 +126,6 @@ _registry.register(NotifierCollector())
 
 
 def metrics(request):
-    token = settings.METRICS_TOKEN
-    if token:
-        supplied = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(supplied.encode(), token.encode()):
-            return JsonResponse({"error": "A valid metrics bearer token is required."}, status=401)
+    if settings.METRICS_TOKEN and not has_metrics_token(request):
+        return JsonResponse({"error": "A valid metrics bearer token is required."}, status=401)
     return HttpResponse(generate_latest(_registry), content_type=CONTENT_TYPE_LATEST)

@@ -5,7 +5,7 @@ from ops import health, metrics
 app_name = "ops"
 
 urlpatterns = [
-    path("health/", health.HealthView.as_view(), name="health"),
+    path("health/", health.health, name="health"),
     path("health/live/", health.live, name="live"),
     path("metrics", metrics.metrics, name="metrics"),
 ]

@@ -42,6 +42,14 @@ def campaign_problems(*, campaign: Campaign, check_audience: bool = True) -> dic
             problems["context"] = "The context must be a JSON object."
     except templating.ContextNotPlainData as exc:
         problems["context"] = str(exc)
+    if "context" not in problems and campaign.template_id is not None:
+        sample = Recipient(email="ada.lovelace@example.com", name="Ada Lovelace", attributes={})
+        try:
+            campaign_render(campaign=campaign, recipient=sample)
+        except templating.RenderLimitExceeded as exc:
+            problems["template"] = f"With this context, the template breaks a render limit: {exc}"
+        except Exception:  # other errors depend on the recipient; each send reports its own
+            pass
     if campaign.schedule == Campaign.Schedule.ONCE and campaign.send_at is None:
         problems["send_at"] = "Give the time to send at."
     if (

@@ -8,12 +8,18 @@ it runs in one transaction that a whole-file error rolls back.
 
 Existing contacts keep their status (an unsubscribed contact stays
 unsubscribed); their name and attributes are replaced only when asked.
+
+A hostile file is refused early and cheaply: the file size, the length of a
+line (checked as bytes arrive, so a huge line is never held whole), the
+number of columns and the length of a field are capped (CAMPAIGNS_IMPORT_*
+settings); a NUL character (PostgreSQL cannot store it) is a row error.
 """
 
 import codecs
 import csv
 import json
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -55,17 +61,23 @@ class _Columns:
 def _columns(
     header: list[str], email_column: str, name_column: str, attribute_columns: list[str] | None
 ) -> _Columns:
+    max_columns = settings.CAMPAIGNS_IMPORT_MAX_COLUMNS
+    if len(header) > max_columns:
+        raise ImportFileError(
+            f"The header has {len(header):,} columns; at most {max_columns:,} can be imported."
+        )
     names = [h.strip() for h in header]
+    if any("\x00" in n for n in names):
+        raise ImportFileError("The header contains a NUL character; nothing was imported.")
     folded = [n.casefold() for n in names]
-    duplicates = sorted({n for n in names if n and folded.count(n.casefold()) > 1})
+    counts = Counter(folded)
+    duplicates = sorted({n for n in names if n and counts[n.casefold()] > 1})
     if duplicates:
         raise ImportFileError(f"The header repeats the column(s) {', '.join(duplicates)}.")
+    positions = {name: i for i, name in enumerate(folded)}  # unique, checked above
 
     def find(column: str) -> int | None:
-        try:
-            return folded.index(column.strip().casefold())
-        except ValueError:
-            return None
+        return positions.get(column.strip().casefold())
 
     email = find(email_column)
     if email is None:
@@ -170,7 +182,7 @@ def contacts_import_csv(
     """
     report = ImportReport()
     chunk_size = settings.CAMPAIGNS_IMPORT_CHUNK
-    reader = csv.reader(codecs.iterdecode(stream, "utf-8-sig"))
+    reader = csv.reader(codecs.iterdecode(_bounded_lines(stream), "utf-8-sig"))
     seen: dict[str, int] = {}
     row_number = 1
     try:
@@ -179,6 +191,10 @@ def contacts_import_csv(
                 header = next(reader)
             except StopIteration:
                 raise ImportFileError("The file is empty.") from None
+            except csv.Error as exc:
+                raise ImportFileError(
+                    f"The header row cannot be read ({exc}); nothing was imported."
+                ) from None
             columns = _columns(header, email_column, name_column, attribute_columns)
             chunk: list[dict] = []
             while True:
@@ -217,9 +233,56 @@ def contacts_import_csv(
     return report
 
 
+# Bytes read from the stream at a time; a line is split out as soon as it ends.
+_READ_SIZE = 64 * 1024
+
+
+def _line_too_long(line: int, max_line: int) -> ImportFileError:
+    return ImportFileError(
+        f"Line {line:,} is longer than {max_line:,} bytes; nothing was imported."
+    )
+
+
+def _bounded_lines(stream) -> Iterator[bytes]:
+    """The stream's lines (ends kept), refusing a file or a line over its cap
+    as soon as the bytes read show it, without holding more than one line."""
+    max_bytes = settings.CAMPAIGNS_IMPORT_MAX_BYTES
+    max_line = settings.CAMPAIGNS_IMPORT_MAX_LINE_BYTES
+    read = getattr(stream, "read", None)
+    chunks = iter(lambda: read(_READ_SIZE), b"") if read else iter(stream)
+    total = lines_seen = 0
+    pending = b""
+    for chunk in chunks:
+        total += len(chunk)
+        if total > max_bytes:
+            raise ImportFileError(
+                f"The file is over {max_bytes / 1e6:g} MB; split it and import the parts."
+            )
+        lines = (pending + chunk).splitlines(keepends=True)
+        # An unfinished last line (or one ending in a \r that a \n may follow)
+        # waits for the next chunk.
+        pending = lines.pop() if lines and not lines[-1].endswith(b"\n") else b""
+        for offset, line in enumerate(lines):
+            if len(line) > max_line:
+                raise _line_too_long(lines_seen + offset + 1, max_line)
+        lines_seen += len(lines)
+        if len(pending) > max_line:
+            raise _line_too_long(lines_seen + 1, max_line)
+        yield from lines
+    if pending:
+        yield pending
+
+
 def _row_recipient(
     row: list[str], columns: _Columns, row_number: int, seen: dict[str, int], report: ImportReport
 ) -> dict | None:
+    if any("\x00" in cell for cell in row):
+        report.add_error(row_number, "The row contains a NUL character.")
+        return None
+    max_field = settings.CAMPAIGNS_IMPORT_MAX_FIELD_CHARS
+    if any(len(cell) > max_field for cell in row):
+        report.add_error(row_number, f"A field is longer than {max_field:,} characters.")
+        return None
     if len(row) < columns.width:
         report.add_error(
             row_number, f"Missing columns: {len(row)} fields where the header has {columns.width}."

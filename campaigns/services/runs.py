@@ -43,6 +43,7 @@ from campaigns.selectors import (
     run_totals,
     runs_to_maintain,
 )
+from notifier import templating
 from notifier.models import Delivery, Recipient, Suppression
 from notifier.services.sending import deliveries_send_batch
 from ops.instruments import count_task_failure
@@ -472,8 +473,12 @@ def campaign_run_cancel(*, run: CampaignRun) -> int:
 
 
 def run_contexts(run_ids: set[int]) -> dict[int, dict]:
-    """The template context each run took at launch (for the batch sender)."""
-    return dict(CampaignRun.objects.filter(pk__in=run_ids).values_list("pk", "context"))
+    """The template context each run took at launch (for the batch sender).
+
+    Frozen once here, so the batch's messages share one read-only copy.
+    """
+    rows = CampaignRun.objects.filter(pk__in=run_ids).values_list("pk", "context")
+    return {pk: templating.freeze(context) for pk, context in rows}
 
 
 def run_guard(run_ids: set[int]) -> dict[int, str]:

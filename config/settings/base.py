@@ -4,6 +4,7 @@ Variables are documented in README.md ("Configuration"). Secrets have no
 default here; ``local`` and ``test`` supply throw-away ones.
 """
 
+from csp.constants import NONCE, NONE, SELF, UNSAFE_INLINE
 from kombu import Exchange, Queue
 
 from config.env import BASE_DIR, env
@@ -25,6 +26,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "anymail",
     "axes",
+    "csp",
     "notifier",
     "campaigns",
     "api",
@@ -33,6 +35,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -49,6 +52,28 @@ AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
+
+# Content-Security-Policy (django-csp) for the admin and the public pages:
+# scripts only from our origin or carrying the request's nonce
+# (``request.csp_nonce``), so injected markup cannot run script. Styles allow
+# inline (the admin and every previewed email use style attributes, which a
+# nonce cannot cover); images may be remote because a previewed email (an
+# iframe srcdoc, which inherits this policy) shows the images it links to.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF, UNSAFE_INLINE],
+        "img-src": [SELF, "data:", "https:"],
+        "font-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "frame-src": [SELF],
+        "frame-ancestors": [NONE],
+        "form-action": [SELF],
+        "base-uri": [NONE],
+        "object-src": [NONE],
+    }
+}
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
@@ -171,6 +196,17 @@ NOTIFIER_SEND_THREADS = env.int("NOTIFIER_SEND_THREADS", default=4)
 # without persistence). Claims are conditional, so a second task is harmless.
 NOTIFIER_REDISPATCH_SECONDS = env.int("NOTIFIER_REDISPATCH_SECONDS", default=300)
 
+# Render limits, per rendered part (subject, HTML, text, digest entry): a
+# template that exceeds one fails with the reason (a form error or a 400 when
+# it is saved or sent, a failed Delivery if it is already stored). Steps are
+# nodes rendered plus loop iterations; a normal email takes a few thousand.
+NOTIFIER_RENDER_MAX_STEPS = env.int("NOTIFIER_RENDER_MAX_STEPS", default=500_000)
+NOTIFIER_RENDER_MAX_SECONDS = env.float("NOTIFIER_RENDER_MAX_SECONDS", default=5.0)
+NOTIFIER_RENDER_MAX_CHARS = env.int("NOTIFIER_RENDER_MAX_CHARS", default=1_000_000)
+# Largest width/precision argument of ljust, rjust, center, floatformat and
+# stringformat.
+NOTIFIER_RENDER_MAX_WIDTH = env.int("NOTIFIER_RENDER_MAX_WIDTH", default=1_000)
+
 # --- Redis and Celery ---------------------------------------------------------
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
 
@@ -233,6 +269,9 @@ NOTIFIER_SOFT_BOUNCE_LIMIT = env.int("SOFT_BOUNCE_LIMIT", default=3)
 NOTIFIER_SOFT_BOUNCE_WINDOW_DAYS = env.int("SOFT_BOUNCE_WINDOW_DAYS", default=7)
 # Address added to List-Unsubscribe as a mailto: alternative (empty: https only).
 NOTIFIER_UNSUBSCRIBE_MAILTO = env("UNSUBSCRIBE_MAILTO", default="")
+# Days a preference link works (every email carries a fresh one; unsubscribe
+# links never expire, as RFC 8058 needs).
+NOTIFIER_PREFERENCE_LINK_DAYS = env.int("PREFERENCE_LINK_DAYS", default=90)
 
 # --- HTTP API and operations (api/, ops/, deploy/) ------------------------------
 from config.logging import build_logging  # noqa: E402
@@ -257,6 +296,9 @@ HEALTH_BEAT_MAX_AGE = env.int(
 )
 # How long the health check waits for Celery workers to answer a ping.
 HEALTH_WORKER_TIMEOUT = env.float("HEALTH_WORKER_TIMEOUT", default=1.0)
+# Seconds a web process reuses its last /health/ report: a burst of probes
+# costs one Celery broadcast, not one each.
+HEALTH_CACHE_SECONDS = env.float("HEALTH_CACHE_SECONDS", default=5.0)
 # If set, /metrics requires "Authorization: Bearer <METRICS_TOKEN>".
 METRICS_TOKEN = env("METRICS_TOKEN", default="")
 # Port on which each Celery worker serves its own /metrics (0: off).
@@ -275,6 +317,13 @@ CAMPAIGNS_IMPORT_CHUNK = env.int("CAMPAIGNS_IMPORT_CHUNK", default=2000)
 # neither retried nor logged on every maintenance tick.
 CAMPAIGNS_PROBLEM_BACKOFF_BASE = env.float("CAMPAIGNS_PROBLEM_BACKOFF_BASE", default=30.0)
 CAMPAIGNS_PROBLEM_BACKOFF_CAP = env.float("CAMPAIGNS_PROBLEM_BACKOFF_CAP", default=3600.0)
+# Caps on a CSV import, so a hostile file is refused early with a clear
+# message: the file size, one line's length (refused as the bytes arrive),
+# the header's columns, and one field's characters (a row error).
+CAMPAIGNS_IMPORT_MAX_BYTES = env.int("CAMPAIGNS_IMPORT_MAX_BYTES", default=100_000_000)
+CAMPAIGNS_IMPORT_MAX_LINE_BYTES = env.int("CAMPAIGNS_IMPORT_MAX_LINE_BYTES", default=100_000)
+CAMPAIGNS_IMPORT_MAX_COLUMNS = env.int("CAMPAIGNS_IMPORT_MAX_COLUMNS", default=200)
+CAMPAIGNS_IMPORT_MAX_FIELD_CHARS = env.int("CAMPAIGNS_IMPORT_MAX_FIELD_CHARS", default=10_000)
 # Closes runs whose chord callback never came (a batch raised, retries were
 # due later), launches queued runs whose task was lost, releases stray holds.
 CELERY_BEAT_SCHEDULE["campaigns-maintain-runs"] = {

@@ -3,9 +3,16 @@
 A link carries a token made by ``django.core.signing`` (an HMAC keyed by
 ``SECRET_KEY``, with one salt per purpose, so an unsubscribe token is no
 preference token and no other signed value of the site is either) over the
-recipient's id and a scope. Nothing in it can be guessed or changed without
-the key. Tokens do not expire: a link in an old email must still work
-(rotate ``SECRET_KEY`` through ``SECRET_KEY_FALLBACKS`` to keep them valid).
+recipient's random ``public_id`` (never the sequential id) and a scope.
+Nothing in it can be guessed or changed without the key.
+
+Unsubscribe tokens do not expire: RFC 8058 needs a link in an old email to
+work (rotate ``SECRET_KEY`` through ``SECRET_KEY_FALLBACKS`` to keep them
+valid), and tokens made before public ids (naming the recipient's id) are
+still read. Preference tokens, which open a page showing the address and its
+choices, expire after ``NOTIFIER_PREFERENCE_LINK_DAYS``; every email carries
+a fresh one, and an older preference link (of either format) shows a page
+saying so.
 
 Scopes:
 
@@ -21,8 +28,10 @@ Scopes:
 import functools
 import logging
 import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from urllib.parse import quote
 
 from django.conf import settings
@@ -37,7 +46,10 @@ from notifier.services.suppressions import suppression_add, suppression_lift
 logger = logging.getLogger(__name__)
 
 UNSUBSCRIBE_SALT = "notifier.unsubscribe"
-PREFERENCES_SALT = "notifier.preferences"
+# Preference tokens before public ids and expiry: recognised only to say
+# the link has expired.
+LEGACY_PREFERENCES_SALT = "notifier.preferences"
+PREFERENCES_SALT = "notifier.preferences.v2"
 MAX_TOKEN_LENGTH = 512
 
 SCOPE_ALL = "all"
@@ -53,6 +65,10 @@ DEFAULT_SCOPE_FOR_KIND = {Delivery.Kind.DIGEST: SCOPE_TOPICS}
 
 class InvalidLink(NotifierError):
     """A token that was tampered with, truncated, or made for something else."""
+
+
+class LinkExpired(InvalidLink):
+    """A genuine preference link older than NOTIFIER_PREFERENCE_LINK_DAYS."""
 
 
 # --- Extension points ---------------------------------------------------------
@@ -96,50 +112,71 @@ def _signer(salt: str) -> signing.Signer:
     return signing.Signer(salt=salt)
 
 
-def unsubscribe_token(*, recipient_id: int, scope: str = SCOPE_ALL) -> str:
+def unsubscribe_token(*, recipient: Recipient, scope: str = SCOPE_ALL) -> str:
     if not SCOPE_RE.match(scope):
         raise ValueError(f"Invalid unsubscribe scope {scope!r}.")
-    return _signer(UNSUBSCRIBE_SALT).sign_object({"r": recipient_id, "s": scope})
+    return _signer(UNSUBSCRIBE_SALT).sign_object({"p": recipient.public_id.hex, "s": scope})
 
 
-def preferences_token(*, recipient_id: int) -> str:
-    return _signer(PREFERENCES_SALT).sign_object({"r": recipient_id})
+def preferences_token(*, recipient: Recipient) -> str:
+    """A preference link's token: the recipient's public id and the time it was made."""
+    return signing.TimestampSigner(salt=PREFERENCES_SALT).sign_object(
+        {"p": recipient.public_id.hex}
+    )
 
 
-def _read(token: str, salt: str) -> dict:
+def _unsign(token: str, signer: signing.Signer, **kwargs):
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
         raise InvalidLink("This link is not valid.")
     try:
-        data = _signer(salt).unsign_object(token)
+        return signer.unsign_object(token, **kwargs)
+    except signing.SignatureExpired:
+        raise LinkExpired("This link has expired.") from None
     except (signing.BadSignature, ValueError, UnicodeDecodeError):
         raise InvalidLink("This link is not valid.") from None
-    recipient_id = data.get("r") if isinstance(data, dict) else None
-    if type(recipient_id) is not int:
+
+
+def _recipient(data, *keys: str) -> Recipient:
+    """The recipient a signed payload names: ``p`` (public id) or, in tokens
+    made before public ids, ``r`` (the id); ``keys`` are its other keys."""
+    if not isinstance(data, dict):
         raise InvalidLink("This link is not valid.")
-    return data
-
-
-def _recipient(recipient_id: int) -> Recipient:
+    if set(data) == {"p", *keys} and isinstance(data["p"], str):
+        try:
+            lookup = {"public_id": uuid.UUID(hex=data["p"])}
+        except ValueError:
+            raise InvalidLink("This link is not valid.") from None
+    elif set(data) == {"r", *keys} and type(data["r"]) is int:
+        lookup = {"pk": data["r"]}
+    else:
+        raise InvalidLink("This link is not valid.")
     try:
-        return Recipient.objects.get(pk=recipient_id)
+        return Recipient.objects.get(**lookup)
     except Recipient.DoesNotExist:
         raise InvalidLink("This link is not valid any more.") from None
 
 
 def unsubscribe_token_read(token: str) -> tuple[Recipient, str]:
     """Return the recipient and scope of an unsubscribe token, or raise InvalidLink."""
-    data = _read(token, UNSUBSCRIBE_SALT)
-    scope = data.get("s")
-    if not isinstance(scope, str) or not SCOPE_RE.match(scope) or set(data) != {"r", "s"}:
+    data = _unsign(token, _signer(UNSUBSCRIBE_SALT))
+    scope = data.get("s") if isinstance(data, dict) else None
+    if not isinstance(scope, str) or not SCOPE_RE.match(scope):
         raise InvalidLink("This link is not valid.")
-    return _recipient(data["r"]), scope
+    return _recipient(data, "s"), scope
 
 
 def preferences_token_read(token: str) -> Recipient:
-    data = _read(token, PREFERENCES_SALT)
-    if set(data) != {"r"}:
-        raise InvalidLink("This link is not valid.")
-    return _recipient(data["r"])
+    """The recipient of a preference token; LinkExpired for a genuine old one."""
+    max_age = timedelta(days=settings.NOTIFIER_PREFERENCE_LINK_DAYS)
+    try:
+        data = _unsign(token, signing.TimestampSigner(salt=PREFERENCES_SALT), max_age=max_age)
+    except LinkExpired:
+        raise
+    except InvalidLink:
+        # Made before preference links expired: genuine, but too old now.
+        _unsign(token, _signer(LEGACY_PREFERENCES_SALT))
+        raise LinkExpired("This link has expired.") from None
+    return _recipient(data)
 
 
 _PLACEHOLDER = "TOKEN0PLACEHOLDER"
@@ -158,13 +195,13 @@ def _link(name: str, token: str) -> str:
     return f"{before}{token}{after}"
 
 
-def unsubscribe_url(*, recipient_id: int, scope: str = SCOPE_ALL) -> str:
-    token = unsubscribe_token(recipient_id=recipient_id, scope=scope)
+def unsubscribe_url(*, recipient: Recipient, scope: str = SCOPE_ALL) -> str:
+    token = unsubscribe_token(recipient=recipient, scope=scope)
     return _link("notifier:unsubscribe", token)
 
 
-def preferences_url(*, recipient_id: int) -> str:
-    token = preferences_token(recipient_id=recipient_id)
+def preferences_url(*, recipient: Recipient) -> str:
+    token = preferences_token(recipient=recipient)
     return _link("notifier:preferences", token)
 
 
@@ -275,10 +312,10 @@ def unsubscribe_message_hook(delivery: Delivery, context: dict, headers: dict) -
     if requested is not None and requested.lower() in ("", "0", "no", "false"):
         requested = None
     scope = delivery_unsubscribe_scope(delivery, requested)
-    token = unsubscribe_token(recipient_id=delivery.recipient_id, scope=scope)
+    token = unsubscribe_token(recipient=delivery.recipient, scope=scope)
     one_click = _link("notifier:unsubscribe", token)
     context["unsubscribe_url"] = one_click
-    context["preferences_url"] = preferences_url(recipient_id=delivery.recipient_id)
+    context["preferences_url"] = preferences_url(recipient=delivery.recipient)
     if delivery.kind not in LIST_KINDS and not requested:
         return
     targets = [f"<{one_click}>"]

@@ -80,6 +80,9 @@ def test_marketer_runs_a_campaign_and_reads_its_results(
 ):
     from playwright.sync_api import expect
 
+    # Anything the Content-Security-Policy blocks is reported on the console.
+    blocked = []
+    page.on("console", lambda m: "Content Security Policy" in m.text and blocked.append(m.text))
     User.objects.create_user("mia", password=PASSWORD, is_staff=True).groups.add(marketing_group)
     SenderIdentity.objects.create(name="Shop", email="news@shop.example")
     admin = f"{live_server.url}/admin/"
@@ -199,6 +202,7 @@ def test_marketer_runs_a_campaign_and_reads_its_results(
         )
     expect(page.locator("#results-chart path.series")).to_have_count(5)
     expect(page.locator("#run-results")).to_contain_text("8 opens and 3 clicks in all")
+    assert not blocked, blocked
     page.locator("#run-results").screenshot(path=screenshot_path("4-results-chart"))
     page.screenshot(path=screenshot_path("5-results-page"), full_page=True)
     for name in ("1-import", "2-preview", "3-campaign-progress-done", "4-results-chart"):

@@ -158,3 +158,115 @@ def test_admin_export_streams_csv(marketer):
         ["email", "name", "status"],
         ["ann@example.com", "Ann", "active"],
     ]
+
+
+# --- Hostile files: refused quickly with a clear message, never a server error ----------
+
+
+def test_export_defuses_formulas_in_header_cells():
+    contact_list = ContactListFactory()
+    _import(
+        'email,"=HYPERLINK(""http://evil.example"")"\nann@example.com,x\n',
+        contact_list=contact_list,
+    )
+    header = next(contact_list_export_rows(contact_list=contact_list))
+    assert header == ["email", "name", "status", '\'=HYPERLINK("http://evil.example")']
+
+
+def test_a_header_with_too_many_columns_is_refused(settings):
+    header = "email," + ",".join(f"c{i}" for i in range(settings.CAMPAIGNS_IMPORT_MAX_COLUMNS))
+    with pytest.raises(ImportFileError, match="columns; at most 200"):
+        _import(header + "\nann@example.com\n")
+    assert not Recipient.objects.exists()
+
+
+def test_a_line_over_the_cap_is_refused_without_reading_the_rest(settings):
+    settings.CAMPAIGNS_IMPORT_MAX_LINE_BYTES = 1000
+
+    class Endless:
+        """A 13 MB line: the import must stop at its first chunk."""
+
+        read_calls = 0
+
+        def read(self, size):
+            self.read_calls += 1
+            return b"x" * size if self.read_calls <= 200 else b""
+
+    stream = Endless()
+    with pytest.raises(ImportFileError, match="Line 2 is longer than 1,000 bytes"):
+        contacts_import_csv(stream=_prefixed(b"email\n", stream))
+    assert stream.read_calls == 1
+
+
+def _prefixed(first: bytes, stream):
+    yield first
+    yield from iter(lambda: stream.read(64 * 1024), b"")
+
+
+def test_a_header_field_over_the_csv_field_limit_is_a_clear_error(settings):
+    settings.CAMPAIGNS_IMPORT_MAX_LINE_BYTES = 10_000_000
+    with pytest.raises(ImportFileError, match="header row cannot be read"):
+        _import('"' + "x" * 140_000 + "\n" + "y" * 10 + '",email\nann@example.com\n')
+
+
+def test_a_file_over_the_size_cap_is_refused(settings):
+    settings.CAMPAIGNS_IMPORT_MAX_BYTES = 100_000
+    content = "email\n" + "".join(f"p{i}@example.com\n" for i in range(10_000))
+    with pytest.raises(ImportFileError, match=r"over 0\.1 MB"):
+        _import(content)
+    assert not Recipient.objects.exists()
+
+
+def test_nul_bytes_and_overlong_fields_are_row_errors(settings):
+    settings.CAMPAIGNS_IMPORT_MAX_FIELD_CHARS = 50
+    report = _import(
+        "email,name,plan\n"
+        "ann@example.com,Ann\x00,pro\n"
+        "bob@example.com,Bob," + "p" * 51 + "\n"
+        "cat@example.com,Cat,pro\n"
+    )
+    assert report.imported == 1
+    assert report.errors == [
+        (2, "The row contains a NUL character."),
+        (3, "A field is longer than 50 characters."),
+    ]
+    assert list(Recipient.objects.values_list("email", flat=True)) == ["cat@example.com"]
+
+
+def test_a_nul_byte_in_the_header_imports_nothing():
+    with pytest.raises(ImportFileError, match="NUL"):
+        _import("email,pl\x00an\nann@example.com,x\n")
+
+
+def test_admin_refuses_an_upload_over_the_size_cap(marketer, settings):
+    settings.CAMPAIGNS_IMPORT_MAX_BYTES = 10
+    contact_list = ContactListFactory()
+    upload = io.BytesIO(b"email\nann@example.com\n")
+    upload.name = "contacts.csv"
+    response = marketer.post(
+        f"/admin/campaigns/contactlist/{contact_list.pk}/import/",
+        {"file": upload, "email_column": "email", "name_column": "name"},
+    )
+    assert response.status_code == 200
+    assert "split it and import the parts" in response.content.decode()
+    assert not Recipient.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"email,name\nann@example.com,A\x00nn\n",
+        b'"' + b"x" * 140_000 + b'",email\n',
+        b"email," + b",".join(b"c%d" % i for i in range(5000)) + b"\n",
+        b"email\n" + b"x" * 200_000 + b"\n",
+    ],
+)
+def test_admin_import_of_hostile_files_never_errors(marketer, content):
+    contact_list = ContactListFactory()
+    upload = io.BytesIO(content)
+    upload.name = "contacts.csv"
+    response = marketer.post(
+        f"/admin/campaigns/contactlist/{contact_list.pk}/import/",
+        {"file": upload, "email_column": "email", "name_column": "name"},
+    )
+    assert response.status_code == 200

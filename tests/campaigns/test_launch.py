@@ -13,7 +13,7 @@ from campaigns.selectors import run_batch_ranges, run_status_counts
 from campaigns.services.campaigns import campaign_run_create
 from campaigns.services.runs import campaign_run_launch, run_materialise
 from notifier.models import Delivery, Recipient
-from notifier.services.sending import _Batch, delivery_build_message
+from notifier.services.sending import _Batch, delivery_build_message, run_contexts
 from notifier.services.suppressions import suppression_add
 from tests.campaigns.factories import (
     CampaignFactory,
@@ -204,3 +204,23 @@ def test_a_big_launch_leaves_batch_claims_looking_rows_up_by_key(fan_outs):
         cursor.execute("EXPLAIN " + claim_sql)
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "notifier_delivery_pkey" in plan, plan
+
+
+def test_a_template_cannot_use_up_the_run_context(fan_outs):
+    campaign, _ = _campaign_with_audience()
+    campaign.context = {"coupons": ["C1", "C2", "C3"]}
+    campaign.template.html_body = "{{ coupons.pop }}{{ coupons.0 }}-{{ coupons|length }}"
+    campaign.template.save()
+    campaign.save()
+    run = campaign_run_launch(
+        run_id=campaign_run_create(campaign_id=campaign.pk, trigger="manual").pk
+    )
+    shared = run_contexts({run.pk})[run.pk]  # as a batch loads it, once for all its rows
+
+    htmls = [
+        delivery_build_message(d, run_context=shared).alternatives[0][0]
+        for d in Delivery.objects.filter(run_id=run.pk)[:3]
+    ]
+
+    assert htmls == ["C1-3"] * 3
+    assert shared == {"coupons": ["C1", "C2", "C3"]}

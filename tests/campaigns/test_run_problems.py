@@ -169,8 +169,9 @@ def test_batches_that_raise_mark_the_run_stalled_until_one_sends(campaign, fan_o
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_health_reports_the_run_that_failed_to_launch(
-    campaign, broken_launch, client, celery_worker_process, fan_outs
+    campaign, broken_launch, client, celery_worker_process, fan_outs, settings
 ):
+    settings.HEALTH_CACHE_SECONDS = 0
     run = _queued_run(campaign)
     beat_heartbeat_record()
     healthy = client.get("/health/").json()
@@ -179,6 +180,9 @@ def test_health_reports_the_run_that_failed_to_launch(
     with pytest.raises(DatabaseError):
         campaign_run_launch(run_id=run.pk)
     beat_heartbeat_record()
+    anonymous = client.get("/health/").json()
+    assert anonymous["status"] == "degraded" and anonymous["problems"] == 1
+    client.force_login(User.objects.create_user("ops", password="pw", is_staff=True))
     response = client.get("/health/")
     assert response.status_code == 200
     body = response.json()

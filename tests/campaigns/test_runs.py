@@ -95,6 +95,16 @@ def test_one_active_run_at_a_time(campaign, fan_outs):
     assert campaign_run_create(campaign_id=campaign.pk, trigger="schedule") is None
 
 
+def test_campaign_whose_context_makes_the_template_run_away_cannot_launch(campaign):
+    campaign.template.html_body = "{% for a in s %}" * 3 + "{% endfor %}" * 3
+    campaign.template.save()
+    campaign.context = {"s": "x" * 200}
+    campaign.save()
+    with pytest.raises(CampaignError, match="NOTIFIER_RENDER_MAX_STEPS"):
+        campaign_launch_now(campaign=campaign)
+    assert not CampaignRun.objects.exists()
+
+
 def test_campaign_without_audience_cannot_launch():
     campaign = CampaignFactory()
     with pytest.raises(CampaignError, match="at least one contact list or segment"):

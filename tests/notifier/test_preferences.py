@@ -1,8 +1,10 @@
 """The preference page: topics and frequencies, unsubscribe from everything, resubscribe."""
 
 import re
+import time
 
 import pytest
+from django.core import signing
 from django.test import Client
 
 from notifier.models import Frequency, Notification, Preference, Recipient, Suppression, Topic
@@ -28,7 +30,7 @@ def topics():
 
 
 def _page(browser: Client, recipient: Recipient):
-    path = f"/preferences/{preferences_token(recipient_id=recipient.pk)}/"
+    path = f"/preferences/{preferences_token(recipient=recipient)}/"
     response = browser.get(path)
     return path, response, browser.cookies["csrftoken"].value
 
@@ -89,7 +91,7 @@ def test_invalid_choice_is_refused_and_changes_nothing(browser, topics, value):
 
 def test_posting_without_csrf_token_is_refused(browser, topics):
     recipient = RecipientFactory()
-    path = f"/preferences/{preferences_token(recipient_id=recipient.pk)}/"
+    path = f"/preferences/{preferences_token(recipient=recipient)}/"
     response = browser.post(path, {f"topic_{topics[0].pk}": "off"})
     assert response.status_code == 403
     assert not Preference.objects.exists()
@@ -129,8 +131,8 @@ def test_a_bounce_cannot_be_lifted_by_the_recipient(browser, topics):
 @pytest.mark.parametrize(
     "token",
     [
-        lambda r: preferences_token(recipient_id=r.pk)[:-3],
-        lambda r: unsubscribe_token(recipient_id=r.pk),  # an unsubscribe token is not one
+        lambda r: preferences_token(recipient=r)[:-3],
+        lambda r: unsubscribe_token(recipient=r),  # an unsubscribe token is not one
         lambda r: str(r.pk),
     ],
     ids=["truncated", "unsubscribe-token", "plain-id"],
@@ -140,3 +142,73 @@ def test_bad_tokens_get_400(browser, topics, token):
     response = browser.get(f"/preferences/{token(recipient)}/")
     assert response.status_code == 400
     assert b"This link is not valid" in response.content
+
+
+# --- Expiry and opaque recipient references ---------------------------------------------
+
+
+def _days_later(monkeypatch, days: float):
+    now = time.time()
+    monkeypatch.setattr(signing.time, "time", lambda: now + days * 86400)
+
+
+def test_preference_links_expire_with_a_friendly_page(browser, topics, settings, monkeypatch):
+    settings.NOTIFIER_PREFERENCE_LINK_DAYS = 90
+    recipient = RecipientFactory()
+    path = f"/preferences/{preferences_token(recipient=recipient)}/"
+
+    _days_later(monkeypatch, 89)
+    assert browser.get(path).status_code == 200
+
+    _days_later(monkeypatch, 91)
+    response = browser.get(path)
+    assert response.status_code == 410
+    html = response.content.decode()
+    assert "This link has expired" in html and "fresh link" in html
+    assert recipient.email not in html
+    response = browser.post(path, {"action": "unsubscribe_all"})
+    assert response.status_code in (403, 410)  # CSRF first, or the expiry page
+    assert not Suppression.objects.exists()
+
+
+def test_a_preference_link_made_before_expiry_existed_shows_the_expired_page(browser, topics):
+    recipient = RecipientFactory()
+    old = signing.Signer(salt="notifier.preferences").sign_object({"r": recipient.pk})
+    response = browser.get(f"/preferences/{old}/")
+    assert response.status_code == 410
+    assert "This link has expired" in response.content.decode()
+
+
+def test_links_name_the_recipient_by_a_random_public_id_not_the_row_id():
+    first, second = RecipientFactory(), RecipientFactory()
+    assert first.public_id != second.public_id
+    payload = signing.TimestampSigner(salt="notifier.preferences.v2").unsign_object(
+        preferences_token(recipient=first)
+    )
+    assert payload == {"p": first.public_id.hex}
+    unsubscribe = signing.Signer(salt="notifier.unsubscribe").unsign_object(
+        unsubscribe_token(recipient=first)
+    )
+    assert unsubscribe == {"p": first.public_id.hex, "s": "all"}
+
+
+def test_unsubscribe_links_already_sent_keep_working(browser):
+    recipient = RecipientFactory()
+    old = signing.Signer(salt="notifier.unsubscribe").sign_object({"r": recipient.pk, "s": "all"})
+    response = browser.post(
+        f"/unsubscribe/{old}/",
+        data="List-Unsubscribe=One-Click",
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert response.status_code == 200
+    assert Suppression.objects.get(email=recipient.email).reason == "unsubscribed"
+
+
+def test_recipients_inserted_in_bulk_get_a_public_id_too():
+    import io
+
+    from campaigns.services.contacts import contacts_import_csv
+
+    contacts_import_csv(stream=io.BytesIO(b"email\na@example.com\nb@example.com\n"))
+    ids = list(Recipient.objects.values_list("public_id", flat=True))
+    assert len(ids) == 2 and None not in ids and len(set(ids)) == 2

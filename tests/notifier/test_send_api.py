@@ -100,3 +100,15 @@ def test_future_send_at_waits_for_the_sweeper(django_capture_on_commit_callbacks
         delivery = send(subject="s", text="t", to="a@example.com", send_at=later)
     assert delivery.next_attempt_at == later
     assert callbacks == []
+
+
+def test_context_that_makes_the_render_run_away_is_refused():
+    template = TemplateFactory(
+        html_body="{% for a in s %}{% for b in s %}{% for c in s %}"
+        "{% endfor %}{% endfor %}{% endfor %}"
+    )
+    with pytest.raises(InvalidTemplate, match="NOTIFIER_RENDER_MAX_STEPS"):
+        send(template=template, to="a@example.com", context={"s": "x" * 200})
+    with pytest.raises(InvalidTemplate, match="NOTIFIER_RENDER_MAX_WIDTH"):
+        send(to="a@example.com", subject="s", html='{{ "x"|ljust:"100000000" }}')
+    assert not Delivery.objects.exists()

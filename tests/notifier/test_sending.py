@@ -248,3 +248,20 @@ def test_outcome_write_keeps_a_status_a_webhook_already_advanced(fake_esp):
     delivery.refresh_from_db()
     assert delivery.status == "delivered"
     assert delivery.esp_message_id == "esp-9"
+
+
+def test_stored_message_over_the_render_limits_fails_with_the_reason(fake_esp, settings):
+    (fine,) = _queue(1)
+    (runaway,) = _queue(1, template=TemplateFactory(html_body="{{ code }}"))
+    # Stored before the limit was lowered: the batch must fail it, not hang or crash.
+    settings.NOTIFIER_RENDER_MAX_WIDTH = 10
+    runaway.template.html_body = '{{ code|ljust:"100000000" }}'
+    runaway.template.save()
+
+    counts = deliveries_send_batch(delivery_ids=[runaway.id, fine.id])
+
+    assert counts == {"failed": 1, "sent": 1}
+    runaway.refresh_from_db()
+    assert runaway.status == Delivery.Status.FAILED
+    assert "NOTIFIER_RENDER_MAX_WIDTH" in runaway.last_error
+    assert len(fake_esp.messages) == 1

@@ -61,3 +61,101 @@ def test_template_clean_reports_each_broken_part():
     with pytest.raises(ValidationError) as info:
         template.full_clean()
     assert set(info.value.message_dict) == {"subject", "html_body"}
+
+
+# --- Render limits ----------------------------------------------------------------------
+
+FOUR_NESTED_LOOPS = (
+    "{% for a in s %}{% for b in s %}{% for c in s %}{% for d in s %}"
+    "{% endfor %}{% endfor %}{% endfor %}{% endfor %}"
+)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        '{{ "x"|ljust:"100000000" }}',
+        '{{ "x"|rjust:"100000000" }}',
+        '{{ "x"|center:"100000000" }}',
+        '{{ 1|stringformat:"0100000000d" }}',
+        '{{ 1|floatformat:"100000000" }}',
+    ],
+)
+def test_width_arguments_over_the_limit_are_refused_before_the_output_is_built(source):
+    with pytest.raises(templating.RenderLimitExceeded, match="NOTIFIER_RENDER_MAX_WIDTH"):
+        templating.render(source, {})
+
+
+def test_widths_within_the_limit_still_pad():
+    assert templating.render('[{{ "ab"|ljust:"5" }}]', {}) == "[ab   ]"
+
+
+def test_runaway_nested_loops_stop_at_the_step_budget():
+    with pytest.raises(templating.RenderLimitExceeded, match="NOTIFIER_RENDER_MAX_STEPS"):
+        templating.render(FOUR_NESTED_LOOPS, {"s": "x" * 200})
+
+
+def test_the_clock_stops_a_render_over_its_time_budget(settings):
+    settings.NOTIFIER_RENDER_MAX_SECONDS = 0
+    with pytest.raises(templating.RenderLimitExceeded, match="NOTIFIER_RENDER_MAX_SECONDS"):
+        templating.render("{% for a in s %}{{ a }}{% endfor %}", {"s": "x" * 1000})
+
+
+def test_output_over_the_size_cap_is_refused(settings):
+    settings.NOTIFIER_RENDER_MAX_CHARS = 1000
+    with pytest.raises(templating.RenderLimitExceeded, match="NOTIFIER_RENDER_MAX_CHARS"):
+        templating.render("{% for a in s %}0123456789{% endfor %}", {"s": "x" * 101})
+    assert len(templating.render("{% for a in s %}0123456789{% endfor %}", {"s": "x" * 100}))
+
+
+def test_doubling_with_add_and_join_cannot_build_a_huge_value():
+    doubled = "".join(f"{{% with v{i}=v{i - 1}|add:v{i - 1} %}}" for i in range(1, 25))
+    source = doubled + "{{ v24|make_list|join:v24 }}" + "{% endwith %}" * 24
+    with pytest.raises(templating.RenderLimitExceeded, match="NOTIFIER_RENDER_MAX_CHARS"):
+        templating.render(source, {"v0": "xy"})
+
+
+def test_a_runaway_template_is_refused_when_saved():
+    runaway = "{% for a in recipient.email %}" * 5 + "{% endfor %}" * 5
+    with pytest.raises(templating.TemplateSyntaxProblem, match="steps"):
+        templating.check_syntax(runaway)
+    template = Template(name="t", subject="Hi", html_body=runaway, text_body="")
+    with pytest.raises(ValidationError) as info:
+        template.clean()
+    assert "NOTIFIER_RENDER_MAX_STEPS" in str(info.value.message_dict["html_body"])
+
+
+# --- Read-only data ---------------------------------------------------------------------
+
+
+def test_templates_cannot_mutate_the_context():
+    context = {"coupons": ["A", "B", "C"], "offer": {"code": "X"}}
+    html = templating.render(
+        "{{ coupons.pop }}{{ coupons.clear }}{{ offer.popitem }}{{ offer.clear }}"
+        "{% for c in coupons %}{{ c }}{% endfor %}-{{ offer.code }}",
+        context,
+    )
+    assert html == "ABC-X"
+    assert context == {"coupons": ["A", "B", "C"], "offer": {"code": "X"}}
+
+
+def test_each_message_sees_the_same_shared_context():
+    shared = templating.freeze({"coupons": ["A", "B"]})
+    first = templating.render_message(
+        subject="{{ coupons.pop }}", html_body="{{ coupons.0 }}", text_body="", context=shared
+    )
+    second = templating.render_message(
+        subject="{{ coupons.pop }}", html_body="{{ coupons.0 }}", text_body="", context=shared
+    )
+    assert first[1] == second[1] == "A"
+    assert shared["coupons"] == ["A", "B"]
+
+
+def test_reading_frozen_data_works_as_plain_data():
+    html = templating.render(
+        "{% for k, v in d.items %}{{ k }}={{ v }};{% endfor %}{{ l|join:',' }}|{{ l|length }}"
+        "|{{ l|first }}{% cycle 'a' 'b' as z %}{% regroup rows by kind as groups %}"
+        "{% for g in groups %}{{ g.grouper }}{% endfor %}",
+        {"d": {"a": 1}, "l": [1, 2], "rows": [{"kind": "k"}]},
+    )
+    assert html == "a=1;1,2|2|1ak"

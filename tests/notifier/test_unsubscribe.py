@@ -135,7 +135,7 @@ def test_transactional_mail_has_no_unsubscribe_headers_unless_asked(fake_esp, ht
 
 def test_one_click_post_unsubscribes_without_session_or_csrf(csrf_client):
     recipient = RecipientFactory()
-    url = unsubscribe_url(recipient_id=recipient.pk)
+    url = unsubscribe_url(recipient=recipient)
     response = _one_click(csrf_client, url)
     assert response.status_code == 200
     assert b"You are unsubscribed" in response.content
@@ -151,7 +151,7 @@ def test_one_click_post_unsubscribes_without_session_or_csrf(csrf_client):
 
 def test_get_shows_a_confirm_page_and_changes_nothing(csrf_client):
     recipient = RecipientFactory(email="ann@example.com")
-    url = unsubscribe_url(recipient_id=recipient.pk)
+    url = unsubscribe_url(recipient=recipient)
     response = csrf_client.get(urlparse(url).path)
     assert response.status_code == 200
     body = response.content.decode()
@@ -171,30 +171,32 @@ def _tampered(token: str) -> str:
 
 
 BAD_TOKENS = {
-    "tampered-payload": lambda r: _tampered(unsubscribe_token(recipient_id=r.pk)),
-    "tampered-signature": lambda r: unsubscribe_token(recipient_id=r.pk)[:-1] + "x",
-    "truncated": lambda r: unsubscribe_token(recipient_id=r.pk)[:-6],
-    "payload-only": lambda r: unsubscribe_token(recipient_id=r.pk).split(":")[0],
-    "preferences-token": lambda r: preferences_token(recipient_id=r.pk),
+    "tampered-payload": lambda r: _tampered(unsubscribe_token(recipient=r)),
+    "tampered-signature": lambda r: unsubscribe_token(recipient=r)[:-1] + "x",
+    "truncated": lambda r: unsubscribe_token(recipient=r)[:-6],
+    "payload-only": lambda r: unsubscribe_token(recipient=r).split(":")[0],
+    "preferences-token": lambda r: preferences_token(recipient=r),
     "other-salt": lambda r: signing.Signer(salt="other").sign_object({"r": r.pk, "s": "all"}),
     "other-key": lambda r: signing.Signer(
         key="not-our-key", salt="notifier.unsubscribe"
     ).sign_object({"r": r.pk, "s": "all"}),
-    "other-recipient-id": lambda r: _swap_id(unsubscribe_token(recipient_id=r.pk), r.pk + 1),
+    "other-recipient": lambda r: _swap(
+        unsubscribe_token(recipient=r), Recipient.objects.exclude(pk=r.pk).get()
+    ),
     "bad-scope": lambda r: signing.Signer(salt="notifier.unsubscribe").sign_object(
         {"r": r.pk, "s": "everything; drop"}
     ),
     "wrong-shape": lambda r: signing.Signer(salt="notifier.unsubscribe").sign_object([r.pk]),
     "guessable-id": lambda r: str(r.pk),
     "huge": lambda r: "a" * 5000,
-    "deleted-recipient": lambda r: unsubscribe_token(recipient_id=999_999_999),
+    "deleted-recipient": lambda r: unsubscribe_token(recipient=Recipient(email="gone@example.com")),
 }
 
 
-def _swap_id(token: str, new_id: int) -> str:
+def _swap(token: str, other_recipient: Recipient) -> str:
     """Re-use a real signature with another recipient's payload."""
     _payload, signature = token.rsplit(":", 1)
-    other = unsubscribe_token(recipient_id=new_id)
+    other = unsubscribe_token(recipient=other_recipient)
     return other.rsplit(":", 1)[0] + ":" + signature
 
 
@@ -219,10 +221,10 @@ def test_bad_tokens_get_a_clear_400_page_and_change_nothing(csrf_client, make, m
 
 def test_a_token_names_its_recipient_and_scope_only_when_signed():
     recipient = RecipientFactory()
-    token = unsubscribe_token(recipient_id=recipient.pk, scope="topic:news")
+    token = unsubscribe_token(recipient=recipient, scope="topic:news")
     assert unsubscribe_token_read(token) == (recipient, "topic:news")
     with pytest.raises(ValueError):
-        unsubscribe_token(recipient_id=recipient.pk, scope="topic:../../etc")
+        unsubscribe_token(recipient=recipient, scope="topic:../../etc")
 
 
 # --- scopes: topic, list, everything; pending mail is not sent ---------------------------
@@ -238,7 +240,7 @@ def test_topic_scope_turns_the_topic_off_and_its_waiting_notifications(csrf_clie
     kept = Notification.objects.create(
         recipient=recipient, topic=other, data={"n": 2}, frequency=Frequency.HOURLY
     )
-    url = unsubscribe_url(recipient_id=recipient.pk, scope="topic:news")
+    url = unsubscribe_url(recipient=recipient, scope="topic:news")
     page = csrf_client.get(urlparse(url).path).content.decode()
     assert "Stop sending “News” notifications" in page
     response = _one_click(csrf_client, url)
@@ -261,7 +263,7 @@ def test_list_scope_goes_to_its_registered_handler(csrf_client, monkeypatch):
 
     register_scope_handler("list", unsubscribe=leave_list, describe=lambda v: f"list {v} mail")
     recipient = RecipientFactory()
-    url = unsubscribe_url(recipient_id=recipient.pk, scope="list:12")
+    url = unsubscribe_url(recipient=recipient, scope="list:12")
     assert "Stop sending list 12 mail" in csrf_client.get(urlparse(url).path).content.decode()
     assert b"You left the Weekly list." in _one_click(csrf_client, url).content
     assert calls == [(recipient.pk, "12")]
@@ -271,7 +273,7 @@ def test_list_scope_goes_to_its_registered_handler(csrf_client, monkeypatch):
 def test_scope_without_a_handler_unsubscribes_from_everything(csrf_client, monkeypatch):
     monkeypatch.setattr(unsubscribe_service, "_scope_handlers", {})
     recipient = RecipientFactory()
-    _one_click(csrf_client, unsubscribe_url(recipient_id=recipient.pk, scope="list:12"))
+    _one_click(csrf_client, unsubscribe_url(recipient=recipient, scope="list:12"))
     suppression = Suppression.objects.get()
     assert suppression.reason == Suppression.Reason.UNSUBSCRIBED
     assert "list:12" in suppression.note
@@ -280,7 +282,7 @@ def test_scope_without_a_handler_unsubscribes_from_everything(csrf_client, monke
 def test_pending_bulk_mail_is_not_sent_after_unsubscribing(csrf_client, fake_esp):
     recipient = RecipientFactory()
     pending = [DeliveryFactory(recipient=recipient, kind=k) for k in ("campaign", "digest")]
-    _one_click(csrf_client, unsubscribe_url(recipient_id=recipient.pk))
+    _one_click(csrf_client, unsubscribe_url(recipient=recipient))
     counts = deliveries_send_batch(delivery_ids=[d.id for d in pending])
     assert counts == {"suppressed": 2}
     assert fake_esp.messages == []
@@ -295,7 +297,7 @@ def test_pending_bulk_mail_is_not_sent_after_unsubscribing(csrf_client, fake_esp
 
 def _suppress_by(how: str, client: Client, recipient: Recipient, fake_esp) -> str:
     if how == "unsubscribe":
-        _one_click(client, unsubscribe_url(recipient_id=recipient.pk))
+        _one_click(client, unsubscribe_url(recipient=recipient))
         return "unsubscribed"
     sent = DeliveryFactory(recipient=recipient)
     deliveries_send_batch(delivery_ids=[sent.id])

@@ -454,6 +454,7 @@ def _production_check(**env_extra) -> subprocess.CompletedProcess:
         SECRET_KEY="production-check-" + "k" * 50,
         # Production refuses SQLite; this check never connects.
         DATABASE_URL="postgres://notifier@127.0.0.1:5432/notifier",
+        METRICS_TOKEN="metrics-" + "m" * 24,
         **env_extra,
     )
     return subprocess.run(

@@ -82,6 +82,15 @@ def test_every_role_runs_the_same_command_everywhere(compose):
     assert _runbook_commands() == compose_commands
 
 
+def test_web_serves_requests_in_parallel_everywhere(compose):
+    """One sync worker let ten slow requests queue behind each other."""
+    for commands in (_compose_commands(compose), _procfile_commands(), _systemd_commands()):
+        web = commands["web"]
+        workers = int(web[web.index("--workers") + 1])
+        threads = int(web[web.index("--threads") + 1])
+        assert workers >= 2 and threads >= 4
+
+
 def test_campaign_workers_run_at_a_lower_cpu_priority_everywhere(compose):
     """So a big campaign does not hold up transactional mail on a shared host."""
     assert compose["services"]["worker-campaigns"]["command"][:3] == ["nice", "-n", "10"]
