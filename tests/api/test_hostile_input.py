@@ -180,6 +180,7 @@ def test_other_unknown_paths_keep_the_html_page():
     assert response["Content-Type"].startswith("text/html")
 
 
+@pytest.mark.postgresql  # PostgreSQL refuses NUL in text; SQLite stores it
 def test_a_value_the_database_refuses_is_the_callers_mistake(api, monkeypatch, no_errors_logged):
     """A last line: should a value pass every check and still be refused by
     PostgreSQL, the answer is a 400, not "retry later"."""

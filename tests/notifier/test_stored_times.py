@@ -95,6 +95,7 @@ def test_send_accepts_a_send_at_inside_the_window():
     assert Delivery.objects.count() == 2
 
 
+@pytest.mark.postgresql  # writes what only PostgreSQL stores and cannot give back
 @pytest.mark.parametrize(
     "value", [YEAR_0, YEAR_10000, "1999-12-31T23:59:59Z", "9000-01-01T00:00:00Z"]
 )
@@ -112,6 +113,7 @@ def test_the_database_refuses_a_next_attempt_outside_the_stored_range(value):
 # --- A row that cannot be read back -----------------------------------------------
 
 
+@pytest.mark.postgresql  # writes what only PostgreSQL stores and cannot give back
 def test_a_batch_fails_an_unreadable_row_and_sends_the_others(fake_esp):
     first, bad, last = _queue(3)
     _drop_range_check()
@@ -125,6 +127,7 @@ def test_a_batch_fails_an_unreadable_row_and_sends_the_others(fake_esp):
     assert "too small" in bad.last_error
 
 
+@pytest.mark.postgresql  # writes what only PostgreSQL stores and cannot give back
 def test_the_sweep_recovers_a_claim_holding_an_unreadable_row(fake_esp):
     good, bad = _queue(2)
     Delivery.objects.filter(id__in=[good.id, bad.id]).update(
@@ -144,6 +147,7 @@ def test_the_sweep_recovers_a_claim_holding_an_unreadable_row(fake_esp):
     assert "too large" in bad.last_error
 
 
+@pytest.mark.postgresql  # writes what only PostgreSQL stores and cannot give back
 def test_the_sweep_fails_a_row_due_in_year_10000_and_every_page_reads_it(admin_client):
     api_token = importlib.import_module("api.services").api_token_create(service="billing")[1]
     api = ApiClient(api_token)
@@ -173,6 +177,7 @@ def test_the_sweep_fails_a_row_due_in_year_10000_and_every_page_reads_it(admin_c
     assert good.status == Delivery.Status.PENDING
 
 
+@pytest.mark.postgresql  # writes what only PostgreSQL stores and cannot give back
 def test_the_migration_fails_rows_written_before_the_check():
     kept, bad_pending, bad_sent = _queue(3)
     _drop_range_check()
