@@ -166,7 +166,7 @@ class ChaosStack:
         urllib.request.urlopen(request, timeout=5).read()
 
     def start_worker(self, name):
-        from config.celery import worker_command
+        from devtools.workers import worker_command
 
         self.workers[name] = self._spawn(
             worker_command(

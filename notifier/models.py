@@ -117,19 +117,6 @@ class Delivery(models.Model):
         SUPPRESSED = "suppressed", "Suppressed"
         CANCELLED = "cancelled", "Cancelled"
 
-    TERMINAL = frozenset(
-        {
-            Status.SENT,
-            Status.DELIVERED,
-            Status.BOUNCED,
-            Status.COMPLAINED,
-            Status.FAILED,
-            Status.UNKNOWN,
-            Status.SUPPRESSED,
-            Status.CANCELLED,
-        }
-    )
-
     class Kind(models.TextChoices):
         TRANSACTIONAL = "transactional", "Transactional"
         CAMPAIGN = "campaign", "Campaign"

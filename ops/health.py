@@ -26,7 +26,7 @@ from health_check.contrib.redis import Redis
 from health_check.exceptions import ServiceUnavailable
 from health_check.views import HealthCheckView
 
-from ops.heartbeat import beat_heartbeat_age
+from notifier.heartbeat import beat_heartbeat_age
 
 
 @dataclasses.dataclass

@@ -11,7 +11,7 @@
 
 import smtplib
 import socket
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 
 import requests
 from anymail.exceptions import (
@@ -33,14 +33,15 @@ class Outcome:
     error: str = ""
     retry_after: float | None = None
     attempts: int = 0
-    extra: dict = field(default_factory=dict)
 
     def as_journal(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_journal(cls, data: dict) -> "Outcome":
-        return cls(**data)
+        # Keys an older version wrote (``extra``) are ignored.
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def _short(exc: BaseException) -> str:

@@ -37,6 +37,7 @@ from django.utils import timezone
 from config.logging import log_context
 from notifier import templating
 from notifier.errors import UnknownTransport
+from notifier.instruments import observe_send
 from notifier.models import Delivery
 from notifier.services import journal
 from notifier.services.outcomes import (
@@ -51,7 +52,6 @@ from notifier.services.outcomes import (
 from notifier.services.ratelimit import rate_limit_wait
 from notifier.services.recipients import recipient_render_data
 from notifier.services.suppressions import SUPPRESSED_RECIPIENT_STATUSES, active_suppressions
-from ops.instruments import observe_send
 
 logger = logging.getLogger(__name__)
 

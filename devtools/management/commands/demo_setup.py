@@ -3,6 +3,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
+from devtools.demo import demo_campaigns_setup
 from notifier.models import Recipient, Template, Topic
 from notifier.services.recipients import normalize_email
 
@@ -54,17 +55,9 @@ class Command(BaseCommand):
                 key="comments",
                 defaults={"name": "Comments on your posts", "default_frequency": "hourly"},
             )
-        self._demo_extra()
+        demo_campaigns_setup()
         site = settings.SITE_URL
         self.stdout.write(
             self.style.SUCCESS(f"Admin: {site}/admin/  login: {DEMO_USER} / {DEMO_PASSWORD}")
         )
         self.stdout.write("Fake ESP inbox: http://127.0.0.1:8025/_fake/messages")
-
-    def _demo_extra(self):
-        """Other apps' demo data (campaigns), when they provide it."""
-        try:
-            from campaigns.demo import demo_setup
-        except ImportError:
-            return
-        demo_setup()
