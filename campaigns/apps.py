@@ -8,7 +8,8 @@ class CampaignsConfig(AppConfig):
 
     def ready(self) -> None:
         from campaigns.services.runs import run_contexts, run_guard
-        from notifier.services.sending import register_run_context, register_run_guard
+        from notifier.sending.batch import register_run_guard
+        from notifier.sending.message import register_run_context
 
         # Batches ask it (at most every 0.5 s) whether a run is paused or cancelled.
         register_run_guard(run_guard)

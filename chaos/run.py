@@ -260,7 +260,7 @@ def count_run(stack: ChaosStack, run_id: int, name: str, seconds: float) -> Resu
 
 def _query(fn):
     """A read that survives a scenario terminating our connection."""
-    from notifier.services.sending import with_reconnect
+    from notifier.sending.persist import with_reconnect
 
     return with_reconnect(fn)
 

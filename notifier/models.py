@@ -117,6 +117,14 @@ class Delivery(models.Model):
         SUPPRESSED = "suppressed", "Suppressed"
         CANCELLED = "cancelled", "Cancelled"
 
+    class FailureKind(models.TextChoices):
+        # Why a row is ``failed`` (blank otherwise): data to filter on; the
+        # human sentence stays in status_reason.
+        NONE = "", "-"
+        TRANSIENT_EXHAUSTED = "transient_exhausted", "Transient errors, attempts exhausted"
+        PERMANENT = "permanent", "Permanent error"
+        RENDER = "render", "Could not render"
+
     class Kind(models.TextChoices):
         TRANSACTIONAL = "transactional", "Transactional"
         CAMPAIGN = "campaign", "Campaign"
@@ -148,6 +156,9 @@ class Delivery(models.Model):
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     status_reason = models.CharField(max_length=500, blank=True)
+    failure_kind = models.CharField(
+        max_length=24, choices=FailureKind.choices, default=FailureKind.NONE, blank=True
+    )
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)

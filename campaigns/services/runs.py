@@ -43,12 +43,13 @@ from campaigns.selectors import (
     run_totals,
     runs_to_maintain,
 )
-from notifier.models import Delivery, Recipient, Suppression
-from notifier.services.sending import deliveries_send_batch
+from notifier.models import Delivery
+from notifier.sending import deliveries_send_batch
+from notifier.sending.batch import RunVerdict
+from notifier.services.suppressions import suppression_reason_sql
 
 logger = logging.getLogger(__name__)
 
-PAUSE, CANCEL = "pause", "cancel"
 # Launches writing at least this many rows refresh the Delivery statistics.
 ANALYZE_AFTER_ROWS = 10_000
 
@@ -98,14 +99,8 @@ def _insert_sql(*, run: CampaignRun, audience_sql: str, audience_params: list, n
     """
     q = connection.ops.quote_name
     campaign = run.campaign
-    suppression_table = q(Suppression._meta.db_table)
-    # The reason a member is not mailed ('' when they are): an active
-    # suppression, or a recipient status other than active.
-    reason_sql = f"""COALESCE(
-        (SELECT 'Suppressed: ' || s.reason FROM {suppression_table} s
-          WHERE s.email = m.email AND s.lifted_at IS NULL LIMIT 1),
-        CASE WHEN m.status <> %s THEN 'Suppressed: recipient ' || m.status END,
-        '')"""
+    # The reason a member is not mailed ('' when they are).
+    reason_sql, reason_params = suppression_reason_sql(email="m.email", status="m.status")
     explicit = {
         "uuid": (_uuid_sql(), []),
         "recipient": ("a.id", []),
@@ -155,7 +150,7 @@ def _insert_sql(*, run: CampaignRun, audience_sql: str, audience_params: list, n
         WHERE true
         ON CONFLICT DO NOTHING
     """
-    return sql, [*params, Recipient.Status.ACTIVE, *audience_params]
+    return sql, [*params, *reason_params, *audience_params]
 
 
 def run_materialise(*, run: CampaignRun) -> int:
@@ -387,16 +382,16 @@ def run_contexts(run_ids: set[int]) -> dict[int, dict]:
     return dict(CampaignRun.objects.filter(pk__in=run_ids).values_list("pk", "context"))
 
 
-def run_guard(run_ids: set[int]) -> dict[int, str]:
+def run_guard(run_ids: set[int]) -> dict[int, RunVerdict]:
     """Registered with the batch sender: pause or cancel per run (one query)."""
     statuses = dict(CampaignRun.objects.filter(pk__in=run_ids).values_list("pk", "status"))
     verdicts = {}
     for run_id in run_ids:
         status = statuses.get(run_id)
         if status == CampaignRun.Status.CANCELLED:
-            verdicts[run_id] = CANCEL
+            verdicts[run_id] = RunVerdict.CANCEL
         elif status == CampaignRun.Status.PAUSED:
-            verdicts[run_id] = PAUSE
+            verdicts[run_id] = RunVerdict.PAUSE
     return verdicts
 
 
@@ -405,9 +400,12 @@ def run_guard(run_ids: set[int]) -> dict[int, str]:
 
 RETRY_KINDS = {
     # Transient errors that exhausted their attempts.
-    "transient": Q(status=Delivery.Status.FAILED, status_reason__startswith="Gave up"),
+    "transient": Q(
+        status=Delivery.Status.FAILED, failure_kind=Delivery.FailureKind.TRANSIENT_EXHAUSTED
+    ),
     # Rejected by the ESP / SMTP server, or could not be rendered.
-    "permanent": Q(status=Delivery.Status.FAILED) & ~Q(status_reason__startswith="Gave up"),
+    "permanent": Q(status=Delivery.Status.FAILED)
+    & ~Q(failure_kind=Delivery.FailureKind.TRANSIENT_EXHAUSTED),
     # Handed over but no answer recorded: retrying may duplicate.
     "unknown": Q(status=Delivery.Status.UNKNOWN),
 }
@@ -429,6 +427,7 @@ def campaign_run_retry(*, run: CampaignRun, kinds: list[str]) -> int:
             Delivery.objects.filter(selection, run_id=run.pk),
             status=Delivery.Status.PENDING,
             attempts=0,
+            failure_kind=Delivery.FailureKind.NONE,
             status_reason="Retry requested by staff",
         )
         if not count:

@@ -4,7 +4,7 @@ The sweeper (beat, every ``NOTIFIER_SWEEP_SECONDS``) keeps the promise that
 no Delivery stays ``sending`` forever and none waits forever in ``pending``:
 
 1. claims whose lease expired (the worker died) are recovered from their
-   hand-off journal (see ``journal.py``);
+   hand-off journal (see ``notifier.sending.journal``);
 2. pending rows that are due and have no live task (never dispatched, a
    retry whose backoff has passed, or a task lost with Redis) are dispatched.
 
@@ -21,10 +21,10 @@ from django.db.models import Q
 from django.utils import timezone
 
 from notifier.models import Delivery
-from notifier.services import journal
+from notifier.sending import journal
+from notifier.sending.outcomes import UNKNOWN, Outcome, apply_outcome
+from notifier.sending.persist import deliveries_write
 from notifier.services.dispatch import deliveries_dispatch, group_by_kind
-from notifier.services.outcomes import UNKNOWN, Outcome
-from notifier.services.sending import apply_outcome, deliveries_write
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,7 @@ def deliveries_retry(*, ids: Iterable[int], include_unknown: bool = False) -> in
     Delivery.objects.filter(id__in=[pk for pk, _ in rows], status__in=statuses).update(
         status=Delivery.Status.PENDING,
         attempts=0,
+        failure_kind=Delivery.FailureKind.NONE,
         next_attempt_at=now,
         dispatched_at=None,
         status_reason="Retry requested by staff",

@@ -20,7 +20,7 @@ from notifier.services.recipients import (
     recipient_get_or_create,
     recipient_render_data,
 )
-from notifier.services.suppressions import SUPPRESSED_RECIPIENT_STATUSES, active_suppressions
+from notifier.services.suppressions import suppression_reasons
 
 
 def _resolve_template(template) -> Template | None:
@@ -113,9 +113,7 @@ def send(
             if isinstance(to, Recipient)
             else recipient_get_or_create(email=recipient_email, name=name)
         )
-        suppressed = active_suppressions([recipient.email]).get(recipient.email)
-        if suppressed is None and recipient.status in SUPPRESSED_RECIPIENT_STATUSES:
-            suppressed = f"recipient {recipient.status}"
+        suppressed = suppression_reasons([recipient]).get(recipient.id)
         fields = dict(
             recipient=recipient,
             kind=kind,
@@ -131,9 +129,7 @@ def send(
             next_attempt_at=send_at or timezone.now(),
         )
         if suppressed is not None:
-            fields.update(
-                status=Delivery.Status.SUPPRESSED, status_reason=f"Suppressed: {suppressed}"
-            )
+            fields.update(status=Delivery.Status.SUPPRESSED, status_reason=suppressed)
         try:
             with transaction.atomic():
                 delivery = Delivery.objects.create(**fields)

@@ -13,7 +13,8 @@ from campaigns.selectors import run_batch_ranges, run_status_counts
 from campaigns.services.campaigns import campaign_run_create
 from campaigns.services.runs import campaign_run_launch, run_materialise
 from notifier.models import Delivery, Recipient
-from notifier.services.sending import _Batch, delivery_build_message
+from notifier.sending.engine import _Batch
+from notifier.sending.message import delivery_build_message
 from notifier.services.suppressions import suppression_add
 from tests.campaigns.factories import (
     CampaignFactory,

@@ -144,9 +144,13 @@ def test_maintenance_launches_a_lost_queued_run_and_releases_stray_holds(campaig
 def test_retry_chosen_failures(campaign, fan_outs):
     run = _launched(campaign)
     ids = list(Delivery.objects.filter(run_id=run.pk).values_list("id", flat=True))
-    Delivery.objects.filter(id=ids[0]).update(status="failed", status_reason="Permanent error")
+    Delivery.objects.filter(id=ids[0]).update(
+        status="failed", status_reason="Permanent error", failure_kind="permanent"
+    )
     Delivery.objects.filter(id=ids[1]).update(
-        status="failed", status_reason="Gave up after 6 attempts"
+        status="failed",
+        status_reason="Gave up after 6 attempts",
+        failure_kind="transient_exhausted",
     )
     Delivery.objects.filter(id=ids[2]).update(status="unknown")
     Delivery.objects.filter(id__in=ids[3:]).update(status="sent")

@@ -9,7 +9,7 @@ import pytest
 
 from config.logging import build_logging, log_context
 from notifier.models import Delivery
-from notifier.services.sending import deliveries_send_batch
+from notifier.sending import deliveries_send_batch
 from tests.notifier.factories import RecipientFactory
 
 
