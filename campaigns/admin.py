@@ -57,10 +57,8 @@ from campaigns.services.runs import (
     campaign_run_resume,
     campaign_run_retry,
 )
-from notifier.errors import InvalidAddress
 from notifier.models import Delivery, Recipient
-from notifier.selectors import delivery_event_totals
-from notifier.services.recipients import normalize_email
+from notifier.selectors import delivery_event_totals, preview_recipient
 
 # --- Contact lists --------------------------------------------------------------------
 
@@ -388,16 +386,8 @@ class CampaignAdmin(admin.ModelAdmin):
         if not self.has_view_permission(request, campaign):
             raise PermissionDenied
         email = request.GET.get("recipient", "").strip()
-        error, rendered, recipient = "", None, None
-        if email:
-            try:
-                recipient = Recipient.objects.filter(email=normalize_email(email)).first()
-            except InvalidAddress as exc:
-                error = str(exc)
-            if recipient is None and not error:
-                error = f"No recipient {email!r}; showing sample data."
-        if recipient is None:
-            recipient = Recipient(email="ada@example.com", name="Ada Lovelace", attributes={})
+        recipient, error = preview_recipient(email=email)
+        rendered = None
         try:
             rendered = campaign_render(campaign=campaign, recipient=recipient)
         except Exception as exc:  # shown to staff, never a server error

@@ -19,7 +19,9 @@ from notifier.models import (
     Template,
     Topic,
 )
-from notifier.services.recipients import normalize_email, recipient_render_data
+from notifier.selectors import preview_recipient
+from notifier.sending.message import preview_render
+from notifier.services.recipients import normalize_email
 from notifier.services.retries import deliveries_retry
 from notifier.services.suppressions import suppression_add, suppression_lift
 
@@ -75,29 +77,18 @@ class TemplateAdmin(admin.ModelAdmin):
             raise PermissionDenied
         email = request.GET.get("recipient", "").strip()
         raw_context = request.GET.get("context", "").strip() or "{}"
-        error = ""
-        recipient = None
-        if email:
-            try:
-                recipient = Recipient.objects.filter(email=normalize_email(email)).first()
-            except ValueError as exc:
-                error = str(exc)
-            if recipient is None and not error:
-                error = f"No recipient {email!r}; showing sample data."
-        if recipient is None:
-            recipient = Recipient(email="ada@example.com", name="Ada Lovelace", attributes={})
+        recipient, error = preview_recipient(email=email)
         rendered = None
         try:
             context = json.loads(raw_context)
             if not isinstance(context, dict):
                 raise ValueError("The context must be a JSON object.")
-            context = templating.plain_data(context)
-            context["recipient"] = recipient_render_data(recipient)
-            rendered = templating.render_message(
+            rendered = preview_render(
                 subject=template.subject,
                 html_body=template.html_body,
                 text_body=template.text_body,
-                context=context,
+                context=templating.plain_data(context),
+                recipient=recipient,
             )
         except Exception as exc:  # shown to staff, never a server error
             error = f"{error} Could not render: {exc}".strip()

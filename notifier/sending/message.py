@@ -14,7 +14,7 @@ from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 
 from notifier import templating
-from notifier.models import Delivery
+from notifier.models import Delivery, Recipient
 from notifier.services.recipients import recipient_render_data
 
 # A run context provider is told the run ids in a batch and answers each run's
@@ -45,6 +45,41 @@ def run_contexts(run_ids: set[int]) -> dict[int, dict]:
     return contexts
 
 
+def message_context(*layers: dict | None, recipient: Recipient) -> dict:
+    """The context a message renders with: ``layers`` merged in order (a later
+    one wins; plain data, which rendering only reads) and ``recipient``, the
+    recipient's render data. A new top-level dict: callers may add to it."""
+    context: dict = {}
+    for layer in layers:
+        if isinstance(layer, dict):
+            context.update(layer)
+    context["recipient"] = recipient_render_data(recipient)
+    return context
+
+
+def message_render(
+    *, subject: str, html_body: str, text_body: str, context: dict
+) -> tuple[str, str, str]:
+    """(subject, html, text) of a message, ``context`` from ``message_context``.
+    Raises on a template that does not compile or render."""
+    return templating.render_message(
+        subject=subject, html_body=html_body, text_body=text_body, context=context
+    )
+
+
+def preview_render(
+    *, subject: str, html_body: str, text_body: str, context: dict | None, recipient: Recipient
+) -> tuple[str, str, str]:
+    """What ``recipient`` would get: previews, and the check ``send()`` makes
+    before storing anything."""
+    return message_render(
+        subject=subject,
+        html_body=html_body,
+        text_body=text_body,
+        context=message_context(context, recipient=recipient),
+    )
+
+
 def _content(delivery: Delivery) -> tuple[str, str, str]:
     if delivery.template_id:
         t = delivery.template
@@ -64,16 +99,13 @@ def delivery_build_message(
         run_context = run_contexts({delivery.run_id}).get(delivery.run_id)
     # This message's own top-level dict (hooks add to it); values are plain
     # data decoded from JSON, which rendering only reads.
-    context = dict(run_context or {})
-    if isinstance(delivery.context, dict):
-        context.update(delivery.context)
-    context["recipient"] = recipient_render_data(delivery.recipient)
+    context = message_context(run_context, delivery.context, recipient=delivery.recipient)
     headers = {"Message-ID": delivery.message_id}
     headers.update(delivery.headers or {})
     for hook in _message_hooks:
         hook(delivery, context, headers)
     subject_src, html_src, text_src = _content(delivery)
-    subject, html, text = templating.render_message(
+    subject, html, text = message_render(
         subject=subject_src, html_body=html_src, text_body=text_src, context=context
     )
     recipient = delivery.recipient

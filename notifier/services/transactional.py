@@ -14,11 +14,11 @@ from django.utils import timezone
 from notifier import templating
 from notifier.errors import InvalidContext, InvalidTemplate, NotifierError, UnknownTransport
 from notifier.models import Delivery, Recipient, Template
+from notifier.sending.message import preview_render
 from notifier.services.dispatch import delivery_dispatch_on_commit
 from notifier.services.recipients import (
     normalize_email,
     recipient_get_or_create,
-    recipient_render_data,
 )
 from notifier.services.suppressions import suppression_reasons
 
@@ -94,13 +94,15 @@ def send(
     subject_src = template_obj.subject if template_obj else subject
     html_src = template_obj.html_body if template_obj else (html or "")
     text_src = template_obj.text_body if template_obj else (text or "")
-    preview_context = dict(plain_context)
-    preview_context["recipient"] = recipient_render_data(
-        to if isinstance(to, Recipient) else Recipient(email=recipient_email, name=name)
-    )
     try:
-        templating.render_message(
-            subject=subject_src, html_body=html_src, text_body=text_src, context=preview_context
+        preview_render(
+            subject=subject_src,
+            html_body=html_src,
+            text_body=text_src,
+            context=plain_context,
+            recipient=to
+            if isinstance(to, Recipient)
+            else Recipient(email=recipient_email, name=name),
         )
     except templating.TemplateSyntaxProblem as exc:
         raise InvalidTemplate(f"Template does not compile: {exc}") from exc
