@@ -52,13 +52,13 @@ from campaigns.services.campaigns import (
 )
 from campaigns.services.contacts import contacts_import_csv
 from campaigns.services.runs import (
-    RETRY_KINDS,
     campaign_run_pause,
     campaign_run_resume,
     campaign_run_retry,
 )
 from notifier.models import Delivery, Recipient
 from notifier.selectors import delivery_event_totals, preview_recipient
+from notifier.services.outbox import RETRY_KINDS
 
 # --- Contact lists --------------------------------------------------------------------
 

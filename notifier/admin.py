@@ -21,8 +21,8 @@ from notifier.models import (
 )
 from notifier.selectors import preview_recipient
 from notifier.sending.message import preview_render
+from notifier.services.outbox import deliveries_retry
 from notifier.services.recipients import normalize_email
-from notifier.services.retries import deliveries_retry
 from notifier.services.suppressions import suppression_add, suppression_lift
 
 
@@ -140,7 +140,9 @@ class DeliveryAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry selected failed sends", permissions=["change"])
     def retry_failed(self, request, queryset):
-        count = deliveries_retry(ids=queryset.values_list("id", flat=True))
+        count = deliveries_retry(
+            ids=queryset.values_list("id", flat=True), kinds=["transient", "permanent"]
+        )
         self.message_user(request, f"{count} failed deliveries queued again.", messages.SUCCESS)
 
     @admin.action(
@@ -148,7 +150,9 @@ class DeliveryAdmin(admin.ModelAdmin):
         permissions=["change"],
     )
     def retry_failed_and_unknown(self, request, queryset):
-        count = deliveries_retry(ids=queryset.values_list("id", flat=True), include_unknown=True)
+        count = deliveries_retry(
+            ids=queryset.values_list("id", flat=True), kinds=["transient", "permanent", "unknown"]
+        )
         self.message_user(request, f"{count} deliveries queued again.", messages.SUCCESS)
 
 

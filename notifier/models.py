@@ -86,6 +86,37 @@ class Template(models.Model):
             raise ValidationError(errors)
 
 
+class DeliveryGroup(models.Model):
+    """Deliveries sent as one unit: a campaign run today (a digest window or a
+    test send could be others). The batch reads a group's ``state`` (a paused
+    group's rows are handed back and held, a cancelled group's are cancelled)
+    and renders every row with the group's shared ``context`` (stored once,
+    not copied into every row; a row's own context wins). Written only by
+    ``notifier.services.outbox``.
+
+    ``owner`` names what the group belongs to (``campaigns.run``), ``label``
+    says which for people. A campaign run's group has the run's id, so a
+    Delivery's ``run_id`` names both; notifier never reads the owner's tables.
+    """
+
+    class State(models.TextChoices):
+        ACTIVE = "active", "Active"
+        PAUSED = "paused", "Paused"
+        CANCELLED = "cancelled", "Cancelled"
+
+    owner = models.CharField(max_length=64)
+    label = models.CharField(max_length=200, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.ACTIVE)
+    context = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return self.label or f"{self.owner} {self.pk}"
+
+
 class Delivery(models.Model):
     """One message to one recipient: the outbox row.
 
@@ -148,9 +179,18 @@ class Delivery(models.Model):
     from_email = models.CharField(max_length=320, blank=True)
     headers = models.JSONField(default=dict, blank=True)
     transport = models.CharField(max_length=32, default="esp")
-    # Why: a campaign run (campaigns.CampaignRun id; notifier never imports
-    # campaigns), or an idempotency key for transactional mail and digests.
-    run_id = models.BigIntegerField(null=True, blank=True)
+    # Why: the group it was sent with (a campaign run: see DeliveryGroup), or
+    # an idempotency key for transactional mail and digests. Indexed by
+    # delivery_run_status_idx, which leads with it.
+    run = models.ForeignKey(
+        DeliveryGroup,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="deliveries",
+        db_column="run_id",
+        db_index=False,
+    )
     # Unique where set (a partial unique index: campaign rows carry none).
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
 
@@ -183,7 +223,7 @@ class Delivery(models.Model):
             # One row per recipient per run (rows without a run never clash:
             # NULLs are distinct); also the index of a recipient's deliveries.
             models.UniqueConstraint(
-                fields=["recipient", "run_id"], name="delivery_one_per_run_recipient"
+                fields=["recipient", "run"], name="delivery_one_per_run_recipient"
             ),
             models.UniqueConstraint(
                 fields=["idempotency_key"],
@@ -210,7 +250,7 @@ class Delivery(models.Model):
                 condition=~Q(esp_message_id=""),
                 name="delivery_esp_id_idx",
             ),
-            models.Index(fields=["run_id", "status"], name="delivery_run_status_idx"),
+            models.Index(fields=["run", "status"], name="delivery_run_status_idx"),
             models.Index(
                 fields=["lease_expires_at"],
                 condition=Q(status="sending"),

@@ -5,15 +5,16 @@
    row; a row whose ``next_attempt_at`` is in the future is not claimed.
 2. **Lease.** The batch renews its lease before it runs out; if the renewal
    finds its rows gone (the sweeper recovered them) the batch stops at once.
-3. **Guard.** At most every ``GUARD_EVERY_SECONDS`` the batch asks whether a
-   run it is sending for was paused or cancelled.
+3. **Guard.** At most every ``GUARD_EVERY_SECONDS`` the batch reads whether a
+   group it is sending for (a campaign run) was paused or cancelled, from
+   notifier's own DeliveryGroup table.
 4. **Release.** Rows the batch did not hand over (paused run, lost claim,
    transport down) go back to ``pending`` before the task ends.
 """
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from uuid import uuid4
@@ -23,9 +24,9 @@ from django.db.models import Value
 from django.db.models.functions import Coalesce, Concat
 from django.utils import timezone
 
-from notifier.models import Delivery
+from notifier.models import Delivery, DeliveryGroup
 from notifier.sending import journal
-from notifier.sending.message import run_contexts
+from notifier.sending.message import group_contexts
 from notifier.sending.persist import with_reconnect
 
 logger = logging.getLogger(__name__)
@@ -35,29 +36,23 @@ GUARD_EVERY_SECONDS = 0.5
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 
 
-class RunVerdict(StrEnum):
-    """What a run guard answers for a run whose rows a batch holds."""
+class GroupVerdict(StrEnum):
+    """What a batch does with the rows of a group that is no longer active."""
 
     PAUSE = "pause"  # hand the rows back, not due until resumed
     CANCEL = "cancel"  # cancel the rows not yet handed over
 
 
-# A run guard is told the run ids in a batch and answers a verdict for any of
-# them. The campaigns app registers one; notifier itself never imports campaigns.
-RunGuard = Callable[[set[int]], dict[int, RunVerdict]]
-_run_guards: list[RunGuard] = []
+VERDICT_FOR_STATE = {
+    DeliveryGroup.State.PAUSED: GroupVerdict.PAUSE,
+    DeliveryGroup.State.CANCELLED: GroupVerdict.CANCEL,
+}
 
 
-def register_run_guard(guard: RunGuard) -> None:
-    if guard not in _run_guards:
-        _run_guards.append(guard)
-
-
-def _check_run_guards(run_ids: set[int]) -> dict[int, RunVerdict]:
-    verdicts: dict[int, RunVerdict] = {}
-    for guard in _run_guards:
-        verdicts.update(guard(run_ids))
-    return verdicts
+def group_verdicts(group_ids: set[int]) -> dict[int, GroupVerdict]:
+    """The verdict for each paused or cancelled group among ``group_ids`` (one query)."""
+    states = DeliveryGroup.objects.filter(pk__in=group_ids, state__in=VERDICT_FOR_STATE)
+    return {pk: VERDICT_FOR_STATE[state] for pk, state in states.values_list("pk", "state")}
 
 
 class Claim:
@@ -69,7 +64,7 @@ class Claim:
         self.lease = settings.NOTIFIER_LEASE_SECONDS
         self.rows: list[Delivery] = []
         self.held_ids: set[int] = set()  # rows of paused runs
-        self.run_contexts: dict[int, dict] = {}
+        self.group_contexts: dict[int, dict] = {}
         self.renew_at = 0.0
 
     def claim(self) -> None:
@@ -109,8 +104,8 @@ class Claim:
         if not self.rows:
             journal.journal_close(self.token)
             return
-        self.run_contexts = with_reconnect(
-            lambda: run_contexts({d.run_id for d in self.rows if d.run_id is not None})
+        self.group_contexts = with_reconnect(
+            lambda: group_contexts({d.run_id for d in self.rows if d.run_id is not None})
         )
 
     def lease_due(self) -> bool:
@@ -161,20 +156,20 @@ class Claim:
         )
 
 
-class RunGuardCache:
-    """The verdicts for the runs of a batch's rows, asked again at most every
-    ``GUARD_EVERY_SECONDS``."""
+class GroupGuard:
+    """The verdicts for the groups of a batch's rows, read from the
+    DeliveryGroup table again at most every ``GUARD_EVERY_SECONDS``."""
 
     def __init__(self, rows: list[Delivery]):
         self.rows = rows
-        self.verdicts: dict[int, RunVerdict] = {}
+        self.verdicts: dict[int, GroupVerdict] = {}
         self.next_check = 0.0
 
-    def verdict_for(self, delivery: Delivery) -> RunVerdict | None:
-        if delivery.run_id is None or not _run_guards:
+    def verdict_for(self, delivery: Delivery) -> GroupVerdict | None:
+        if delivery.run_id is None:
             return None
         if time.monotonic() >= self.next_check:
-            run_ids = {d.run_id for d in self.rows if d.run_id is not None}
-            self.verdicts = _check_run_guards(run_ids)
+            group_ids = {d.run_id for d in self.rows if d.run_id is not None}
+            self.verdicts = with_reconnect(lambda: group_verdicts(group_ids))
             self.next_check = time.monotonic() + GUARD_EVERY_SECONDS
         return self.verdicts.get(delivery.run_id)

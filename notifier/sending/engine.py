@@ -14,7 +14,7 @@ from config.logging import log_context
 from notifier.errors import UnknownTransport
 from notifier.models import Delivery
 from notifier.sending import journal
-from notifier.sending.batch import Claim, RunGuardCache, RunVerdict
+from notifier.sending.batch import Claim, GroupGuard, GroupVerdict
 from notifier.sending.message import delivery_build_message
 from notifier.sending.outcomes import FAILED, RETRY, Outcome
 from notifier.sending.persist import OutcomeLog
@@ -30,7 +30,7 @@ class _Batch:
         self.held = Claim(delivery_ids)
         self.token = self.held.token
         self.log = OutcomeLog(self.token)
-        self.guard: RunGuardCache | None = None
+        self.guard: GroupGuard | None = None
         self.wire: Wire | None = None
         self.stopped = False
 
@@ -44,7 +44,7 @@ class _Batch:
 
     def claim(self) -> None:
         self.held.claim()
-        self.guard = RunGuardCache(self.held.rows)
+        self.guard = GroupGuard(self.held.rows)
 
     def renew_lease_if_due(self) -> None:
         if not self.held.lease_due():
@@ -96,12 +96,12 @@ class _Batch:
                 if self.stopped:
                     return
                 verdict = self.guard.verdict_for(delivery)
-                if verdict == RunVerdict.CANCEL:
+                if verdict == GroupVerdict.CANCEL:
                     self.log.finish_row(
                         delivery, Outcome(Delivery.Status.CANCELLED, error="Run cancelled")
                     )
                     continue
-                if verdict == RunVerdict.PAUSE:
+                if verdict == GroupVerdict.PAUSE:
                     self.held.held_ids.add(delivery.id)  # released at the end of the batch
                     continue
                 with log_context(
@@ -121,7 +121,7 @@ class _Batch:
     def hand_over(self, delivery: Delivery) -> None:
         try:
             message = delivery_build_message(
-                delivery, run_context=self.held.run_contexts.get(delivery.run_id, {})
+                delivery, run_context=self.held.group_contexts.get(delivery.run_id, {})
             )
         except Exception as exc:
             self.log.finish_row(

@@ -1,8 +1,8 @@
 """The one render path: a Delivery (or a preview of one) into an email message.
 
-Context, in order of precedence: the row's own context, then its run's shared
-context (a campaign's, as it was at launch: stored once per run, not copied
-into every row), plus ``recipient`` (the recipient's render data) and what
+Context, in order of precedence: the row's own context, then its group's
+shared context (a campaign's, as it was at launch: stored once on the
+DeliveryGroup, not copied into every row), plus ``recipient`` (the recipient's render data) and what
 message hooks add (unsubscribe links). Templates render in the locked-down
 engine of ``notifier.templating``.
 """
@@ -14,22 +14,12 @@ from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 
 from notifier import templating
-from notifier.models import Delivery, Recipient
+from notifier.models import Delivery, DeliveryGroup, Recipient
 from notifier.services.recipients import recipient_render_data
 
-# A run context provider is told the run ids in a batch and answers each run's
-# shared template context. The campaigns app registers one; notifier itself
-# never imports campaigns.
-RunContexts = Callable[[set[int]], dict[int, dict]]
-_run_context_providers: list[RunContexts] = []
 # Message hooks may add context and headers (unsubscribe links, for example).
 MessageHook = Callable[[Delivery, dict, dict], None]
 _message_hooks: list[MessageHook] = []
-
-
-def register_run_context(provider: RunContexts) -> None:
-    if provider not in _run_context_providers:
-        _run_context_providers.append(provider)
 
 
 def register_message_hook(hook: MessageHook) -> None:
@@ -37,12 +27,11 @@ def register_message_hook(hook: MessageHook) -> None:
         _message_hooks.append(hook)
 
 
-def run_contexts(run_ids: set[int]) -> dict[int, dict]:
-    contexts: dict[int, dict] = {}
-    if run_ids:
-        for provider in _run_context_providers:
-            contexts.update(provider(run_ids))
-    return contexts
+def group_contexts(group_ids: set[int]) -> dict[int, dict]:
+    """The shared context of each group among ``group_ids`` (one query)."""
+    if not group_ids:
+        return {}
+    return dict(DeliveryGroup.objects.filter(pk__in=group_ids).values_list("pk", "context"))
 
 
 def message_context(*layers: dict | None, recipient: Recipient) -> dict:
@@ -92,11 +81,11 @@ def delivery_build_message(
 ) -> EmailMultiAlternatives:
     """Render ``delivery`` into an email message (raises on a broken render).
 
-    ``run_context`` is the shared context of the delivery's run (see
-    ``register_run_context``); looked up when not given.
+    ``run_context`` is the shared context of the delivery's group (see
+    ``DeliveryGroup``); looked up when not given.
     """
     if run_context is None and delivery.run_id is not None:
-        run_context = run_contexts({delivery.run_id}).get(delivery.run_id)
+        run_context = group_contexts({delivery.run_id}).get(delivery.run_id)
     # This message's own top-level dict (hooks add to it); values are plain
     # data decoded from JSON, which rendering only reads.
     context = message_context(run_context, delivery.context, recipient=delivery.recipient)

@@ -1,4 +1,4 @@
-"""The sweeper and staff-initiated retries.
+"""The sweeper (staff-initiated retries are ``outbox.deliveries_retry``).
 
 The sweeper (beat, every ``NOTIFIER_SWEEP_SECONDS``) keeps the promise that
 no Delivery stays ``sending`` forever and none waits forever in ``pending``:
@@ -13,7 +13,6 @@ countdowns, which Redis would redeliver after the visibility timeout.
 """
 
 import logging
-from collections.abc import Iterable
 from datetime import timedelta
 
 from django.conf import settings
@@ -113,31 +112,3 @@ def deliveries_sweep() -> dict[str, int]:
         if r.get(SWEEP_LOCK_KEY) == token:
             r.delete(SWEEP_LOCK_KEY)
     return {"dispatched": dispatched, **{f"recovered_{k}": v for k, v in recovered.items()}}
-
-
-RETRYABLE = (Delivery.Status.FAILED, Delivery.Status.UNKNOWN)
-
-
-def deliveries_retry(*, ids: Iterable[int], include_unknown: bool = False) -> int:
-    """Staff decision: send failed (and, if asked, in-doubt) deliveries again.
-
-    Attempts start again from zero; the previous error stays in ``last_error``
-    until the next outcome. Returns how many rows were queued.
-    """
-    statuses = list(RETRYABLE) if include_unknown else [Delivery.Status.FAILED]
-    now = timezone.now()
-    ids = list(ids)
-    rows = list(Delivery.objects.filter(id__in=ids, status__in=statuses).values_list("id", "kind"))
-    if not rows:
-        return 0
-    Delivery.objects.filter(id__in=[pk for pk, _ in rows], status__in=statuses).update(
-        status=Delivery.Status.PENDING,
-        attempts=0,
-        failure_kind=Delivery.FailureKind.NONE,
-        next_attempt_at=now,
-        dispatched_at=None,
-        status_reason="Retry requested by staff",
-        updated_at=now,
-    )
-    deliveries_dispatch(ids_by_kind=group_by_kind(rows))
-    return len(rows)

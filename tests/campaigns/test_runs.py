@@ -23,9 +23,9 @@ from campaigns.services.runs import (
     campaign_run_resume,
     campaign_run_retry,
     campaign_runs_maintain,
-    run_guard,
 )
 from notifier.models import Delivery
+from notifier.sending.batch import GroupVerdict, group_verdicts
 from tests.campaigns.factories import CampaignFactory, ContactListFactory, add_members
 from tests.notifier.factories import RecipientFactory
 
@@ -102,14 +102,15 @@ def test_campaign_without_audience_cannot_launch():
     assert not CampaignRun.objects.exists()
 
 
-def test_guard_answers_per_run(campaign, fan_outs):
+def test_batches_read_the_run_state_from_its_delivery_group(campaign, fan_outs):
     run = _launched(campaign)
-    assert run_guard({run.pk, 999_999}) == {}  # running, and not a campaign run
+    assert group_verdicts({run.pk, 999_999}) == {}  # running, and not a group
     campaign_run_pause(run=run)
-    assert run_guard({run.pk}) == {run.pk: "pause"}
+    assert group_verdicts({run.pk}) == {run.pk: GroupVerdict.PAUSE}
     campaign_run_resume(run=run)
+    assert group_verdicts({run.pk}) == {}
     campaign_run_cancel(run=run)
-    assert run_guard({run.pk}) == {run.pk: "cancel"}
+    assert group_verdicts({run.pk}) == {run.pk: GroupVerdict.CANCEL}
 
 
 def test_pause_holds_and_resume_releases(campaign, fan_outs):
