@@ -40,6 +40,35 @@ class RecipientForm(forms.ModelForm):
             raise forms.ValidationError(str(exc)) from exc
 
 
+def preview_response(
+    model_admin, request, *, original, render, template_name: str, **extra
+) -> TemplateResponse:
+    """A preview page (template or campaign): ``render(recipient)`` for the
+    recipient named in ``?recipient=`` (sample data if none); a broken render
+    is shown to staff, never a server error."""
+    email = request.GET.get("recipient", "").strip()
+    recipient, error = preview_recipient(email=email)
+    rendered = None
+    try:
+        rendered = render(recipient)
+    except Exception as exc:
+        error = f"{error} Could not render: {exc}".strip()
+    return TemplateResponse(
+        request,
+        template_name,
+        {
+            **model_admin.admin_site.each_context(request),
+            "opts": model_admin.model._meta,
+            "original": original,
+            "title": f"Preview: {original.name}",
+            "rendered": rendered,
+            "error": error,
+            "recipient_email": email,
+            **extra,
+        },
+    )
+
+
 @admin.register(Recipient)
 class RecipientAdmin(admin.ModelAdmin):
     form = RecipientForm
@@ -62,49 +91,37 @@ class TemplateAdmin(admin.ModelAdmin):
         return format_html('<a href="{}">Preview</a>', url)
 
     def get_urls(self):
-        return [
-            path(
-                "<int:pk>/preview/",
-                self.admin_site.admin_view(self.preview_view),
-                name="notifier_template_preview",
-            ),
-            *super().get_urls(),
-        ]
+        view = self.admin_site.admin_view
+        preview = path(
+            "<int:pk>/preview/", view(self.preview_view), name="notifier_template_preview"
+        )
+        return [preview, *super().get_urls()]
 
     def preview_view(self, request, pk):
         template = get_object_or_404(Template, pk=pk)
         if not self.has_view_permission(request, template):
             raise PermissionDenied
-        email = request.GET.get("recipient", "").strip()
         raw_context = request.GET.get("context", "").strip() or "{}"
-        recipient, error = preview_recipient(email=email)
-        rendered = None
-        try:
+
+        def render(recipient):
             context = json.loads(raw_context)
             if not isinstance(context, dict):
                 raise ValueError("The context must be a JSON object.")
-            rendered = preview_render(
+            return preview_render(
                 subject=template.subject,
                 html_body=template.html_body,
                 text_body=template.text_body,
                 context=templating.plain_data(context),
                 recipient=recipient,
             )
-        except Exception as exc:  # shown to staff, never a server error
-            error = f"{error} Could not render: {exc}".strip()
-        return TemplateResponse(
+
+        return preview_response(
+            self,
             request,
-            "admin/notifier/template_preview.html",
-            {
-                **self.admin_site.each_context(request),
-                "opts": self.model._meta,
-                "original": template,
-                "title": f"Preview: {template.name}",
-                "rendered": rendered,
-                "error": error,
-                "recipient_email": email,
-                "raw_context": raw_context,
-            },
+            original=template,
+            render=render,
+            template_name="admin/notifier/template_preview.html",
+            raw_context=raw_context,
         )
 
 

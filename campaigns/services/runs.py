@@ -94,15 +94,17 @@ def run_materialise(*, run: CampaignRun) -> int:
 # --- Launch and fan-out -------------------------------------------------------------
 
 
+def _run_locked(run_id: int) -> CampaignRun | None:
+    """The run and its campaign, locked until the transaction ends (None: deleted)."""
+    return (
+        CampaignRun.objects.select_for_update().select_related("campaign").filter(pk=run_id).first()
+    )
+
+
 def campaign_run_launch(*, run_id: int) -> CampaignRun | None:
     """Materialise a queued run and fan it out. Launching twice sends once."""
     with transaction.atomic():
-        run = (
-            CampaignRun.objects.select_for_update()
-            .select_related("campaign")
-            .filter(pk=run_id)
-            .first()
-        )
+        run = _run_locked(run_id)
         if run is None:  # its campaign was deleted before the launch
             return None
         if run.status != CampaignRun.Status.QUEUED:
@@ -193,12 +195,7 @@ def campaign_run_finalise(*, run_id: int) -> bool:
     if any(counts.get(status) for status in IN_FLIGHT):
         return False
     with transaction.atomic():
-        run = (
-            CampaignRun.objects.select_for_update()
-            .select_related("campaign")
-            .filter(pk=run_id)
-            .first()
-        )
+        run = _run_locked(run_id)
         if (
             run is None
             or run.finished_at is not None
@@ -231,16 +228,41 @@ def _set_campaign_status(campaign_id: int, status: str) -> None:
     Campaign.objects.filter(pk=campaign_id).update(status=status, updated_at=timezone.now())
 
 
+# Staff moves of a run: from, to, the refusal, the campaign's status, and
+# what the outbox does to the run's rows (returns how many).
+_MOVES = {
+    "pause": (
+        CampaignRun.Status.RUNNING,
+        CampaignRun.Status.PAUSED,
+        "Only a running run can be paused.",
+        Campaign.Status.PAUSED,
+        delivery_group_pause,
+    ),
+    "resume": (
+        CampaignRun.Status.PAUSED,
+        CampaignRun.Status.RUNNING,
+        "Only a paused run can be resumed.",
+        Campaign.Status.RUNNING,
+        delivery_group_resume,
+    ),
+}
+
+
+def _run_move(run: CampaignRun, move: str) -> int:
+    """Apply ``move`` to the run, its rows and its campaign (in a transaction)."""
+    source, target, refused, campaign_status, outbox_move = _MOVES[move]
+    moved = CampaignRun.objects.filter(pk=run.pk, status=source).update(status=target)
+    if not moved:
+        raise CampaignError(refused)
+    count = outbox_move(group_id=run.pk)
+    _set_campaign_status(run.campaign_id, campaign_status)
+    return count
+
+
 def campaign_run_pause(*, run: CampaignRun) -> int:
     """Stop sending: hold the run's pending rows. Returns how many were held."""
     with transaction.atomic():
-        paused = CampaignRun.objects.filter(pk=run.pk, status=CampaignRun.Status.RUNNING).update(
-            status=CampaignRun.Status.PAUSED
-        )
-        if not paused:
-            raise CampaignError("Only a running run can be paused.")
-        held = delivery_group_pause(group_id=run.pk)
-        _set_campaign_status(run.campaign_id, Campaign.Status.PAUSED)
+        held = _run_move(run, "pause")
     run.refresh_from_db()
     return held
 
@@ -248,13 +270,7 @@ def campaign_run_pause(*, run: CampaignRun) -> int:
 def campaign_run_resume(*, run: CampaignRun) -> int:
     """Make the held rows due again and fan them out. Returns how many."""
     with transaction.atomic():
-        resumed = CampaignRun.objects.filter(pk=run.pk, status=CampaignRun.Status.PAUSED).update(
-            status=CampaignRun.Status.RUNNING
-        )
-        if not resumed:
-            raise CampaignError("Only a paused run can be resumed.")
-        count = delivery_group_resume(group_id=run.pk)
-        _set_campaign_status(run.campaign_id, Campaign.Status.RUNNING)
+        count = _run_move(run, "resume")
         transaction.on_commit(lambda: run_fan_out(run_id=run.pk))
     run.refresh_from_db()
     return count
