@@ -3,7 +3,9 @@
 The outbox (``Delivery``) is the source of truth for every message: one row
 per message per recipient, written before anything is handed to Celery or the
 ESP, and updated with every outcome. Its status machine is documented on
-``Delivery.Status``; services in ``notifier.services`` are the only writers.
+``Delivery``; ``notifier.services`` (the outbox for grouped mail) and the
+sending engine ``notifier.sending`` are its only writers. A ``DeliveryGroup``
+(a campaign run) holds what its rows share: state and template context.
 """
 
 import uuid
@@ -131,6 +133,7 @@ class Delivery(models.Model):
         sent | unknown -> delivered -> bounced -> complained
                                 ESP events (services.events), only forwards;
                                 an event proves an in-doubt message was sent
+        failed | unknown -> pending     staff retry (services.outbox.deliveries_retry)
 
     A row in ``sending`` is owned by the batch whose ``claim_token`` it carries
     until ``lease_expires_at``; after that the sweeper recovers it.
