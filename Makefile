@@ -23,8 +23,9 @@ chaos:
 fuzz:
 	@bash deploy/local/fuzz.sh $(ARGS)
 
+# Style, and the architecture contracts (pyproject.toml [tool.importlinter]).
 lint:
-	@.venv/bin/ruff check . && .venv/bin/ruff format --check .
+	@.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/lint-imports --no-cache --no-logo
 
 format:
 	@.venv/bin/ruff format . && .venv/bin/ruff check --fix .

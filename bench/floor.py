@@ -34,7 +34,7 @@ def floor_process(transport: str, indices: range, ready, go, queue) -> None:
     from django.core.mail import EmailMultiAlternatives
 
     from notifier import templating
-    from notifier.services.sending import transport_connection
+    from notifier.sending.wire import transport_connection
 
     conn = transport_connection(transport)
     conn.open()

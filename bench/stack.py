@@ -219,7 +219,8 @@ class Stack:
 
     # workers ------------------------------------------------------------------
     def start_workers(self, name, queues, concurrency, nice=0, **env):
-        from config.celery import app, worker_command
+        from config.celery import app
+        from devtools.workers import worker_command
 
         proc = self._spawn(
             [

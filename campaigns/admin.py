@@ -52,15 +52,14 @@ from campaigns.services.campaigns import (
 )
 from campaigns.services.contacts import contacts_import_csv
 from campaigns.services.runs import (
-    RETRY_KINDS,
     campaign_run_pause,
     campaign_run_resume,
     campaign_run_retry,
 )
-from notifier.errors import InvalidAddress
+from notifier.admin import preview_response
 from notifier.models import Delivery, Recipient, SenderIdentity
 from notifier.selectors import delivery_event_totals
-from notifier.services.recipients import normalize_email
+from notifier.services.outbox import RETRY_KINDS
 
 # --- Contact lists --------------------------------------------------------------------
 
@@ -406,36 +405,15 @@ class CampaignAdmin(admin.ModelAdmin):
         campaign = get_object_or_404(Campaign.objects.select_related("template"), pk=pk)
         if not self.has_view_permission(request, campaign):
             raise PermissionDenied
-        email = request.GET.get("recipient", "").strip()
-        error, rendered, recipient = "", None, None
-        if email:
-            try:
-                recipient = Recipient.objects.filter(email=normalize_email(email)).first()
-            except InvalidAddress as exc:
-                error = str(exc)
-            if recipient is None and not error:
-                error = f"No recipient {email!r}; showing sample data."
-        if recipient is None:
-            recipient = Recipient(email="ada@example.com", name="Ada Lovelace", attributes={})
-        try:
-            rendered = campaign_render(campaign=campaign, recipient=recipient)
-        except Exception as exc:  # shown to staff, never a server error
-            error = f"{error} Could not render: {exc}".strip()
-        return TemplateResponse(
+        return preview_response(
+            self,
             request,
-            "admin/campaigns/campaign/preview.html",
-            {
-                **self.admin_site.each_context(request),
-                "opts": self.model._meta,
-                "original": campaign,
-                "title": f"Preview: {campaign.name}",
-                "rendered": rendered,
-                "error": error,
-                "recipient_email": email,
-                "audience_sample": campaign_audience(campaign=campaign)
-                .order_by("email")
-                .values_list("email", flat=True)[:20],
-            },
+            original=campaign,
+            render=lambda recipient: campaign_render(campaign=campaign, recipient=recipient),
+            template_name="admin/campaigns/campaign/preview.html",
+            audience_sample=campaign_audience(campaign=campaign)
+            .order_by("email")
+            .values_list("email", flat=True)[:20],
         )
 
     def action_view(self, request, pk, action):
@@ -568,14 +546,11 @@ class CampaignRunAdmin(admin.ModelAdmin):
         )
 
     def get_urls(self):
-        return [
-            path(
-                "<int:pk>/results/",
-                self.admin_site.admin_view(self.results_view),
-                name="campaigns_campaignrun_results",
-            ),
-            *super().get_urls(),
-        ]
+        view = self.admin_site.admin_view
+        results = path(
+            "<int:pk>/results/", view(self.results_view), name="campaigns_campaignrun_results"
+        )
+        return [results, *super().get_urls()]
 
     def results_view(self, request, pk):
         run = get_object_or_404(CampaignRun.objects.select_related("campaign"), pk=pk)

@@ -253,7 +253,9 @@ class Campaign(models.Model):
 
 
 class CampaignRun(models.Model):
-    """One execution of a campaign; owns the Deliveries whose ``run_id`` is its id.
+    """One execution of a campaign. It sends with notifier's DeliveryGroup of
+    the same id (opened at launch, holding the campaign's context as it was
+    then): the Deliveries whose ``run_id`` is its id.
 
     ``totals`` (counts per Delivery status) is written when the run closes:
     by the chord callback, or by the maintenance task for a run whose
@@ -289,11 +291,6 @@ class CampaignRun(models.Model):
     )
     recipients = models.PositiveIntegerField(default=0, help_text="Deliveries materialised.")
     totals = models.JSONField(default=dict, blank=True)
-    context = models.JSONField(
-        default=dict,
-        blank=True,
-        help_text="The campaign's template context as it was at launch, shared by every message.",
-    )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -196,10 +196,6 @@ def campaign_active_run(*, campaign: Campaign) -> CampaignRun | None:
     return campaign.runs.filter(status__in=CampaignRun.ACTIVE).order_by("-id").first()
 
 
-def campaign_latest_run(*, campaign: Campaign) -> CampaignRun | None:
-    return campaign.runs.order_by("-id").first()
-
-
 def runs_to_maintain() -> QuerySet[CampaignRun]:
     """Runs the maintenance task looks at: not yet closed."""
     return CampaignRun.objects.filter(finished_at__isnull=True).exclude(

@@ -166,7 +166,7 @@ class ChaosStack:
         urllib.request.urlopen(request, timeout=5).read()
 
     def start_worker(self, name):
-        from config.celery import worker_command
+        from devtools.workers import worker_command
 
         self.workers[name] = self._spawn(
             worker_command(
@@ -260,7 +260,7 @@ def count_run(stack: ChaosStack, run_id: int, name: str, seconds: float) -> Resu
 
 def _query(fn):
     """A read that survives a scenario terminating our connection."""
-    from notifier.services.sending import with_reconnect
+    from notifier.sending.persist import with_reconnect
 
     return with_reconnect(fn)
 

@@ -24,9 +24,11 @@ from notifier.models import (
     TemplateRevision,
     Topic,
 )
+from notifier.selectors import preview_recipient
+from notifier.sending.message import preview_render
 from notifier.services.digests import digests_send_now
-from notifier.services.recipients import normalize_email, recipient_render_data
-from notifier.services.retries import deliveries_retry
+from notifier.services.outbox import deliveries_retry
+from notifier.services.recipients import normalize_email
 from notifier.services.suppressions import suppression_add, suppression_lift
 from notifier.services.templates import (
     template_can_manage,
@@ -49,6 +51,35 @@ class RecipientForm(forms.ModelForm):
             return normalize_email(self.cleaned_data["email"])
         except InvalidAddress as exc:
             raise forms.ValidationError(str(exc)) from exc
+
+
+def preview_response(
+    model_admin, request, *, original, render, template_name: str, **extra
+) -> TemplateResponse:
+    """A preview page (template or campaign): ``render(recipient)`` for the
+    recipient named in ``?recipient=`` (sample data if none); a broken render
+    is shown to staff, never a server error."""
+    email = request.GET.get("recipient", "").strip()
+    recipient, error = preview_recipient(email=email)
+    rendered = None
+    try:
+        rendered = render(recipient)
+    except Exception as exc:
+        error = f"{error} Could not render: {exc}".strip()
+    return TemplateResponse(
+        request,
+        template_name,
+        {
+            **model_admin.admin_site.each_context(request),
+            "opts": model_admin.model._meta,
+            "original": original,
+            "title": f"Preview: {original.name}",
+            "rendered": rendered,
+            "error": error,
+            "recipient_email": email,
+            **extra,
+        },
+    )
 
 
 @admin.register(Recipient)
@@ -204,47 +235,27 @@ class TemplateAdmin(admin.ModelAdmin):
         template = get_object_or_404(self.get_queryset(request), pk=pk)
         if not self.has_view_permission(request, template):
             raise PermissionDenied
-        email = request.GET.get("recipient", "").strip()
         raw_context = request.GET.get("context", "").strip() or "{}"
-        error = ""
-        recipient = None
-        if email:
-            try:
-                recipient = Recipient.objects.filter(email=normalize_email(email)).first()
-            except ValueError as exc:
-                error = str(exc)
-            if recipient is None and not error:
-                error = f"No recipient {email!r}; showing sample data."
-        if recipient is None:
-            recipient = Recipient(email="ada@example.com", name="Ada Lovelace", attributes={})
-        rendered = None
-        try:
+
+        def render(recipient):
             context = json.loads(raw_context)
             if not isinstance(context, dict):
                 raise ValueError("The context must be a JSON object.")
-            context = templating.plain_data(context)
-            context["recipient"] = recipient_render_data(recipient)
-            rendered = templating.render_message(
+            return preview_render(
                 subject=template.subject,
                 html_body=template.html_body,
                 text_body=template.text_body,
-                context=context,
+                context=templating.plain_data(context),
+                recipient=recipient,
             )
-        except Exception as exc:  # shown to staff, never a server error
-            error = f"{error} Could not render: {exc}".strip()
-        return TemplateResponse(
+
+        return preview_response(
+            self,
             request,
-            "admin/notifier/template_preview.html",
-            {
-                **self.admin_site.each_context(request),
-                "opts": self.model._meta,
-                "original": template,
-                "title": f"Preview: {template.name}",
-                "rendered": rendered,
-                "error": error,
-                "recipient_email": email,
-                "raw_context": raw_context,
-            },
+            original=template,
+            render=render,
+            template_name="admin/notifier/template_preview.html",
+            raw_context=raw_context,
         )
 
 
@@ -324,7 +335,9 @@ class DeliveryAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry selected failed sends", permissions=["change"])
     def retry_failed(self, request, queryset):
-        count = deliveries_retry(ids=queryset.values_list("id", flat=True))
+        count = deliveries_retry(
+            ids=queryset.values_list("id", flat=True), kinds=["transient", "permanent"]
+        )
         self.message_user(request, f"{count} failed deliveries queued again.", messages.SUCCESS)
 
     @admin.action(
@@ -332,7 +345,9 @@ class DeliveryAdmin(admin.ModelAdmin):
         permissions=["change"],
     )
     def retry_failed_and_unknown(self, request, queryset):
-        count = deliveries_retry(ids=queryset.values_list("id", flat=True), include_unknown=True)
+        count = deliveries_retry(
+            ids=queryset.values_list("id", flat=True), kinds=["transient", "permanent", "unknown"]
+        )
         self.message_user(request, f"{count} deliveries queued again.", messages.SUCCESS)
 
 

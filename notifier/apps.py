@@ -10,8 +10,8 @@ class NotifierConfig(AppConfig):
         from anymail.signals import tracking
 
         from notifier import checks  # noqa: F401  (registers system checks)
+        from notifier.sending.message import register_message_hook
         from notifier.services.events import tracking_received
-        from notifier.services.sending import register_message_hook
         from notifier.services.unsubscribe import unsubscribe_message_hook
 
         register_message_hook(unsubscribe_message_hook)

@@ -3,7 +3,9 @@
 The outbox (``Delivery``) is the source of truth for every message: one row
 per message per recipient, written before anything is handed to Celery or the
 ESP, and updated with every outcome. Its status machine is documented on
-``Delivery.Status``; services in ``notifier.services`` are the only writers.
+``Delivery``; ``notifier.services`` (the outbox for grouped mail) and the
+sending engine ``notifier.sending`` are its only writers. A ``DeliveryGroup``
+(a campaign run) holds what its rows share: state and template context.
 """
 
 import unicodedata
@@ -282,6 +284,37 @@ class SenderIdentity(models.Model):
             raise ValidationError(errors)
 
 
+class DeliveryGroup(models.Model):
+    """Deliveries sent as one unit: a campaign run today (a digest window or a
+    test send could be others). The batch reads a group's ``state`` (a paused
+    group's rows are handed back and held, a cancelled group's are cancelled)
+    and renders every row with the group's shared ``context`` (stored once,
+    not copied into every row; a row's own context wins). Written only by
+    ``notifier.services.outbox``.
+
+    ``owner`` names what the group belongs to (``campaigns.run``), ``label``
+    says which for people. A campaign run's group has the run's id, so a
+    Delivery's ``run_id`` names both; notifier never reads the owner's tables.
+    """
+
+    class State(models.TextChoices):
+        ACTIVE = "active", "Active"
+        PAUSED = "paused", "Paused"
+        CANCELLED = "cancelled", "Cancelled"
+
+    owner = models.CharField(max_length=64)
+    label = models.CharField(max_length=200, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.ACTIVE)
+    context = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return self.label or f"{self.owner} {self.pk}"
+
+
 class Delivery(models.Model):
     """One message to one recipient: the outbox row.
 
@@ -296,6 +329,7 @@ class Delivery(models.Model):
         sent | unknown -> delivered -> bounced -> complained
                                 ESP events (services.events), only forwards;
                                 an event proves an in-doubt message was sent
+        failed | unknown -> pending     staff retry (services.outbox.deliveries_retry)
 
     A row in ``sending`` is owned by the batch whose ``claim_token`` it carries
     until ``lease_expires_at``; after that the sweeper recovers it.
@@ -313,18 +347,13 @@ class Delivery(models.Model):
         SUPPRESSED = "suppressed", "Suppressed"
         CANCELLED = "cancelled", "Cancelled"
 
-    TERMINAL = frozenset(
-        {
-            Status.SENT,
-            Status.DELIVERED,
-            Status.BOUNCED,
-            Status.COMPLAINED,
-            Status.FAILED,
-            Status.UNKNOWN,
-            Status.SUPPRESSED,
-            Status.CANCELLED,
-        }
-    )
+    class FailureKind(models.TextChoices):
+        # Why a row is ``failed`` (blank otherwise): data to filter on; the
+        # human sentence stays in status_reason.
+        NONE = "", "-"
+        TRANSIENT_EXHAUSTED = "transient_exhausted", "Transient errors, attempts exhausted"
+        PERMANENT = "permanent", "Permanent error"
+        RENDER = "render", "Could not render"
 
     class Kind(models.TextChoices):
         TRANSACTIONAL = "transactional", "Transactional"
@@ -349,14 +378,26 @@ class Delivery(models.Model):
     from_email = models.CharField(max_length=320, blank=True)
     headers = models.JSONField(default=dict, blank=True)
     transport = models.CharField(max_length=32, default="esp")
-    # Why: a campaign run (campaigns.CampaignRun id; notifier never imports
-    # campaigns), or an idempotency key for transactional mail and digests.
-    run_id = models.BigIntegerField(null=True, blank=True)
+    # Why: the group it was sent with (a campaign run: see DeliveryGroup), or
+    # an idempotency key for transactional mail and digests. Indexed by
+    # delivery_run_status_idx, which leads with it.
+    run = models.ForeignKey(
+        DeliveryGroup,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="deliveries",
+        db_column="run_id",
+        db_index=False,
+    )
     # Unique where set (a partial unique index: campaign rows carry none).
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     status_reason = models.CharField(max_length=500, blank=True)
+    failure_kind = models.CharField(
+        max_length=24, choices=FailureKind.choices, default=FailureKind.NONE, blank=True
+    )
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
@@ -387,7 +428,7 @@ class Delivery(models.Model):
             # One row per recipient per run (rows without a run never clash:
             # NULLs are distinct); also the index of a recipient's deliveries.
             models.UniqueConstraint(
-                fields=["recipient", "run_id"], name="delivery_one_per_run_recipient"
+                fields=["recipient", "run"], name="delivery_one_per_run_recipient"
             ),
             models.UniqueConstraint(
                 fields=["idempotency_key"],
@@ -418,7 +459,7 @@ class Delivery(models.Model):
                 condition=~Q(esp_message_id=""),
                 name="delivery_esp_id_idx",
             ),
-            models.Index(fields=["run_id", "status"], name="delivery_run_status_idx"),
+            models.Index(fields=["run", "status"], name="delivery_run_status_idx"),
             models.Index(
                 fields=["lease_expires_at"],
                 condition=Q(status="sending"),

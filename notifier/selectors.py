@@ -14,6 +14,7 @@ from notifier.models import (
     Suppression,
     Topic,
 )
+from notifier.services.recipients import normalize_email
 
 S = Delivery.Status
 
@@ -153,3 +154,19 @@ def notification_ids_prunable(*, included_before: datetime, limit: int) -> list[
 
 
 # --- End of notifications and digests ---------------------------------------------
+
+
+def preview_recipient(*, email: str) -> tuple[Recipient, str]:
+    """The recipient a preview renders for: the one with ``email``, or sample
+    data with a note for staff when there is none (or the address is bad)."""
+    recipient, error = None, ""
+    if email:
+        try:
+            recipient = Recipient.objects.filter(email=normalize_email(email)).first()
+        except ValueError as exc:
+            error = str(exc)
+        if recipient is None and not error:
+            error = f"No recipient {email!r}; showing sample data."
+    if recipient is None:
+        recipient = Recipient(email="ada@example.com", name="Ada Lovelace", attributes={})
+    return recipient, error

@@ -8,12 +8,12 @@ from datetime import datetime
 
 from celery import shared_task
 
+from notifier.heartbeat import beat_heartbeat_record
 from notifier.models import Frequency
+from notifier.sending import deliveries_send_batch
 from notifier.services.digests import digests_build, digests_run
 from notifier.services.notifications import notifications_prune
 from notifier.services.retries import deliveries_sweep
-from notifier.services.sending import deliveries_send_batch
-from ops.heartbeat import beat_heartbeat_record
 
 
 @shared_task(name="notifier.send_deliveries", acks_late=True, reject_on_worker_lost=True)

@@ -39,8 +39,8 @@ from health_check.contrib.celery import Ping
 from health_check.contrib.redis import Redis
 from health_check.exceptions import ServiceUnavailable
 
+from notifier.heartbeat import beat_heartbeat_age
 from ops.access import is_operator
-from ops.heartbeat import beat_heartbeat_age
 
 
 @dataclasses.dataclass

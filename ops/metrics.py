@@ -4,7 +4,7 @@ Web processes come and go behind a load balancer, so nothing here is kept in
 process memory: every sample is read from the database (deliveries by status
 and transport, retries waiting, active suppressions, webhook events) or the
 broker (tasks waiting per queue). Per-send latency and outcomes are observed
-in the workers and served by each worker (``ops.instruments``).
+in the workers and served by each worker (``notifier.instruments``, served by ``ops.worker_metrics``).
 
 A part that cannot be read (database or Redis down) is reported as
 ``notifier_metrics_scrape_error{part=...} 1`` instead of failing the scrape.

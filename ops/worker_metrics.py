@@ -37,6 +37,6 @@ def forget_dead_child(pid=None, **kwargs) -> None:
 
 @task_failure.connect
 def count_failed_task(sender=None, **kwargs) -> None:
-    from ops.instruments import count_task_failure
+    from notifier.instruments import count_task_failure
 
     count_task_failure(task=getattr(sender, "name", None) or "unknown")

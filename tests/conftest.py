@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from notifier.fake_esp import start_in_thread
-from notifier.smtp_sink import start_sink
+from devtools.fake_esp import start_in_thread
+from devtools.smtp_sink import start_sink
 
 ROOT = Path(__file__).resolve().parent.parent
 ESP_TOKEN = "test-fake-esp-token"
@@ -162,7 +162,8 @@ class WorkerProcess:
         self.log_path = ROOT / "var" / f"test-worker-{name}.log"
 
     def start(self) -> "WorkerProcess":
-        from config.celery import app, worker_command
+        from config.celery import app
+        from devtools.workers import worker_command
 
         env = {**os.environ, **self.env_overrides}
         self.log_path.parent.mkdir(exist_ok=True)

@@ -15,7 +15,8 @@ from campaigns.services.schedules import campaign_schedule_remove, campaign_sche
 from notifier import templating
 from notifier.errors import InvalidAddress, NotifierError
 from notifier.models import Delivery, Recipient, SenderIdentity, Template
-from notifier.services.recipients import normalize_email, recipient_render_data
+from notifier.sending.message import preview_render
+from notifier.services.recipients import normalize_email
 from notifier.services.senders import sender_validate
 
 logger = logging.getLogger(__name__)
@@ -208,14 +209,13 @@ def campaign_delete(*, campaign: Campaign) -> None:
 
 def campaign_render(*, campaign: Campaign, recipient: Recipient) -> tuple[str, str, str]:
     """(subject, html, text) as ``recipient`` would get it. Raises on a broken render."""
-    context = templating.plain_data(campaign.context or {})
-    context["recipient"] = recipient_render_data(recipient)
     template = campaign.template
-    return templating.render_message(
+    return preview_render(
         subject=template.subject,
         html_body=template.html_body,
         text_body=template.text_body,
-        context=context,
+        context=templating.plain_data(campaign.context or {}),
+        recipient=recipient,
     )
 
 

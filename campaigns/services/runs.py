@@ -2,11 +2,15 @@
 
 Invariants:
 
-* **Materialise once.** A run's Deliveries are written by one
+Every Delivery write goes through notifier's outbox
+(``notifier.services.outbox``): a run sends with a DeliveryGroup of the
+same id, whose state the batches read and whose context they render with.
+
+* **Materialise once.** A run's Deliveries are written by the outbox's one
   ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` inside the transaction
   that moves the run ``queued -> running`` under a row lock, so a second
   launch of the same run finds it running and does nothing; the unique
-  (run_id, recipient) constraint makes the insert itself idempotent and gives
+  (run, recipient) constraint makes the insert itself idempotent and gives
   a recipient in two lists one row. The audience never enters Python.
 * **Suppressed at launch** recipients get a row with status ``suppressed``,
   so run totals always equal the run's Delivery rows.
@@ -15,10 +19,11 @@ Invariants:
   ``dispatched_at`` set, so the sweeper leaves them to the chord; if a task is
   lost the sweeper dispatches them again after ``NOTIFIER_REDISPATCH_SECONDS``.
   Claims are conditional, so no row is sent twice.
-* **Pause** holds the run's pending rows (``next_attempt_at = NULL``: neither
-  the chord's remaining batches nor the sweeper claim them) and the run guard
-  makes in-flight batches hand theirs back the same way. **Resume** makes them
-  due and fans out again. **Cancel** marks pending rows ``cancelled``.
+* **Pause** pauses the run's group and holds its pending rows
+  (``next_attempt_at = NULL``: neither the chord's remaining batches nor the
+  sweeper claim them); in-flight batches read the group's state and hand
+  theirs back the same way. **Resume** makes them due and fans out again.
+  **Cancel** marks pending rows ``cancelled``.
 * **Close** happens when no row is pending or sending: by the chord callback,
   or by the maintenance task when the callback never comes (a batch raised)
   or rows were still waiting for a retry.
@@ -28,9 +33,7 @@ import logging
 from datetime import timedelta
 
 from django.conf import settings
-from django.core.exceptions import EmptyResultSet, ImproperlyConfigured
-from django.db import connection, transaction
-from django.db.models import Q
+from django.db import transaction
 from django.utils import timezone
 
 from campaigns.errors import CampaignError
@@ -43,14 +46,25 @@ from campaigns.selectors import (
     run_totals,
     runs_to_maintain,
 )
-from notifier import templating
-from notifier.models import Delivery, Recipient, Suppression
-from notifier.services.sending import deliveries_send_batch
-from ops.instruments import count_task_failure
+from notifier.instruments import count_task_failure
+from notifier.models import Delivery
+from notifier.sending import deliveries_send_batch
+from notifier.services.outbox import (
+    deliveries_analyze,
+    deliveries_materialise,
+    deliveries_retry,
+    delivery_group_cancel,
+    delivery_group_open,
+    delivery_group_pause,
+    delivery_group_release_held,
+    delivery_group_resume,
+    retry_selection,
+)
 
 logger = logging.getLogger(__name__)
 
-PAUSE, CANCEL = "pause", "cancel"
+# The owner label of a run's DeliveryGroup.
+GROUP_OWNER = "campaigns.run"
 # Launches writing at least this many rows refresh the Delivery statistics.
 ANALYZE_AFTER_ROWS = 10_000
 
@@ -58,131 +72,38 @@ ANALYZE_AFTER_ROWS = 10_000
 # --- Materialise ----------------------------------------------------------------
 
 
-def _uuid_sql() -> str:
-    if connection.vendor == "postgresql":
-        # Time-ordered (UUID version 7: milliseconds, then 74 random bits), so
-        # a million-row launch appends to the uuid index instead of writing
-        # all over it.
-        return (
-            "encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing "
-            "substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint) "
-            "FROM 3) FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid"
-        )
-    # SQLite stores UUIDs as 32 hex digits: a random version-4 UUID.
-    return (
-        "lower(hex(randomblob(6)) || '4' || substr(hex(randomblob(2)), 2)"
-        " || substr('89ab', (abs(random()) %% 4) + 1, 1)"
-        " || substr(hex(randomblob(2)), 2) || hex(randomblob(6)))"
-    )
-
-
-def _not_flattened_sql() -> str:
-    """A clause that keeps the planner from flattening the audience subquery
-    into the INSERT, so each member's reason is looked up once.
-
-    PostgreSQL takes a bare ``OFFSET 0``; SQLite's grammar needs a LIMIT before
-    an OFFSET (``LIMIT -1`` is "no limit"), and a LIMIT stops its flattening too.
-    """
-    if connection.vendor == "postgresql":
-        return "OFFSET 0"
-    return "LIMIT -1 OFFSET 0"
-
-
-def _prep(name: str, value):
-    return Delivery._meta.get_field(name).get_db_prep_save(value, connection)
-
-
-def _insert_sql(*, run: CampaignRun, audience_sql: str, audience_params: list, now) -> tuple:
-    """The INSERT ... SELECT writing one Delivery per audience member.
-
-    Every concrete column gets a value here (Django defaults are not database
-    defaults): the ones a campaign sets, and each other field's Django default.
-    """
-    q = connection.ops.quote_name
-    campaign = run.campaign
-    suppression_table = q(Suppression._meta.db_table)
-    # The reason a member is not mailed ('' when they are): an active
-    # suppression, or a recipient status other than active.
-    reason_sql = f"""COALESCE(
-        (SELECT 'Suppressed: ' || s.reason FROM {suppression_table} s
-          WHERE s.email = m.email AND s.lifted_at IS NULL LIMIT 1),
-        CASE WHEN m.status <> %s THEN 'Suppressed: recipient ' || m.status END,
-        '')"""
-    explicit = {
-        "uuid": (_uuid_sql(), []),
-        "recipient": ("a.id", []),
-        "kind": ("%s", [Delivery.Kind.CAMPAIGN]),
-        "template": ("%s", [campaign.template_id]),
-        "from_email": ("%s", [campaign.from_header]),
-        "transport": ("%s", [campaign.transport]),
-        "run_id": ("%s", [run.pk]),
-        "status": (
-            "CASE WHEN a.reason = '' THEN %s ELSE %s END",
-            [Delivery.Status.PENDING, Delivery.Status.SUPPRESSED],
-        ),
-        "status_reason": ("a.reason", []),
-        "next_attempt_at": ("%s", [_prep("next_attempt_at", now)]),
-        "dispatched_at": ("%s", [_prep("dispatched_at", now)]),
-        "created_at": ("%s", [_prep("created_at", now)]),
-        "updated_at": ("%s", [_prep("updated_at", now)]),
-    }
-    columns, values, params = [], [], []
-    for field in Delivery._meta.concrete_fields:
-        if field.primary_key:
-            continue
-        if field.name in explicit:
-            sql, field_params = explicit[field.name]
-        elif field.null:
-            sql, field_params = "NULL", []
-        else:
-            default = field.get_default()
-            if default is None:
-                if getattr(field, "db_default", None) is not None:
-                    continue
-                raise ImproperlyConfigured(
-                    f"Delivery.{field.name} has no default: the campaign launch cannot fill it."
-                )
-            sql, field_params = "%s", [field.get_db_prep_save(default, connection)]
-        columns.append(q(field.column))
-        values.append(sql)
-        params.extend(field_params)
-    sql = f"""
-        INSERT INTO {q(Delivery._meta.db_table)} ({", ".join(columns)})
-        SELECT {", ".join(values)}
-        FROM (
-            SELECT m.id AS id, {reason_sql} AS reason
-            FROM ({audience_sql}) m
-            {_not_flattened_sql()}
-        ) a
-        WHERE true
-        ON CONFLICT DO NOTHING
-    """
-    return sql, [*params, Recipient.Status.ACTIVE, *audience_params]
-
-
 def run_materialise(*, run: CampaignRun) -> int:
-    """Write the run's Deliveries in one set-based statement. Returns rows added."""
-    # The audience query yields what the reason needs: recipients are read once.
-    audience = campaign_audience(campaign=run.campaign).values("id", "email", "status")
-    try:
-        audience_sql, audience_params = audience.query.get_compiler(using="default").as_sql()
-    except EmptyResultSet:
-        return 0
-    sql, params = _insert_sql(
-        run=run,
-        audience_sql=audience_sql,
-        audience_params=list(audience_params),
-        now=timezone.now(),
+    """Open the run's group and write its Deliveries (set-based, in the
+    outbox). Returns rows added."""
+    campaign = run.campaign
+    group = delivery_group_open(
+        group_id=run.pk,
+        owner=GROUP_OWNER,
+        label=f"Run {run.pk} of campaign {campaign.pk}",
+        context=campaign.context or {},
     )
-    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            # Hash a million members in memory, not in temporary files.
-            cursor.execute("SET LOCAL work_mem = '256MB'")
-        cursor.execute(sql, params)
-        return max(cursor.rowcount, 0)
+    return deliveries_materialise(
+        group=group,
+        audience=campaign_audience(campaign=campaign),
+        kind=Delivery.Kind.CAMPAIGN,
+        template_id=campaign.template_id,
+        from_email=campaign.from_header,
+        transport=campaign.transport,
+    )
 
 
 # --- Launch and fan-out -------------------------------------------------------------
+
+
+def _run_locked(run_id: int) -> CampaignRun | None:
+    """The run and its campaign, locked until the transaction ends (None: deleted)."""
+    return (
+        # The sender is read (for the From of every row), not locked.
+        CampaignRun.objects.select_for_update(of=("self", "campaign"))
+        .select_related("campaign__sender")
+        .filter(pk=run_id)
+        .first()
+    )
 
 
 def campaign_run_launch(*, run_id: int) -> CampaignRun | None:
@@ -204,34 +125,23 @@ def campaign_run_launch(*, run_id: int) -> CampaignRun | None:
 
 def _launch(run_id: int) -> CampaignRun | None:
     with transaction.atomic():
-        run = (
-            # The sender is read (for the From of every row), not locked.
-            CampaignRun.objects.select_for_update(of=("self", "campaign"))
-            .select_related("campaign__sender")
-            .filter(pk=run_id)
-            .first()
-        )
+        run = _run_locked(run_id)
         if run is None:  # its campaign was deleted before the launch
             return None
         if run.status != CampaignRun.Status.QUEUED:
             logger.info("Run %s is already %s; not launching again", run_id, run.status)
             return run
-        # The context is taken now, once for the run: every message of the
-        # run renders with it, whatever is edited on the campaign meanwhile.
-        run.context = run.campaign.context or {}
+        # The context is taken now, once for the run (on its group): every
+        # message of the run renders with it, whatever is edited on the
+        # campaign meanwhile.
         run.recipients = run_materialise(run=run)
         run.status = CampaignRun.Status.RUNNING
         run.started_at = timezone.now()
-        run.save(update_fields=["context", "recipients", "status", "started_at"])
+        run.save(update_fields=["recipients", "status", "started_at"])
     run_fan_out(run_id=run.pk)
-    if run.recipients >= ANALYZE_AFTER_ROWS and connection.vendor == "postgresql":
+    if run.recipients >= ANALYZE_AFTER_ROWS:
         # After the fan-out, so a worker lost here has published the batches.
-        # A big launch turns the table's statistics stale at once (they may
-        # say no row is pending); a planner that believes them claims each
-        # batch, and each transactional send, by scanning the due index
-        # instead of looking ids up by key. Autovacuum would catch up later.
-        with connection.cursor() as cursor:
-            cursor.execute(f"ANALYZE {Delivery._meta.db_table}")
+        deliveries_analyze()
     return run
 
 
@@ -264,7 +174,7 @@ def campaign_run_send_batch(*, run_id: int, first_id: int, last_id: int) -> dict
     """Send the run's pending rows with ids in [first_id, last_id].
 
     A paused or cancelled run sends nothing here (its rows are already held or
-    cancelled); the run guard covers a pause that lands mid-batch.
+    cancelled); the batch reads the group's state for a pause mid-batch.
     """
     status, problem = CampaignRun.objects.filter(pk=run_id).values_list(
         "status", "problem"
@@ -377,12 +287,7 @@ def campaign_run_finalise(*, run_id: int) -> bool:
     if any(counts.get(status) for status in IN_FLIGHT):
         return False
     with transaction.atomic():
-        run = (
-            CampaignRun.objects.select_for_update()
-            .select_related("campaign")
-            .filter(pk=run_id)
-            .first()
-        )
+        run = _run_locked(run_id)
         if (
             run is None
             or run.finished_at is not None
@@ -415,18 +320,41 @@ def _set_campaign_status(campaign_id: int, status: str) -> None:
     Campaign.objects.filter(pk=campaign_id).update(status=status, updated_at=timezone.now())
 
 
+# Staff moves of a run: from, to, the refusal, the campaign's status, and
+# what the outbox does to the run's rows (returns how many).
+_MOVES = {
+    "pause": (
+        CampaignRun.Status.RUNNING,
+        CampaignRun.Status.PAUSED,
+        "Only a running run can be paused.",
+        Campaign.Status.PAUSED,
+        delivery_group_pause,
+    ),
+    "resume": (
+        CampaignRun.Status.PAUSED,
+        CampaignRun.Status.RUNNING,
+        "Only a paused run can be resumed.",
+        Campaign.Status.RUNNING,
+        delivery_group_resume,
+    ),
+}
+
+
+def _run_move(run: CampaignRun, move: str) -> int:
+    """Apply ``move`` to the run, its rows and its campaign (in a transaction)."""
+    source, target, refused, campaign_status, outbox_move = _MOVES[move]
+    moved = CampaignRun.objects.filter(pk=run.pk, status=source).update(status=target)
+    if not moved:
+        raise CampaignError(refused)
+    count = outbox_move(group_id=run.pk)
+    _set_campaign_status(run.campaign_id, campaign_status)
+    return count
+
+
 def campaign_run_pause(*, run: CampaignRun) -> int:
     """Stop sending: hold the run's pending rows. Returns how many were held."""
     with transaction.atomic():
-        paused = CampaignRun.objects.filter(pk=run.pk, status=CampaignRun.Status.RUNNING).update(
-            status=CampaignRun.Status.PAUSED
-        )
-        if not paused:
-            raise CampaignError("Only a running run can be paused.")
-        held = Delivery.objects.filter(run_id=run.pk, status=Delivery.Status.PENDING).update(
-            next_attempt_at=None, dispatched_at=None, updated_at=timezone.now()
-        )
-        _set_campaign_status(run.campaign_id, Campaign.Status.PAUSED)
+        held = _run_move(run, "pause")
     run.refresh_from_db()
     return held
 
@@ -434,97 +362,40 @@ def campaign_run_pause(*, run: CampaignRun) -> int:
 def campaign_run_resume(*, run: CampaignRun) -> int:
     """Make the held rows due again and fan them out. Returns how many."""
     with transaction.atomic():
-        resumed = CampaignRun.objects.filter(pk=run.pk, status=CampaignRun.Status.PAUSED).update(
-            status=CampaignRun.Status.RUNNING
-        )
-        if not resumed:
-            raise CampaignError("Only a paused run can be resumed.")
-        count = _make_due(Delivery.objects.filter(run_id=run.pk, status=Delivery.Status.PENDING))
-        _set_campaign_status(run.campaign_id, Campaign.Status.RUNNING)
+        count = _run_move(run, "resume")
         transaction.on_commit(lambda: run_fan_out(run_id=run.pk))
     run.refresh_from_db()
     return count
 
 
-def _make_due(queryset, **extra) -> int:
-    now = timezone.now()
-    return queryset.update(
-        **{"next_attempt_at": now, "dispatched_at": now, "updated_at": now, **extra}
-    )
-
-
 def campaign_run_cancel(*, run: CampaignRun) -> int:
-    """Cancel the run's pending rows (in-flight batches stop via the run guard)."""
+    """Cancel the run's pending rows (in-flight batches read the group's state)."""
     with transaction.atomic():
         cancelled = CampaignRun.objects.filter(pk=run.pk, status__in=CampaignRun.ACTIVE).update(
             status=CampaignRun.Status.CANCELLED
         )
         if not cancelled:
             raise CampaignError("This run has already finished.")
-        count = Delivery.objects.filter(run_id=run.pk, status=Delivery.Status.PENDING).update(
-            status=Delivery.Status.CANCELLED,
-            status_reason="Run cancelled",
-            next_attempt_at=None,
-            updated_at=timezone.now(),
-        )
+        count = delivery_group_cancel(group_id=run.pk, reason="Run cancelled")
     campaign_run_finalise(run_id=run.pk)
     run.refresh_from_db()
     return count
 
 
-def run_contexts(run_ids: set[int]) -> dict[int, dict]:
-    """The template context each run took at launch (for the batch sender).
-
-    Frozen once here, so the batch's messages share one read-only copy.
-    """
-    rows = CampaignRun.objects.filter(pk__in=run_ids).values_list("pk", "context")
-    return {pk: templating.freeze(context) for pk, context in rows}
-
-
-def run_guard(run_ids: set[int]) -> dict[int, str]:
-    """Registered with the batch sender: pause or cancel per run (one query)."""
-    statuses = dict(CampaignRun.objects.filter(pk__in=run_ids).values_list("pk", "status"))
-    verdicts = {}
-    for run_id in run_ids:
-        status = statuses.get(run_id)
-        if status == CampaignRun.Status.CANCELLED:
-            verdicts[run_id] = CANCEL
-        elif status == CampaignRun.Status.PAUSED:
-            verdicts[run_id] = PAUSE
-    return verdicts
-
-
 # --- Retry --------------------------------------------------------------------------
-
-
-RETRY_KINDS = {
-    # Transient errors that exhausted their attempts.
-    "transient": Q(status=Delivery.Status.FAILED, status_reason__startswith="Gave up"),
-    # Rejected by the ESP / SMTP server, or could not be rendered.
-    "permanent": Q(status=Delivery.Status.FAILED) & ~Q(status_reason__startswith="Gave up"),
-    # Handed over but no answer recorded: retrying may duplicate.
-    "unknown": Q(status=Delivery.Status.UNKNOWN),
-}
 
 
 def campaign_run_retry(*, run: CampaignRun, kinds: list[str]) -> int:
     """Send the chosen failed (and/or in-doubt) rows of a finished run again."""
-    unknown = set(kinds) - set(RETRY_KINDS)
-    if not kinds or unknown:
-        raise CampaignError(f"Choose what to retry among: {', '.join(RETRY_KINDS)}.")
-    selection = Q()
-    for kind in kinds:
-        selection |= RETRY_KINDS[kind]
+    try:
+        retry_selection(kinds)
+    except ValueError as exc:
+        raise CampaignError(str(exc)) from exc
     with transaction.atomic():
         run = CampaignRun.objects.select_for_update().get(pk=run.pk)
         if run.status not in (CampaignRun.Status.DONE, CampaignRun.Status.RUNNING):
             raise CampaignError("Only a running or finished run can retry its failed sends.")
-        count = _make_due(
-            Delivery.objects.filter(selection, run_id=run.pk),
-            status=Delivery.Status.PENDING,
-            attempts=0,
-            status_reason="Retry requested by staff",
-        )
+        count = deliveries_retry(kinds=kinds, group_id=run.pk)
         if not count:
             return 0
         run.status = CampaignRun.Status.RUNNING
@@ -572,11 +443,6 @@ def _maintain_run(run_id: int, status: str, created_at, stale, result: dict[str,
             result["launched"] += 1
         return
     if status == CampaignRun.Status.RUNNING:
-        result["released"] += _make_due(
-            Delivery.objects.filter(
-                run_id=run_id, status=Delivery.Status.PENDING, next_attempt_at__isnull=True
-            ),
-            dispatched_at=None,
-        )
+        result["released"] += delivery_group_release_held(group_id=run_id)
     if status != CampaignRun.Status.PAUSED and campaign_run_finalise(run_id=run_id):
         result["closed"] += 1

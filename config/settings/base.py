@@ -4,10 +4,14 @@ Variables are documented in README.md ("Configuration"). Secrets have no
 default here; ``local`` and ``test`` supply throw-away ones.
 """
 
+from datetime import time, timedelta
+
+from celery.schedules import crontab
 from csp.constants import NONCE, NONE, SELF, UNSAFE_INLINE
 from kombu import Exchange, Queue
 
 from config.env import BASE_DIR, env
+from config.logging import build_logging
 
 SECRET_KEY = env("SECRET_KEY")
 DEBUG = env.bool("DEBUG", default=False)
@@ -131,7 +135,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Where collectstatic puts the admin's CSS/JS (served by WhiteNoise in production).
+STATIC_ROOT = env("STATIC_ROOT", default=str(BASE_DIR / "staticfiles"))
 
 # --- Email -------------------------------------------------------------------
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Notifier <notifier@localhost>")
@@ -274,10 +279,6 @@ NOTIFIER_UNSUBSCRIBE_MAILTO = env("UNSUBSCRIBE_MAILTO", default="")
 NOTIFIER_PREFERENCE_LINK_DAYS = env.int("PREFERENCE_LINK_DAYS", default=90)
 
 # --- HTTP API and operations (api/, ops/, deploy/) ------------------------------
-from config.logging import build_logging  # noqa: E402
-
-# Where collectstatic puts the admin's CSS/JS (served by WhiteNoise in production).
-STATIC_ROOT = env("STATIC_ROOT", default=str(BASE_DIR / "staticfiles"))
 # One JSON object per line in production (LOG_FORMAT=json); ids of the
 # delivery/run being sent are added to every line by LogContextFilter.
 LOG_FORMAT = env("LOG_FORMAT", default="plain")
@@ -333,10 +334,6 @@ CELERY_BEAT_SCHEDULE["campaigns-maintain-runs"] = {
 }
 
 # --- Notifications and digests ------------------------------------------------
-from datetime import time  # noqa: E402
-
-from celery.schedules import crontab  # noqa: E402
-
 # Local time at which daily digests go out, in each recipient's time zone.
 NOTIFIER_DAILY_DIGEST_TIME = time.fromisoformat(env("NOTIFIER_DAILY_DIGEST_TIME", default="08:00"))
 # Recipients per digest-building task: small, so a redelivered task redoes little.
@@ -367,7 +364,6 @@ CELERY_BEAT_SCHEDULE.update(
 )
 
 # --- Admin login brute-force protection (django-axes) ---------------------------
-from datetime import timedelta  # noqa: E402
 
 AXES_ENABLED = env.bool("LOGIN_LOCKOUT_ENABLED", default=True)
 # Locked out after this many failed logins of one username from one IP ...

@@ -9,3 +9,7 @@ env.ENVIRON.setdefault("POSTMARK_API_URL", "http://127.0.0.1:8025/")
 env.ENVIRON.setdefault("ANYMAIL_WEBHOOK_SECRET", "local:webhook-secret")
 
 from config.settings.base import *  # noqa: E402,F403
+from config.settings.base import INSTALLED_APPS  # noqa: E402
+
+# The fake ESP, the SMTP sink, demo data and benchmark commands; never in production.
+INSTALLED_APPS = [*INSTALLED_APPS, "devtools"]

@@ -9,6 +9,10 @@ env.ENVIRON.setdefault("POSTMARK_SERVER_TOKEN", "test-fake-esp-token")
 env.ENVIRON.setdefault("ANYMAIL_WEBHOOK_SECRET", "test:webhook-secret")
 
 from config.settings.base import *  # noqa: E402,F403
+from config.settings.base import INSTALLED_APPS  # noqa: E402
+
+# The fake ESP, the SMTP sink, demo data and benchmark commands; never in production.
+INSTALLED_APPS = [*INSTALLED_APPS, "devtools"]
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 

@@ -8,6 +8,8 @@ export DJANGO_SETTINGS_MODULE=config.settings.test
 ensure_postgres "postgres://postgres@127.0.0.1:5432/notifier"
 ensure_redis "redis://127.0.0.1:6379/15"
 trap stop_private_services EXIT
+say "Checking the architecture contracts (pyproject.toml [tool.importlinter])"
+"$VENV/bin/lint-imports" --no-cache --no-logo || die "An architecture contract is broken (see above)."
 say "Running the test suite on PostgreSQL"
 "$VENV/bin/python" -m pytest "$@"
 say "Running the test suite on SQLite (tests marked postgresql or smoke left out)"

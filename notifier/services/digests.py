@@ -48,7 +48,7 @@ from notifier.selectors import (
     notifications_pending,
 )
 from notifier.services.dispatch import chunked, deliveries_dispatch
-from notifier.services.suppressions import SUPPRESSED_RECIPIENT_STATUSES, active_suppressions
+from notifier.services.suppressions import suppression_reasons
 
 logger = logging.getLogger(__name__)
 
@@ -377,11 +377,10 @@ def _create_digests(
     for chunk in chunked(shown, MARK_CHUNK):
         data.update(Notification.objects.filter(id__in=chunk).values_list("id", "data"))
     recipients = Recipient.objects.only("id", "email", "status").in_bulk(list(entries))
-    suppressed = active_suppressions(r.email for r in recipients.values())
+    suppressed = suppression_reasons(recipients.values())
 
     deliveries = {}
     for rid, by_topic in entries.items():
-        recipient = recipients[rid]
         delivery = Delivery(
             recipient_id=rid,
             kind=Delivery.Kind.DIGEST,
@@ -395,12 +394,10 @@ def _create_digests(
             idempotency_key=digest_key(frequency=frequency, recipient_id=rid, window=window),
             next_attempt_at=now,
         )
-        reason = suppressed.get(recipient.email)
-        if reason is None and recipient.status in SUPPRESSED_RECIPIENT_STATUSES:
-            reason = f"recipient {recipient.status}"
+        reason = suppressed.get(rid)
         if reason is not None:
             delivery.status = Delivery.Status.SUPPRESSED
-            delivery.status_reason = f"Suppressed: {reason}"
+            delivery.status_reason = reason
         deliveries[rid] = delivery
     Delivery.objects.bulk_create(deliveries.values())
     return deliveries

@@ -18,7 +18,7 @@ Anymail's ``tracking`` signal hands each authenticated webhook event to
 
 An event whose Delivery is still ``sending`` (the webhook beat the batch's
 bulk write) moves it too: the batch's write keeps a status an event already
-advanced (see ``notifier.services.sending._update_from_values``).
+advanced (see ``notifier.sending.persist._update_from_values``).
 """
 
 import hashlib

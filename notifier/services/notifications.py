@@ -21,7 +21,7 @@ from notifier.models import Delivery, Frequency, Notification, Recipient, Topic
 from notifier.selectors import notification_ids_prunable, topic_frequency_for
 from notifier.services.inputs import storable_problem
 from notifier.services.recipients import normalize_email, recipient_get_or_create
-from notifier.services.suppressions import SUPPRESSED_RECIPIENT_STATUSES, active_suppressions
+from notifier.services.suppressions import suppression_reasons
 from notifier.services.transactional import send
 
 MAX_IDEMPOTENCY_KEY = 240
@@ -160,9 +160,7 @@ def notify(
         frequency = topic_frequency_for(recipient=recipient, topic=topic)
         if frequency == Frequency.OFF:
             return Notified(NotifyOutcome.OFF, frequency)
-        if recipient.status in SUPPRESSED_RECIPIENT_STATUSES or active_suppressions(
-            [recipient.email]
-        ):
+        if suppression_reasons([recipient]):
             return Notified(NotifyOutcome.SUPPRESSED, frequency)
         if frequency == Frequency.INSTANT:
             delivery = _send_instant(

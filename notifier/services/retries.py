@@ -1,10 +1,10 @@
-"""The sweeper and staff-initiated retries.
+"""The sweeper (staff-initiated retries are ``outbox.deliveries_retry``).
 
 The sweeper (beat, every ``NOTIFIER_SWEEP_SECONDS``) keeps the promise that
 no Delivery stays ``sending`` forever and none waits forever in ``pending``:
 
 1. claims whose lease expired (the worker died) are recovered from their
-   hand-off journal (see ``journal.py``);
+   hand-off journal (see ``notifier.sending.journal``);
 2. pending rows due at a time outside the stored range are failed (see
    ``unreadable.py``: such a row can only predate the range CHECK);
 3. pending rows that are due and have no live task (never dispatched, a
@@ -18,7 +18,6 @@ countdowns, which Redis would redeliver after the visibility timeout.
 """
 
 import logging
-from collections.abc import Iterable
 from datetime import timedelta
 
 from django.conf import settings
@@ -26,10 +25,10 @@ from django.db.models import Q
 from django.utils import timezone
 
 from notifier.models import Delivery
-from notifier.services import journal
+from notifier.sending import journal
+from notifier.sending.outcomes import UNKNOWN, Outcome, apply_outcome
+from notifier.sending.persist import deliveries_write
 from notifier.services.dispatch import deliveries_dispatch, group_by_kind
-from notifier.services.outcomes import UNKNOWN, Outcome
-from notifier.services.sending import apply_outcome, deliveries_write
 from notifier.services.unreadable import deliveries_fail_out_of_range, deliveries_load
 
 logger = logging.getLogger(__name__)
@@ -125,30 +124,3 @@ def deliveries_sweep() -> dict[str, int]:
     if unreadable:
         counts["failed_out_of_range"] = unreadable
     return counts
-
-
-RETRYABLE = (Delivery.Status.FAILED, Delivery.Status.UNKNOWN)
-
-
-def deliveries_retry(*, ids: Iterable[int], include_unknown: bool = False) -> int:
-    """Staff decision: send failed (and, if asked, in-doubt) deliveries again.
-
-    Attempts start again from zero; the previous error stays in ``last_error``
-    until the next outcome. Returns how many rows were queued.
-    """
-    statuses = list(RETRYABLE) if include_unknown else [Delivery.Status.FAILED]
-    now = timezone.now()
-    ids = list(ids)
-    rows = list(Delivery.objects.filter(id__in=ids, status__in=statuses).values_list("id", "kind"))
-    if not rows:
-        return 0
-    Delivery.objects.filter(id__in=[pk for pk, _ in rows], status__in=statuses).update(
-        status=Delivery.Status.PENDING,
-        attempts=0,
-        next_attempt_at=now,
-        dispatched_at=None,
-        status_reason="Retry requested by staff",
-        updated_at=now,
-    )
-    deliveries_dispatch(ids_by_kind=group_by_kind(rows))
-    return len(rows)

@@ -1,14 +1,16 @@
 """Who is never mailed.
 
-A Suppression (one active row per address) is checked by ``send()`` and by
-every batch before anything is handed over, so adding one stops pending mail
-at once. ``Recipient.status`` mirrors the reason for staff; lifting the last
+A Suppression (one active row per address) is checked by ``send()``,
+``notify()``, digests, the campaign launch and every batch before anything is
+handed over, so adding one stops pending mail at once. They all ask the one
+decision below: ``suppression_reasons`` (Python) or ``suppression_reason_sql``
+(the same in SQL, for set-based writes). ``Recipient.status`` mirrors the reason for staff; lifting the last
 active suppression of an address makes its recipient active again.
 """
 
 from collections.abc import Iterable
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from notifier.models import Recipient, Suppression
@@ -36,6 +38,36 @@ def active_suppressions(emails: Iterable[str]) -> dict[str, str]:
             "email", "reason"
         )
     )
+
+
+def suppression_reasons(recipients: Iterable[Recipient]) -> dict[int, str]:
+    """Why each of ``recipients`` must not be mailed, by recipient id
+    (``Suppressed: <reason>``); absent when they may be. An active
+    suppression's reason comes first, then a recipient status other than
+    active. One query."""
+    recipients = list(recipients)
+    suppressed = active_suppressions(r.email for r in recipients)
+    reasons = {}
+    for recipient in recipients:
+        reason = suppressed.get(recipient.email)
+        if reason is None and recipient.status in SUPPRESSED_RECIPIENT_STATUSES:
+            reason = f"recipient {recipient.status}"
+        if reason is not None:
+            reasons[recipient.id] = f"Suppressed: {reason}"
+    return reasons
+
+
+def suppression_reason_sql(*, email: str, status: str) -> tuple[str, list]:
+    """``suppression_reasons`` as one SQL expression over the columns named
+    ``email`` and ``status`` of a recipient row: the reason, or '' when the
+    recipient may be mailed. Returns (sql, params)."""
+    table = connection.ops.quote_name(Suppression._meta.db_table)
+    sql = f"""COALESCE(
+        (SELECT 'Suppressed: ' || s.reason FROM {table} s
+          WHERE s.email = {email} AND s.lifted_at IS NULL LIMIT 1),
+        CASE WHEN {status} <> %s THEN 'Suppressed: recipient ' || {status} END,
+        '')"""
+    return sql, [Recipient.Status.ACTIVE]
 
 
 def suppression_add(*, email: str, reason: str, note: str = "") -> Suppression:

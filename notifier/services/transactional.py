@@ -22,16 +22,16 @@ from notifier.errors import (
     UnknownTransport,
 )
 from notifier.models import Delivery, Recipient, Template
+from notifier.sending.message import preview_render
 from notifier.services.dispatch import delivery_dispatch_on_commit
 from notifier.services.inputs import storable_problem
 from notifier.services.recipients import (
     check_name,
     normalize_email,
     recipient_get_or_create,
-    recipient_render_data,
 )
 from notifier.services.senders import sender_validate
-from notifier.services.suppressions import SUPPRESSED_RECIPIENT_STATUSES, active_suppressions
+from notifier.services.suppressions import suppression_reasons
 
 # How far from now a message may be scheduled: a little in the past (a
 # caller's clock, a retried request) and up to a year ahead.
@@ -176,13 +176,15 @@ def send(
     subject_src = template_obj.subject if template_obj else subject
     html_src = template_obj.html_body if template_obj else (html or "")
     text_src = template_obj.text_body if template_obj else (text or "")
-    preview_context = dict(plain_context)
-    preview_context["recipient"] = recipient_render_data(
-        to if isinstance(to, Recipient) else Recipient(email=recipient_email, name=name)
-    )
     try:
-        templating.render_message(
-            subject=subject_src, html_body=html_src, text_body=text_src, context=preview_context
+        preview_render(
+            subject=subject_src,
+            html_body=html_src,
+            text_body=text_src,
+            context=plain_context,
+            recipient=to
+            if isinstance(to, Recipient)
+            else Recipient(email=recipient_email, name=name),
         )
     except templating.TemplateSyntaxProblem as exc:
         raise InvalidTemplate(f"Template does not compile: {exc}") from exc
@@ -195,9 +197,7 @@ def send(
             if isinstance(to, Recipient)
             else recipient_get_or_create(email=recipient_email, name=name, caller=caller)
         )
-        suppressed = active_suppressions([recipient.email]).get(recipient.email)
-        if suppressed is None and recipient.status in SUPPRESSED_RECIPIENT_STATUSES:
-            suppressed = f"recipient {recipient.status}"
+        suppressed = suppression_reasons([recipient]).get(recipient.id)
         fields = dict(
             recipient=recipient,
             kind=kind,
@@ -213,9 +213,7 @@ def send(
             next_attempt_at=send_at or timezone.now(),
         )
         if suppressed is not None:
-            fields.update(
-                status=Delivery.Status.SUPPRESSED, status_reason=f"Suppressed: {suppressed}"
-            )
+            fields.update(status=Delivery.Status.SUPPRESSED, status_reason=suppressed)
         try:
             with transaction.atomic():
                 delivery = Delivery.objects.create(**fields)

@@ -51,6 +51,7 @@ def deliveries_fail_unreadable(*, ids: list[int], error: str) -> int:
         id__in=ids, status__in=[Delivery.Status.PENDING, Delivery.Status.SENDING]
     ).update(
         status=Delivery.Status.FAILED,
+        failure_kind=Delivery.FailureKind.PERMANENT,
         status_reason=UNREADABLE_REASON,
         last_error=error[:2000],
         claim_token=None,

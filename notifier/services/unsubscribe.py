@@ -19,10 +19,10 @@ Scopes:
 * ``all``          a Suppression: nothing is sent to the address any more;
 * ``topics``       every topic preference off (digests and notifications);
 * ``topic:<key>``  that topic's preference off;
-* ``<name>:<id>``  a registered scope handler (``register_scope_handler``;
-                   the campaigns app handles ``list:<id>``). Without a
-                   handler the request is treated as ``all``: an unsubscribe
-                   must never be a no-op.
+* ``<name>:<id>``  a scope handler registered with ``register_scope_handler``
+                   (no app registers one today). Without a handler the
+                   request is treated as ``all``: an unsubscribe must never be
+                   a no-op.
 """
 
 import functools
@@ -83,9 +83,6 @@ class ScopeHandler:
 
 
 _scope_handlers: dict[str, ScopeHandler] = {}
-# A resolver names the scope of a delivery's unsubscribe link (or None).
-ScopeResolver = Callable[[Delivery], str | None]
-_scope_resolvers: list[ScopeResolver] = []
 
 
 def register_scope_handler(
@@ -98,11 +95,6 @@ def register_scope_handler(
     if name in ("topic", SCOPE_ALL, SCOPE_TOPICS) or not SCOPE_RE.match(f"{name}:x"):
         raise ValueError(f"Cannot register scope {name!r}.")
     _scope_handlers[name] = ScopeHandler(unsubscribe=unsubscribe, describe=describe)
-
-
-def register_scope_resolver(resolver: ScopeResolver) -> None:
-    if resolver not in _scope_resolvers:
-        _scope_resolvers.append(resolver)
 
 
 # --- Tokens ---------------------------------------------------------------------
@@ -293,10 +285,6 @@ def _pop_header(headers: dict, name: str) -> str | None:
 def delivery_unsubscribe_scope(delivery: Delivery, requested: str | None = None) -> str:
     if requested and SCOPE_RE.match(requested):
         return requested
-    for resolver in _scope_resolvers:
-        scope = resolver(delivery)
-        if scope and SCOPE_RE.match(scope):
-            return scope
     return DEFAULT_SCOPE_FOR_KIND.get(delivery.kind, SCOPE_ALL)
 
 

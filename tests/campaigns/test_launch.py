@@ -13,7 +13,8 @@ from campaigns.selectors import run_batch_ranges, run_status_counts
 from campaigns.services.campaigns import campaign_run_create
 from campaigns.services.runs import campaign_run_launch, run_materialise
 from notifier.models import Delivery, Recipient
-from notifier.services.sending import _Batch, delivery_build_message, run_contexts
+from notifier.sending.engine import _Batch
+from notifier.sending.message import delivery_build_message, group_contexts
 from notifier.services.suppressions import suppression_add
 from tests.campaigns.factories import (
     CampaignFactory,
@@ -58,8 +59,9 @@ def test_one_row_per_audience_member_with_suppressed_marked(fan_outs):
     pending = rows[people[2].pk]
     assert pending.status == "pending" and pending.kind == "campaign"
     assert pending.template_id == campaign.template_id
-    # The campaign context is stored once, on the run, not on every row.
-    assert pending.context == {} and run.context == {"offer": "20% off"}
+    # The campaign context is stored once, on the run's group, not on every row.
+    assert pending.context == {} and pending.run.context == {"offer": "20% off"}
+    assert pending.run.owner == "campaigns.run" and pending.run.state == "active"
     assert pending.from_email == "Shop <news@shop.example>"
     assert pending.dispatched_at is not None and pending.next_attempt_at is not None
     assert pending.uuid and len({d.uuid for d in rows.values()}) == 9
@@ -129,9 +131,10 @@ def test_100k_launch_is_set_based_and_memory_flat(django_assert_max_num_queries,
 
     tracemalloc.start()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # lock run + audience lists + segments + work_mem + INSERT ... SELECT
-    # + save run + ANALYZE + batch ranges + publish (no queries)
-    with django_assert_max_num_queries(10) as ctx:
+    # lock run + open its delivery group (one upsert) + audience lists +
+    # segments + work_mem + INSERT ... SELECT + save run + ANALYZE + batch
+    # ranges + publish (no queries)
+    with django_assert_max_num_queries(11) as ctx:
         campaign_run_launch(run_id=run.pk)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -215,7 +218,7 @@ def test_a_template_cannot_use_up_the_run_context(fan_outs):
     run = campaign_run_launch(
         run_id=campaign_run_create(campaign_id=campaign.pk, trigger="manual").pk
     )
-    shared = run_contexts({run.pk})[run.pk]  # as a batch loads it, once for all its rows
+    shared = group_contexts({run.pk})[run.pk]  # as a batch loads it, once for all its rows
 
     htmls = [
         delivery_build_message(d, run_context=shared).alternatives[0][0]

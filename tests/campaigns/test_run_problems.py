@@ -20,8 +20,8 @@ from campaigns.services.runs import (
     campaign_runs_maintain,
 )
 from campaigns.tasks import launch_run
+from notifier.heartbeat import beat_heartbeat_record
 from notifier.models import Delivery
-from ops.heartbeat import beat_heartbeat_record
 from tests.campaigns.factories import CampaignFactory, ContactListFactory, add_members
 from tests.notifier.factories import RecipientFactory
 

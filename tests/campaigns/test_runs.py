@@ -23,9 +23,9 @@ from campaigns.services.runs import (
     campaign_run_resume,
     campaign_run_retry,
     campaign_runs_maintain,
-    run_guard,
 )
 from notifier.models import Delivery
+from notifier.sending.batch import GroupVerdict, group_verdicts
 from tests.campaigns.factories import CampaignFactory, ContactListFactory, add_members
 from tests.notifier.factories import RecipientFactory
 
@@ -112,14 +112,15 @@ def test_campaign_without_audience_cannot_launch():
     assert not CampaignRun.objects.exists()
 
 
-def test_guard_answers_per_run(campaign, fan_outs):
+def test_batches_read_the_run_state_from_its_delivery_group(campaign, fan_outs):
     run = _launched(campaign)
-    assert run_guard({run.pk, 999_999}) == {}  # running, and not a campaign run
+    assert group_verdicts({run.pk, 999_999}) == {}  # running, and not a group
     campaign_run_pause(run=run)
-    assert run_guard({run.pk}) == {run.pk: "pause"}
+    assert group_verdicts({run.pk}) == {run.pk: GroupVerdict.PAUSE}
     campaign_run_resume(run=run)
+    assert group_verdicts({run.pk}) == {}
     campaign_run_cancel(run=run)
-    assert run_guard({run.pk}) == {run.pk: "cancel"}
+    assert group_verdicts({run.pk}) == {run.pk: GroupVerdict.CANCEL}
 
 
 def test_pause_holds_and_resume_releases(campaign, fan_outs):
@@ -154,9 +155,13 @@ def test_maintenance_launches_a_lost_queued_run_and_releases_stray_holds(campaig
 def test_retry_chosen_failures(campaign, fan_outs):
     run = _launched(campaign)
     ids = list(Delivery.objects.filter(run_id=run.pk).values_list("id", flat=True))
-    Delivery.objects.filter(id=ids[0]).update(status="failed", status_reason="Permanent error")
+    Delivery.objects.filter(id=ids[0]).update(
+        status="failed", status_reason="Permanent error", failure_kind="permanent"
+    )
     Delivery.objects.filter(id=ids[1]).update(
-        status="failed", status_reason="Gave up after 6 attempts"
+        status="failed",
+        status_reason="Gave up after 6 attempts",
+        failure_kind="transient_exhausted",
     )
     Delivery.objects.filter(id=ids[2]).update(status="unknown")
     Delivery.objects.filter(id__in=ids[3:]).update(status="sent")

@@ -1,7 +1,7 @@
 import factory
 from django.utils import timezone
 
-from notifier.models import Delivery, Recipient, SenderIdentity, Template, Topic
+from notifier.models import Delivery, DeliveryGroup, Recipient, SenderIdentity, Template, Topic
 
 
 class RecipientFactory(factory.django.DjangoModelFactory):
@@ -44,6 +44,13 @@ class DeliveryFactory(factory.django.DjangoModelFactory):
     context = factory.LazyFunction(lambda: {"code": "A1"})
     transport = "esp"
     next_attempt_at = factory.LazyFunction(timezone.now)
+
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs):
+        # A row of a run (``run_id=N``) belongs to the DeliveryGroup N.
+        if kwargs.get("run_id") is not None:
+            DeliveryGroup.objects.get_or_create(pk=kwargs["run_id"], defaults={"owner": "test"})
+        return super()._create(model_class, *args, **kwargs)
 
 
 class TopicFactory(factory.django.DjangoModelFactory):

@@ -13,15 +13,15 @@ from django.utils import timezone
 from notifier import notify
 from notifier.admin import TopicForm
 from notifier.models import Delivery, Notification, Recipient
+from notifier.sending import message as sending_message
+from notifier.sending.message import delivery_build_message
 from notifier.services import digests as digests_module
-from notifier.services import sending
 from notifier.services.digests import (
     digest_batches_due,
     digests_build,
     digests_run,
     hourly_window,
 )
-from notifier.services.sending import delivery_build_message
 from notifier.services.suppressions import suppression_add
 from tests.notifier.factories import RecipientFactory, TopicFactory
 
@@ -59,7 +59,9 @@ def _titles(text):
 def test_digest_groups_by_topic_newest_first_with_count_and_cap(monkeypatch):
     links = {"preferences_url": "https://example.com/prefs/abc"}
     monkeypatch.setattr(
-        sending, "_message_hooks", [lambda delivery, context, headers: context.update(links)]
+        sending_message,
+        "_message_hooks",
+        [lambda delivery, context, headers: context.update(links)],
     )
     ann = RecipientFactory(email="ann@example.com")
     news = TopicFactory(key="news", name="News", digest_item="<em>{{ data.title }}</em>")

@@ -10,9 +10,9 @@ from django.utils import timezone
 from notifier import notify
 from notifier.errors import InvalidAddress, InvalidContext, NotifierError
 from notifier.models import Delivery, Notification, Preference, Recipient
+from notifier.sending.message import delivery_build_message
 from notifier.services import notifications
 from notifier.services.notifications import NotifyOutcome, notifications_prune
-from notifier.services.sending import delivery_build_message
 from notifier.services.suppressions import suppression_add
 from tests.notifier.factories import RecipientFactory, TemplateFactory, TopicFactory
 

@@ -1,15 +1,15 @@
 """The batch sender in-process, against the fake ESP / SMTP sink, real PG + Redis."""
 
+import importlib
 from datetime import timedelta
 
 import pytest
 from django.utils import timezone
 
 from notifier import send
-from notifier.models import Delivery
-from notifier.services import journal
+from notifier.models import Delivery, Template
+from notifier.sending import deliveries_send_batch, journal
 from notifier.services.retries import deliveries_recover_expired
-from notifier.services.sending import deliveries_send_batch
 from notifier.services.suppressions import suppression_add
 from tests.notifier.factories import RecipientFactory, TemplateFactory
 
@@ -96,6 +96,7 @@ def test_attempts_exhausted_fails_with_the_reason(fake_esp, settings):
     assert delivery.status == Delivery.Status.FAILED
     assert delivery.attempts == 2
     assert "Gave up after 2 attempts" in delivery.status_reason
+    assert delivery.failure_kind == Delivery.FailureKind.TRANSIENT_EXHAUSTED
     assert "502" in delivery.last_error
 
 
@@ -106,8 +107,43 @@ def test_rejected_address_fails_at_once(fake_esp):
     delivery.refresh_from_db()
     assert delivery.status == Delivery.Status.FAILED
     assert delivery.status_reason == "Permanent error"
+    assert delivery.failure_kind == Delivery.FailureKind.PERMANENT
     assert "rejected" in delivery.last_error
     assert fake_esp.messages == []
+
+
+def test_a_message_that_cannot_render_fails_as_a_render_failure(fake_esp):
+    (delivery,) = _queue(1)
+    Template.objects.filter(pk=delivery.template_id).update(html_body="{{ code|no_such_filter }}")
+    deliveries_send_batch(delivery_ids=[delivery.id])
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.FAILED
+    assert delivery.failure_kind == Delivery.FailureKind.RENDER
+    assert delivery.last_error.startswith("Could not render")
+    assert fake_esp.messages == []
+
+
+def test_failure_kind_is_derived_from_the_old_texts_by_the_migration():
+    from django.apps import apps
+
+    migration = importlib.import_module("notifier.migrations.0007_delivery_failure_kind")
+    gave_up, rejected, broken = _queue(3)
+    Delivery.objects.filter(pk=gave_up.pk).update(
+        status="failed", status_reason="Gave up after 6 attempts"
+    )
+    Delivery.objects.filter(pk=rejected.pk).update(
+        status="failed", status_reason="Permanent error", last_error="ESP rejected the address"
+    )
+    Delivery.objects.filter(pk=broken.pk).update(
+        status="failed", status_reason="Permanent error", last_error="Could not render: x"
+    )
+    migration.derive_failure_kind(apps, None)
+    kinds = dict(Delivery.objects.values_list("pk", "failure_kind"))
+    assert kinds == {
+        gave_up.pk: "transient_exhausted",
+        rejected.pk: "permanent",
+        broken.pk: "render",
+    }
 
 
 def test_read_timeout_after_acceptance_is_marked_unknown_not_retried(fake_esp):
@@ -234,8 +270,8 @@ def test_lease_not_expired_is_left_alone(fake_esp):
 
 
 def test_outcome_write_keeps_a_status_a_webhook_already_advanced(fake_esp):
-    from notifier.services.outcomes import SENT, Outcome
-    from notifier.services.sending import apply_outcome, deliveries_write
+    from notifier.sending.outcomes import SENT, Outcome, apply_outcome
+    from notifier.sending.persist import deliveries_write
 
     (delivery,) = _queue(1)
     token = "00000000-0000-0000-0000-0000000000aa"

@@ -21,8 +21,8 @@ from django.utils import timezone
 from notifier import send
 from notifier.errors import InvalidSchedule, NotifierError
 from notifier.models import Delivery
+from notifier.sending import deliveries_send_batch
 from notifier.services.retries import deliveries_recover_expired, deliveries_sweep
-from notifier.services.sending import deliveries_send_batch
 from notifier.services.unreadable import UNREADABLE_REASON
 from tests.api.conftest import ApiClient
 from tests.notifier.factories import TemplateFactory

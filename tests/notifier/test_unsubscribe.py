@@ -17,9 +17,9 @@ from notifier.models import (
     Suppression,
     Topic,
 )
+from notifier.sending import deliveries_send_batch
 from notifier.services import unsubscribe as unsubscribe_service
 from notifier.services.dispatch import deliveries_dispatch
-from notifier.services.sending import deliveries_send_batch
 from notifier.services.unsubscribe import (
     preferences_token,
     register_scope_handler,

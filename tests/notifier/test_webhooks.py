@@ -14,8 +14,8 @@ from django.utils import timezone
 
 from notifier.models import Delivery, DeliveryEvent, Recipient, Suppression
 from notifier.selectors import delivery_event_totals
+from notifier.sending import deliveries_send_batch
 from notifier.services.events import delivery_event_record
-from notifier.services.sending import deliveries_send_batch
 from tests.conftest import ROOT
 from tests.notifier.esp_payloads import (
     MAILGUN_URL,

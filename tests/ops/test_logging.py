@@ -8,8 +8,8 @@ import logging.config
 import pytest
 
 from config.logging import build_logging, log_context
-from notifier.models import Delivery
-from notifier.services.sending import deliveries_send_batch
+from notifier.models import Delivery, DeliveryGroup
+from notifier.sending import deliveries_send_batch
 from tests.notifier.factories import RecipientFactory
 
 
@@ -48,6 +48,7 @@ def test_json_lines_carry_the_bound_ids(json_log):
 @pytest.mark.django_db
 def test_every_line_about_a_send_names_its_delivery_and_run(json_log, fake_esp):
     recipients = [RecipientFactory() for _ in range(2)]
+    DeliveryGroup.objects.create(pk=41, owner="test")
     deliveries = [
         Delivery.objects.create(
             recipient=r,

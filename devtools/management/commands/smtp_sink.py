@@ -2,7 +2,7 @@ import time
 
 from django.core.management.base import BaseCommand
 
-from notifier.smtp_sink import start_sink
+from devtools.smtp_sink import start_sink
 
 
 class Command(BaseCommand):

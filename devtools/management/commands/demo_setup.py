@@ -3,6 +3,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
+from devtools.demo import demo_campaigns_setup
 from notifier.models import Recipient, SenderIdentity, Template, Topic
 from notifier.services.notifications import notify
 from notifier.services.recipients import normalize_email
@@ -86,18 +87,10 @@ class Command(BaseCommand):
                         {"author": author, "post": post, "url": f"{settings.SITE_URL}/posts/{n}/"},
                         idempotency_key=f"demo-comment-{n}",
                     )
-        self._demo_extra()
+        demo_campaigns_setup()
         site = settings.SITE_URL
         self.stdout.write(
             self.style.SUCCESS(f"Admin: {site}/admin/  login: {DEMO_USER} / {DEMO_PASSWORD}")
         )
         inbox = settings.ANYMAIL["POSTMARK_API_URL"].rstrip("/") + "/_fake/messages"
         self.stdout.write(f"Fake ESP inbox: {inbox}")
-
-    def _demo_extra(self):
-        """Other apps' demo data (campaigns), when they provide it."""
-        try:
-            from campaigns.demo import demo_setup
-        except ImportError:
-            return
-        demo_setup()

@@ -30,7 +30,7 @@ from django.core.mail.backends.base import BaseEmailBackend
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, transaction
 
-from config.celery import worker_command
+from devtools.workers import worker_command
 from notifier.models import Delivery, Topic
 from notifier.services.digests import hourly_window
 

@@ -12,7 +12,7 @@ DEMO_CONTEXT = {
 
 
 @transaction.atomic
-def demo_setup() -> None:
+def demo_campaigns_setup() -> None:
     newsletter, _ = ContactList.objects.get_or_create(
         name="Newsletter", defaults={"description": "Everyone who asked for news (demo)."}
     )

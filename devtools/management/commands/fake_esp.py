@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from notifier.fake_esp import FakeESPServer, FakeESPState
+from devtools.fake_esp import FakeESPServer, FakeESPState
 
 
 class Command(BaseCommand):

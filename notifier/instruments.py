@@ -1,6 +1,7 @@
-"""Metrics observed where the work happens (Celery workers).
+"""Metrics observed by the engine where the work happens (Celery workers).
 
-Each worker serves these on its own port (``WORKER_METRICS_PORT``, see
+They live with the engine that observes them; ``ops`` only serves them: each
+worker serves these on its own port (``WORKER_METRICS_PORT``, see
 ``ops.worker_metrics``); with a prefork pool the children write them to
 ``PROMETHEUS_MULTIPROC_DIR`` and the worker's main process adds them up.
 """

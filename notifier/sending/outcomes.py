@@ -7,11 +7,18 @@
 * ``unknown``   in doubt: the request reached the transport but no answer came
                 back (read timeout, connection dropped mid-request). The ESP
                 may have accepted it, so it is not resent automatically.
+
+``apply_outcome`` turns an outcome into a Delivery's fields (in memory; the
+batch and the sweeper write them in bulk with ``persist.deliveries_write``),
+with the retry policy: exponential backoff until ``NOTIFIER_MAX_ATTEMPTS``,
+then ``failed`` with ``failure_kind = transient_exhausted``.
 """
 
+import random
 import smtplib
 import socket
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
+from datetime import timedelta
 
 import requests
 from anymail.exceptions import (
@@ -22,6 +29,9 @@ from anymail.exceptions import (
     AnymailSerializationError,
     AnymailUnsupportedFeature,
 )
+from django.conf import settings
+
+from notifier.models import Delivery
 
 SENT, RETRY, FAILED, UNKNOWN = "sent", "retry", "failed", "unknown"
 
@@ -33,14 +43,17 @@ class Outcome:
     error: str = ""
     retry_after: float | None = None
     attempts: int = 0
-    extra: dict = field(default_factory=dict)
+    # For ``failed``: a Delivery.FailureKind (blank reads as permanent).
+    failure_kind: str = ""
 
     def as_journal(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_journal(cls, data: dict) -> "Outcome":
-        return cls(**data)
+        # Keys an older version wrote (``extra``) are ignored.
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def _short(exc: BaseException) -> str:
@@ -131,3 +144,59 @@ def classify_sent_message(message, email: str) -> Outcome:
     if recipient.status in ("rejected", "invalid", "failed"):
         return Outcome(FAILED, error=f"ESP {recipient.status} the address {email}.")
     return Outcome(SENT, esp_message_id=recipient.message_id or status.message_id or "")
+
+
+def backoff_seconds(attempts: int, retry_after: float | None = None) -> float:
+    """Exponential backoff with +/-50% jitter, at least the ESP's Retry-After."""
+    base = settings.NOTIFIER_BACKOFF_BASE * (2 ** max(0, attempts - 1))
+    delay = min(settings.NOTIFIER_BACKOFF_CAP, base) * random.uniform(0.5, 1.5)
+    if retry_after:
+        delay = max(delay, retry_after)
+    return delay
+
+
+def apply_outcome(delivery: Delivery, outcome: Outcome, *, now) -> None:
+    """Set the fields of ``delivery`` for ``outcome`` (in memory only)."""
+    delivery.claim_token = None
+    delivery.lease_expires_at = None
+    delivery.updated_at = now
+    delivery.failure_kind = Delivery.FailureKind.NONE
+    if outcome.attempts:
+        delivery.attempts = outcome.attempts
+    if outcome.status == SENT:
+        delivery.status = Delivery.Status.SENT
+        delivery.esp_message_id = outcome.esp_message_id[:255]
+        delivery.sent_at = now
+        delivery.last_error = ""
+        delivery.status_reason = ""
+    elif outcome.status == RETRY and delivery.attempts < settings.NOTIFIER_MAX_ATTEMPTS:
+        delivery.status = Delivery.Status.PENDING
+        delivery.next_attempt_at = now + timedelta(
+            seconds=backoff_seconds(delivery.attempts, outcome.retry_after)
+        )
+        delivery.dispatched_at = None
+        delivery.last_error = outcome.error
+        delivery.status_reason = (
+            f"Transient error, attempt {delivery.attempts} of {settings.NOTIFIER_MAX_ATTEMPTS}"
+        )
+    elif outcome.status == RETRY:
+        delivery.status = Delivery.Status.FAILED
+        delivery.failure_kind = Delivery.FailureKind.TRANSIENT_EXHAUSTED
+        delivery.last_error = outcome.error
+        delivery.status_reason = f"Gave up after {delivery.attempts} attempts"
+    elif outcome.status == FAILED:
+        delivery.status = Delivery.Status.FAILED
+        delivery.failure_kind = outcome.failure_kind or Delivery.FailureKind.PERMANENT
+        delivery.last_error = outcome.error
+        delivery.status_reason = "Permanent error"
+    elif outcome.status == UNKNOWN:
+        delivery.status = Delivery.Status.UNKNOWN
+        delivery.last_error = outcome.error
+        delivery.status_reason = (
+            "Handed to the transport but no answer was recorded; not resent automatically"
+        )
+    elif outcome.status in (Delivery.Status.SUPPRESSED, Delivery.Status.CANCELLED):
+        delivery.status = outcome.status
+        delivery.status_reason = outcome.error
+    else:  # pragma: no cover - programming error
+        raise ValueError(f"unknown outcome {outcome.status}")

@@ -1,0 +1,178 @@
+"""One batch: claim the rows, skip the suppressed, render each message, hand
+it to a sender thread, record the answers, release what was not sent.
+
+The parts live in their own modules: the claim, lease, guard and release in
+``batch``, connections and sender threads in ``wire``, rendering in
+``message``, what an answer means in ``outcomes``, the bulk writes and the
+hand-off journal in ``persist`` and ``journal``.
+"""
+
+import logging
+from collections.abc import Iterable
+
+from config.logging import log_context
+from notifier.errors import UnknownTransport
+from notifier.models import Delivery
+from notifier.sending import journal
+from notifier.sending.batch import Claim, GroupGuard, GroupVerdict
+from notifier.sending.message import delivery_build_message
+from notifier.sending.outcomes import FAILED, RETRY, Outcome
+from notifier.sending.persist import OutcomeLog
+from notifier.sending.ratelimit import rate_limit_wait
+from notifier.sending.wire import Wire
+from notifier.services.suppressions import suppression_reasons
+
+logger = logging.getLogger(__name__)
+
+
+class _Batch:
+    def __init__(self, delivery_ids: Iterable[int]):
+        self.held = Claim(delivery_ids)
+        self.token = self.held.token
+        self.log = OutcomeLog(self.token)
+        self.guard: GroupGuard | None = None
+        self.wire: Wire | None = None
+        self.stopped = False
+
+    @property
+    def rows(self) -> list[Delivery]:
+        return self.held.rows
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.log.counts
+
+    def claim(self) -> None:
+        self.held.claim()
+        self.guard = GroupGuard(self.held.rows)
+
+    def renew_lease_if_due(self) -> None:
+        if not self.held.lease_due():
+            return
+        self.log.flush()
+        if not self.held.renew_lease():
+            self.stopped = True
+
+    def skip_suppressed(self) -> None:
+        reasons = suppression_reasons(d.recipient for d in self.rows)
+        for delivery in self.rows:
+            reason = reasons.get(delivery.recipient_id)
+            if reason is not None:
+                self.log.finish_row(delivery, Outcome(Delivery.Status.SUPPRESSED, error=reason))
+
+    def run(self) -> None:
+        self.skip_suppressed()
+        by_transport: dict[str, list[Delivery]] = {}
+        for delivery in self.rows:
+            if delivery.id not in self.log.finished_ids:
+                by_transport.setdefault(delivery.transport, []).append(delivery)
+        for transport, rows in by_transport.items():
+            if self.stopped:
+                break
+            self.send_over(transport, rows)
+
+    def send_over(self, transport: str, rows: list[Delivery]) -> None:
+        """Render each row here and hand it to the transport on one of
+        ``NOTIFIER_SEND_THREADS`` sender threads (each with its own
+        connection), so the next message renders while the previous ones are
+        on the wire. Database and journal writes stay on this thread."""
+        try:
+            self.wire = Wire(transport, messages=len(rows))
+        except UnknownTransport as exc:
+            for delivery in rows:
+                self.log.finish_row(delivery, Outcome(FAILED, error=str(exc)))
+            return
+        except Exception as exc:  # transport down: nothing was handed over
+            error = f"Could not connect to transport {transport!r}: {exc}"
+            for delivery in rows:
+                self.log.finish_row(
+                    delivery, Outcome(RETRY, error=error, attempts=delivery.attempts + 1)
+                )
+            return
+        try:
+            for delivery in rows:
+                self.collect(wait=False)
+                self.renew_lease_if_due()
+                if self.stopped:
+                    return
+                verdict = self.guard.verdict_for(delivery)
+                if verdict == GroupVerdict.CANCEL:
+                    self.log.finish_row(
+                        delivery, Outcome(Delivery.Status.CANCELLED, error="Run cancelled")
+                    )
+                    continue
+                if verdict == GroupVerdict.PAUSE:
+                    self.held.held_ids.add(delivery.id)  # released at the end of the batch
+                    continue
+                with log_context(
+                    delivery_id=delivery.id, delivery=str(delivery.uuid), run_id=delivery.run_id
+                ):
+                    self.hand_over(delivery)
+        finally:
+            # Every message handed over gets its answer recorded before the
+            # batch ends: a row on the wire is never released for a resend.
+            # The last answers are journaled as they come (no hand-off follows
+            # to carry them), so one slow answer keeps no others in doubt.
+            while self.wire.in_flight:
+                self.collect(wait=True)
+                self.log.journal_answers()
+            self.wire.close()
+
+    def hand_over(self, delivery: Delivery) -> None:
+        try:
+            message = delivery_build_message(
+                delivery, run_context=self.held.group_contexts.get(delivery.run_id, {})
+            )
+        except Exception as exc:
+            self.log.finish_row(
+                delivery,
+                Outcome(
+                    FAILED,
+                    error=f"Could not render: {exc}",
+                    failure_kind=Delivery.FailureKind.RENDER,
+                ),
+            )
+            return
+        rate_limit_wait(transport=self.wire.transport, per_second=self.wire.rate)
+        while not self.wire.has_free_connection():
+            self.collect(wait=True)
+        if not self.log.journal_handoff(delivery.id):
+            self.stopped = True
+            return
+        self.wire.send(delivery, message)
+
+    def collect(self, *, wait: bool) -> None:
+        """Record the answers that came back (waiting for one if ``wait``)."""
+        for delivery, outcome in self.wire.received(wait=wait):
+            self.log.answered(delivery, outcome)
+
+    def finish(self) -> None:
+        # If either write fails, the rows stay ``sending`` under this claim and
+        # the journal stays open: the sweeper recovers them from it later.
+        self.log.flush()
+        released = self.held.release_unfinished(self.log.finished_ids)
+        if released:
+            self.log.finished_ids.update(released)
+            self.log.count("released", len(released))
+        try:
+            journal.journal_close(self.token)
+        except Exception:
+            logger.warning("Could not close journal %s", self.token, exc_info=True)
+
+
+def deliveries_send_batch(*, delivery_ids: Iterable[int]) -> dict[str, int]:
+    """Send the given deliveries that are pending and due. Safe to run twice.
+
+    Returns counts per resulting status (and ``released`` for rows handed
+    back unsent).
+    """
+    batch = _Batch(delivery_ids)
+    with log_context(claim=str(batch.token)):
+        batch.claim()
+        if not batch.rows:
+            return {}
+        try:
+            batch.run()
+        finally:
+            batch.finish()
+    return batch.counts

@@ -1,0 +1,114 @@
+"""The one render path: a Delivery (or a preview of one) into an email message.
+
+Context, in order of precedence: the row's own context, then its group's
+shared context (a campaign's, as it was at launch: stored once on the
+DeliveryGroup, not copied into every row), plus ``recipient`` (the recipient's render data) and what
+message hooks add (unsubscribe links). Templates render in the locked-down
+engine of ``notifier.templating``.
+"""
+
+from collections.abc import Callable
+from email.utils import formataddr
+
+from django.conf import settings
+from django.core.mail import EmailMultiAlternatives
+
+from notifier import templating
+from notifier.models import Delivery, DeliveryGroup, Recipient
+from notifier.services.recipients import recipient_render_data
+
+# Message hooks may add context and headers (unsubscribe links, for example).
+MessageHook = Callable[[Delivery, dict, dict], None]
+_message_hooks: list[MessageHook] = []
+
+
+def register_message_hook(hook: MessageHook) -> None:
+    if hook not in _message_hooks:
+        _message_hooks.append(hook)
+
+
+def group_contexts(group_ids: set[int]) -> dict[int, dict]:
+    """The shared context of each group among ``group_ids`` (one query),
+    frozen once here: every message of the batch shares one read-only copy."""
+    if not group_ids:
+        return {}
+    rows = DeliveryGroup.objects.filter(pk__in=group_ids).values_list("pk", "context")
+    return {pk: templating.freeze(context) for pk, context in rows}
+
+
+def message_context(*layers: dict | None, recipient: Recipient) -> dict:
+    """The context a message renders with: ``layers`` merged in order (a later
+    one wins; plain data, which rendering only reads) and ``recipient``, the
+    recipient's render data. A new top-level dict: callers may add to it."""
+    context: dict = {}
+    for layer in layers:
+        if isinstance(layer, dict):
+            context.update(layer)
+    context["recipient"] = recipient_render_data(recipient)
+    return context
+
+
+def message_render(
+    *, subject: str, html_body: str, text_body: str, context: dict
+) -> tuple[str, str, str]:
+    """(subject, html, text) of a message, ``context`` from ``message_context``.
+    Raises on a template that does not compile or render."""
+    return templating.render_message(
+        subject=subject, html_body=html_body, text_body=text_body, context=context
+    )
+
+
+def preview_render(
+    *, subject: str, html_body: str, text_body: str, context: dict | None, recipient: Recipient
+) -> tuple[str, str, str]:
+    """What ``recipient`` would get: previews, and the check ``send()`` makes
+    before storing anything."""
+    return message_render(
+        subject=subject,
+        html_body=html_body,
+        text_body=text_body,
+        context=message_context(context, recipient=recipient),
+    )
+
+
+def _content(delivery: Delivery) -> tuple[str, str, str]:
+    if delivery.template_id:
+        t = delivery.template
+        return t.subject, t.html_body, t.text_body
+    return delivery.subject, delivery.html_body, delivery.text_body
+
+
+def delivery_build_message(
+    delivery: Delivery, *, run_context: dict | None = None
+) -> EmailMultiAlternatives:
+    """Render ``delivery`` into an email message (raises on a broken render).
+
+    ``run_context`` is the shared context of the delivery's group (see
+    ``DeliveryGroup``); looked up when not given.
+    """
+    if run_context is None and delivery.run_id is not None:
+        run_context = group_contexts({delivery.run_id}).get(delivery.run_id)
+    # This message's own top-level dict (hooks add to it); values are plain
+    # data decoded from JSON, which rendering only reads.
+    context = message_context(run_context, delivery.context, recipient=delivery.recipient)
+    headers = {"Message-ID": delivery.message_id}
+    headers.update(delivery.headers or {})
+    for hook in _message_hooks:
+        hook(delivery, context, headers)
+    subject_src, html_src, text_src = _content(delivery)
+    subject, html, text = message_render(
+        subject=subject_src, html_body=html_src, text_body=text_src, context=context
+    )
+    recipient = delivery.recipient
+    message = EmailMultiAlternatives(
+        subject=subject,
+        body=text,
+        from_email=delivery.from_email or settings.DEFAULT_FROM_EMAIL,
+        to=[formataddr((recipient.name, recipient.email)) if recipient.name else recipient.email],
+        headers=headers,
+    )
+    if html:
+        message.attach_alternative(html, "text/html")
+    # Anymail sends these as ESP metadata: webhooks then name the delivery.
+    message.metadata = {"delivery": str(delivery.uuid)}
+    return message
