@@ -13,7 +13,9 @@ pytestmark = pytest.mark.django_db
 
 
 def test_the_campaign_form_names_the_broken_render_limit(marketer):
-    template = TemplateFactory(html_body="{% for a in s %}" * 3 + "{% endfor %}" * 3)
+    template = TemplateFactory(
+        kind="campaign", html_body="{% for a in s %}" * 3 + "{% endfor %}" * 3
+    )
     response = marketer.post(
         "/admin/campaigns/campaign/add/",
         _campaign_form(
