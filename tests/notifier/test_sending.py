@@ -7,11 +7,11 @@ import pytest
 from django.utils import timezone
 
 from notifier import send
-from notifier.models import Delivery, Template
+from notifier.models import Delivery, DeliveryGroup, Template
 from notifier.sending import deliveries_send_batch, journal
 from notifier.services.retries import deliveries_recover_expired
 from notifier.services.suppressions import suppression_add
-from tests.notifier.factories import RecipientFactory, TemplateFactory
+from tests.notifier.factories import DeliveryFactory, RecipientFactory, TemplateFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -301,3 +301,24 @@ def test_stored_message_over_the_render_limits_fails_with_the_reason(fake_esp, s
     assert runaway.status == Delivery.Status.FAILED
     assert "NOTIFIER_RENDER_MAX_WIDTH" in runaway.last_error
     assert len(fake_esp.messages) == 1
+
+
+@pytest.mark.parametrize(
+    ("state", "status", "held"),
+    [("paused", "pending", True), ("cancelled", "cancelled", False), ("active", "sent", False)],
+)
+def test_a_batch_reads_its_group_state_from_the_delivery_group_table(fake_esp, state, status, held):
+    """A group paused or cancelled after its rows were made due (a pause that
+    lands while a batch runs): the batch reads DeliveryGroup, nothing else."""
+    group = DeliveryGroup.objects.create(owner="test", context={"code": "G1"})
+    rows = [DeliveryFactory(run=group, context={}) for _ in range(2)]
+    DeliveryGroup.objects.filter(pk=group.pk).update(state=state)
+    deliveries_send_batch(delivery_ids=[d.id for d in rows])
+    for delivery in rows:
+        delivery.refresh_from_db()
+        assert delivery.status == status
+        assert (delivery.next_attempt_at is None) == held
+    if state == "active":  # rendered with the group's shared context
+        assert all("G1" in m["HtmlBody"] for m in fake_esp.messages)
+    else:
+        assert fake_esp.messages == []
