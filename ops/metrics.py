@@ -14,14 +14,16 @@ import logging
 
 import redis
 from django.conf import settings
-from django.db.models import Count
+from django.db.models import Count, Min
 from django.http import HttpResponse, JsonResponse
+from django.utils import timezone
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from campaigns.models import CampaignRun
 from campaigns.selectors import runs_with_problems
+from notifier.heartbeat import beat_heartbeat_age
 from notifier.models import Delivery, DeliveryEvent, Suppression
 from ops.access import has_metrics_token
 
@@ -39,7 +41,11 @@ class NotifierCollector:
             "1 when a part of the metrics could not be read at this scrape.",
             labels=["part"],
         )
-        for part, read in (("database", self._database), ("broker", self._broker)):
+        for part, read in (
+            ("database", self._database),
+            ("broker", self._broker),
+            ("redis", self._heartbeat),
+        ):
             try:
                 yield from read()
                 errors.add_metric([part], 0)
@@ -100,7 +106,30 @@ class NotifierCollector:
         for problem in CampaignRun.Problem.values:
             if problem:
                 problems.add_metric([problem], found.get(problem, 0))
-        return [deliveries, retries, suppressions, events, problems]
+        oldest = GaugeMetricFamily(
+            "notifier_oldest_due_seconds",
+            "Age of the oldest pending delivery that is due and not yet sent (0: none waiting).",
+            labels=["transport"],
+        )
+        now = timezone.now()
+        for row in (
+            Delivery.objects.order_by()
+            .filter(status=Delivery.Status.PENDING, next_attempt_at__lte=now)
+            .values("transport")
+            .annotate(first=Min("next_attempt_at"))
+        ):
+            oldest.add_metric([row["transport"]], max(0.0, (now - row["first"]).total_seconds()))
+        return [deliveries, retries, suppressions, events, problems, oldest]
+
+    def _heartbeat(self):
+        age = beat_heartbeat_age()
+        heartbeat = GaugeMetricFamily(
+            "notifier_beat_heartbeat_age_seconds",
+            "Seconds since the sweeper (scheduled by beat) last ran; absent if it never ran.",
+        )
+        if age is not None:
+            heartbeat.add_metric([], age)
+        return [heartbeat]
 
     def _broker(self):
         depth = GaugeMetricFamily(
