@@ -4,7 +4,7 @@ import logging.config
 import os
 
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import setup_logging, worker_init, worker_process_init
 
 # Production unless told otherwise: a process started by mistake refuses to
 # run without production secrets instead of running with DEBUG on.
@@ -13,6 +13,16 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.production")
 app = Celery("notifier")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@worker_init.connect
+@worker_process_init.connect
+def trace_worker(**kwargs) -> None:
+    """Each worker process traces the tasks it runs and the tasks it
+    publishes (off unless an exporter is configured: config.tracing)."""
+    from config.tracing import tracing_setup
+
+    tracing_setup(service="notifier-worker", celery=True)
 
 
 @setup_logging.connect

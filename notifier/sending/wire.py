@@ -16,6 +16,7 @@ from queue import Empty, SimpleQueue
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
+from opentelemetry import trace
 
 from notifier.errors import UnknownTransport
 from notifier.instruments import observe_send
@@ -28,6 +29,8 @@ from notifier.sending.outcomes import (
 )
 
 logger = logging.getLogger(__name__)
+# A no-op unless tracing is configured (config.tracing).
+_tracer = trace.get_tracer(__name__)
 
 
 def transport_connection(name: str):
@@ -48,16 +51,22 @@ def transport_rate(name: str) -> float:
 def _transmit(conn, message: EmailMultiAlternatives, delivery: Delivery, transport: str):
     """Hand one message over (on a sender thread) and classify the answer."""
     started = time.monotonic()
-    try:
-        conn.send_messages([message])
-    except Exception as exc:
-        outcome = classify_exception(exc)
-        if outcome.status == UNKNOWN and transport == "smtp":
-            # The SMTP connection is unusable after a mid-send failure; the
-            # backend opens a new one for its next message.
-            conn.close()
-    else:
-        outcome = classify_sent_message(message, delivery.recipient.email)
+    with _tracer.start_as_current_span(
+        "notifier.transport.send",
+        kind=trace.SpanKind.CLIENT,
+        attributes={"notifier.delivery": str(delivery.uuid), "notifier.transport": transport},
+    ) as span:
+        try:
+            conn.send_messages([message])
+        except Exception as exc:
+            outcome = classify_exception(exc)
+            if outcome.status == UNKNOWN and transport == "smtp":
+                # The SMTP connection is unusable after a mid-send failure; the
+                # backend opens a new one for its next message.
+                conn.close()
+        else:
+            outcome = classify_sent_message(message, delivery.recipient.email)
+        span.set_attribute("notifier.outcome", outcome.status)
     observe_send(transport=transport, outcome=outcome.status, seconds=time.monotonic() - started)
     logger.info("Handed to %s: %s %s", transport, outcome.status, outcome.error or "")
     return outcome
