@@ -12,6 +12,11 @@ at ``http://127.0.0.1:<port>/``. It implements
   ``{"status": 429, "retry_after": 1}``, ``{"hang_after_accept": 5}``,
   ``{"drop": true}``), ``reject`` and ``invalid`` (address lists),
   ``delay`` (seconds per request), ``hang_after_accept_rate`` + ``hang_seconds``;
+* ``GET /messages/outbound`` (Postmark's outbound message search, with
+  ``count``, ``offset``, ``recipient`` and ``metadata_<key>`` filters), newest
+  first; a message is found only ``index_delay`` seconds after it was
+  accepted (Postmark indexes with a delay), and ``search_status`` (e.g. 503)
+  makes the search fail as an outage would;
 * inspection: ``GET /_fake/messages`` (everything accepted),
   ``DELETE /_fake/messages`` (forget messages and faults), ``GET /_fake/stats``.
 
@@ -26,6 +31,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 DEFAULT_FAULTS = {
     "error_rate": 0.0,
@@ -36,6 +42,8 @@ DEFAULT_FAULTS = {
     "delay": 0.0,
     "hang_after_accept_rate": 0.0,
     "hang_seconds": 30.0,
+    "index_delay": 0.0,
+    "search_status": 0,
 }
 
 
@@ -120,6 +128,47 @@ class FakeESPState:
             "Message": "OK",
         }
 
+    def search(self, query: dict[str, list[str]]) -> tuple[int, dict]:
+        """Postmark's ``GET /messages/outbound``: (status, body)."""
+        with self.lock:
+            if self.faults["search_status"]:
+                self.errors_injected += 1
+                return self.faults["search_status"], {"ErrorCode": 100, "Message": "Unavailable"}
+            messages = list(self.messages)
+            delay = self.faults["index_delay"]
+        try:
+            count, offset = int(query["count"][0]), int(query["offset"][0])
+        except (KeyError, ValueError):
+            return 422, {"ErrorCode": 1100, "Message": "count and offset are required."}
+        if not 0 < count <= 500 or offset < 0:
+            return 422, {"ErrorCode": 1100, "Message": "count must be 1-500, offset >= 0."}
+        now = datetime.now(UTC)
+        recipient = (query.get("recipient") or [""])[0].lower()
+        metadata = {
+            key.removeprefix("metadata_"): values[0]
+            for key, values in query.items()
+            if key.startswith("metadata_")
+        }
+        found = [
+            m
+            for m in reversed(messages)
+            if (now - datetime.fromisoformat(m["ReceivedAt"])).total_seconds() >= delay
+            and (not recipient or recipient in [a.lower() for a in _addr_specs(m["To"])])
+            and all(m["Metadata"].get(k) == v for k, v in metadata.items())
+        ]
+        page = [
+            {
+                "MessageID": m["MessageID"],
+                "To": [{"Email": a, "Name": None} for a in _addr_specs(m["To"])],
+                "Recipients": _addr_specs(m["To"]),
+                "ReceivedAt": m["ReceivedAt"],
+                "Status": "Sent",
+                "Metadata": m["Metadata"],
+            }
+            for m in found[offset : offset + count]
+        ]
+        return 200, {"TotalCount": len(found), "Messages": page}
+
 
 def _addr_specs(field: str) -> list[str]:
     from email.utils import getaddresses
@@ -155,7 +204,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         state = self.server.state
-        if self.path.startswith("/_fake/messages"):
+        if self.path.startswith("/messages/outbound"):
+            if state.token and self.headers.get("X-Postmark-Server-Token") != state.token:
+                self._json(401, {"ErrorCode": 10, "Message": "Bad or missing server token."})
+                return
+            status, body = state.search(parse_qs(urlsplit(self.path).query))
+            self._json(status, body)
+        elif self.path.startswith("/_fake/messages"):
             with state.lock:
                 self._json(200, list(state.messages))
         elif self.path.startswith("/_fake/stats"):

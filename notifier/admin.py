@@ -15,6 +15,7 @@ from notifier import templating
 from notifier.models import (
     Delivery,
     DeliveryEvent,
+    DeliveryResolution,
     Notification,
     Preference,
     Recipient,
@@ -534,3 +535,23 @@ class NotificationAdmin(admin.ModelAdmin):
     raw_id_fields = ("recipient", "digest")
     list_select_related = ("recipient", "topic")
     show_full_result_count = False
+
+
+@admin.register(DeliveryResolution)
+class DeliveryResolutionAdmin(admin.ModelAdmin):
+    """What the provider said about in-doubt deliveries (read-only)."""
+
+    list_display = ("created_at", "delivery", "verdict", "detail")
+    list_filter = ("verdict",)
+    search_fields = ("delivery__uuid", "delivery__recipient__email")
+    list_select_related = ("delivery__recipient",)
+    raw_id_fields = ("delivery",)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

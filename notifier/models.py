@@ -324,7 +324,9 @@ class Delivery(models.Model):
         sending -> pending      transient error, next_attempt_at in the future
         sending -> failed       permanent error, or attempts exhausted
         sending -> unknown      handed to the transport, answer never recorded
-                                (the worker died); never resent automatically
+                                (the worker died); resolved by asking the ESP
+                                where it can be asked (services.indoubt), else by staff
+        unknown -> sent         the ESP has it;  unknown -> pending  it has not (resent once)
         pending -> suppressed | cancelled
         sent | unknown -> delivered -> bounced -> complained
                                 ESP events (services.events), only forwards;
@@ -474,6 +476,28 @@ class Delivery(models.Model):
     def message_id(self) -> str:
         """Stable RFC 5322 Message-ID: the same on every attempt."""
         return f"<{self.uuid}@{settings.NOTIFIER_MESSAGE_ID_DOMAIN}>"
+
+
+class DeliveryResolution(models.Model):
+    """What was learnt about an in-doubt delivery, and what was done about it
+    (``notifier.services.indoubt``): one row per look-up, shown to staff."""
+
+    class Verdict(models.TextChoices):
+        FOUND = "found", "Found at the provider: it was accepted"
+        RESENT = "resent", "Not found at the provider: sent again"
+        LEFT = "left", "Not found again after a resend: left for staff"
+        UNAVAILABLE = "unavailable", "The provider could not answer"
+
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="resolutions")
+    verdict = models.CharField(max_length=16, choices=Verdict.choices)
+    detail = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_verdict_display()} ({self.created_at:%Y-%m-%d %H:%M})"
 
 
 class DeliveryEvent(models.Model):

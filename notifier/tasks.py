@@ -12,6 +12,7 @@ from notifier.heartbeat import beat_heartbeat_record
 from notifier.models import Frequency
 from notifier.sending import deliveries_send_batch
 from notifier.services.digests import digests_build, digests_run
+from notifier.services.indoubt import deliveries_resolve_in_doubt
 from notifier.services.notifications import notifications_prune
 from notifier.services.retries import deliveries_sweep
 
@@ -60,3 +61,8 @@ def build_digests(recipient_ids: list[int], frequency: str, window: str, cutoff:
 @shared_task(name="notifier.prune_notifications", acks_late=True)
 def prune_notifications() -> int:
     return notifications_prune()
+
+
+@shared_task(name="notifier.resolve_in_doubt", acks_late=True, ignore_result=True)
+def resolve_in_doubt() -> dict[str, int]:
+    return deliveries_resolve_in_doubt()

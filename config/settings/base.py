@@ -165,6 +165,9 @@ NOTIFIER_TRANSPORTS = {
         "BACKEND": env("ESP_BACKEND", default="anymail.backends.postmark.EmailBackend"),
         "OPTIONS": {},
         "RATE_LIMIT": env.float("ESP_RATE_LIMIT", default=0),
+        # How to ask the ESP whether an in-doubt message was accepted (Postmark's
+        # outbound message search); empty: in-doubt rows wait for staff.
+        "LOOKUP": env("ESP_LOOKUP", default="notifier.sending.lookup.postmark_lookup"),
     },
     "smtp": {
         "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
@@ -180,6 +183,9 @@ NOTIFIER_TRANSPORTS = {
         "RATE_LIMIT": env.float("SMTP_RATE_LIMIT", default=0),
     },
 }
+# In-doubt rows are looked up at their ESP once they are this old (the ESP
+# indexes accepted messages with a delay: "not found" earlier proves nothing).
+NOTIFIER_INDOUBT_INDEX_DELAY = env.int("NOTIFIER_INDOUBT_INDEX_DELAY", default=300)
 NOTIFIER_DEFAULT_TRANSPORT = env("NOTIFIER_DEFAULT_TRANSPORT", default="esp")
 # Attempts per Delivery before a transient error becomes a permanent failure.
 NOTIFIER_MAX_ATTEMPTS = env.int("NOTIFIER_MAX_ATTEMPTS", default=6)
@@ -259,6 +265,12 @@ CELERY_BEAT_SCHEDULE = {
     "notifier-sweep": {
         "task": "notifier.sweep",
         "schedule": env.float("NOTIFIER_SWEEP_SECONDS", default=10.0),
+        "options": {"queue": "maintenance", "expires": 60},
+    },
+    # Asks the ESP about in-doubt rows (see NOTIFIER_INDOUBT_INDEX_DELAY).
+    "notifier-resolve-in-doubt": {
+        "task": "notifier.resolve_in_doubt",
+        "schedule": 60.0,
         "options": {"queue": "maintenance", "expires": 60},
     },
 }

@@ -6,7 +6,7 @@
 * ``failed``    permanent: SMTP 5xx, ESP rejected/invalid, a broken render.
 * ``unknown``   in doubt: the request reached the transport but no answer came
                 back (read timeout, connection dropped mid-request). The ESP
-                may have accepted it, so it is not resent automatically.
+                may have accepted it, so it is not resent blindly (see services.indoubt).
 
 ``apply_outcome`` turns an outcome into a Delivery's fields (in memory; the
 batch and the sweeper write them in bulk with ``persist.deliveries_write``),
@@ -193,7 +193,7 @@ def apply_outcome(delivery: Delivery, outcome: Outcome, *, now) -> None:
         delivery.status = Delivery.Status.UNKNOWN
         delivery.last_error = outcome.error
         delivery.status_reason = (
-            "Handed to the transport but no answer was recorded; not resent automatically"
+            "Handed to the transport but no answer was recorded: in doubt"
         )
     elif outcome.status in (Delivery.Status.SUPPRESSED, Delivery.Status.CANCELLED):
         delivery.status = outcome.status
