@@ -56,7 +56,7 @@ from campaigns.services.runs import (
     campaign_run_resume,
     campaign_run_retry,
 )
-from notifier.admin import preview_response
+from notifier.admin import ReadOnlyAdmin, preview_response
 from notifier.models import Delivery, Recipient, SenderIdentity
 from notifier.selectors import delivery_event_totals
 from notifier.services.outbox import RETRY_KINDS
@@ -491,7 +491,7 @@ def _live_counts(run_ids: list[int]) -> dict[int, dict[str, int]]:
 
 
 @admin.register(CampaignRun)
-class CampaignRunAdmin(admin.ModelAdmin):
+class CampaignRunAdmin(ReadOnlyAdmin):
     list_display = (
         "id",
         "campaign",
@@ -509,15 +509,6 @@ class CampaignRunAdmin(admin.ModelAdmin):
     list_select_related = ("campaign",)
     show_full_result_count = False
     readonly_fields = [f.name for f in CampaignRun._meta.fields]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="Problem", ordering="problem")
     def problem_summary(self, obj):

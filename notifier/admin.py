@@ -40,6 +40,19 @@ from notifier.services.templates import (
 )
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """A record staff read but never add, change or delete here."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 class RecipientForm(forms.ModelForm):
     class Meta:
         model = Recipient
@@ -261,7 +274,7 @@ class TemplateAdmin(admin.ModelAdmin):
 
 
 @admin.register(TemplateRevision)
-class TemplateRevisionAdmin(admin.ModelAdmin):
+class TemplateRevisionAdmin(ReadOnlyAdmin):
     """Every recorded template version, deleted templates' included (read-only)."""
 
     list_display = ("name", "kind", "action", "changed_by_name", "created_at", "template")
@@ -275,15 +288,6 @@ class TemplateRevisionAdmin(admin.ModelAdmin):
         if not template_can_manage(user=request.user, kind=Template.Kind.TRANSACTIONAL):
             queryset = queryset.filter(kind=Template.Kind.CAMPAIGN)
         return queryset
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Delivery)
@@ -538,7 +542,7 @@ class NotificationAdmin(admin.ModelAdmin):
 
 
 @admin.register(DeliveryResolution)
-class DeliveryResolutionAdmin(admin.ModelAdmin):
+class DeliveryResolutionAdmin(ReadOnlyAdmin):
     """What the provider said about in-doubt deliveries (read-only)."""
 
     list_display = ("created_at", "delivery", "verdict", "detail")
@@ -546,12 +550,3 @@ class DeliveryResolutionAdmin(admin.ModelAdmin):
     search_fields = ("delivery__uuid", "delivery__recipient__email")
     list_select_related = ("delivery__recipient",)
     raw_id_fields = ("delivery",)
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

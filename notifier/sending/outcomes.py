@@ -192,9 +192,7 @@ def apply_outcome(delivery: Delivery, outcome: Outcome, *, now) -> None:
     elif outcome.status == UNKNOWN:
         delivery.status = Delivery.Status.UNKNOWN
         delivery.last_error = outcome.error
-        delivery.status_reason = (
-            "Handed to the transport but no answer was recorded: in doubt"
-        )
+        delivery.status_reason = "Handed to the transport but no answer was recorded: in doubt"
     elif outcome.status in (Delivery.Status.SUPPRESSED, Delivery.Status.CANCELLED):
         delivery.status = outcome.status
         delivery.status_reason = outcome.error
