@@ -4,7 +4,7 @@ Variables are documented in README.md ("Configuration"). Secrets have no
 default here; ``local`` and ``test`` supply throw-away ones.
 """
 
-from datetime import time, timedelta
+from datetime import date, time, timedelta
 
 from celery.schedules import crontab
 from csp.constants import NONCE, NONE, SELF, UNSAFE_INLINE
@@ -165,6 +165,15 @@ NOTIFIER_TRANSPORTS = {
         "BACKEND": env("ESP_BACKEND", default="anymail.backends.postmark.EmailBackend"),
         "OPTIONS": {},
         "RATE_LIMIT": env.float("ESP_RATE_LIMIT", default=0),
+        # Messages per UTC day (0: none), and a warm-up ramp for a new sending
+        # domain: daily caps from WARMUP_START on, then DAILY_QUOTA (limits.py).
+        "DAILY_QUOTA": env.int("ESP_DAILY_QUOTA", default=0),
+        "WARMUP": env.list("ESP_WARMUP", cast=int, default=[]),
+        "WARMUP_START": (
+            date.fromisoformat(env("ESP_WARMUP_START"))
+            if env("ESP_WARMUP_START", default="")
+            else None
+        ),
         # How to ask the ESP whether an in-doubt message was accepted (Postmark's
         # outbound message search); empty: in-doubt rows wait for staff.
         "LOOKUP": env("ESP_LOOKUP", default="notifier.sending.lookup.postmark_lookup"),
@@ -181,7 +190,17 @@ NOTIFIER_TRANSPORTS = {
             "timeout": env.float("SMTP_TIMEOUT", default=20.0),
         },
         "RATE_LIMIT": env.float("SMTP_RATE_LIMIT", default=0),
+        "DAILY_QUOTA": env.int("SMTP_DAILY_QUOTA", default=0),
     },
+}
+# Messages per second per recipient domain, shared by every worker and
+# transport ("gmail.com=20,outlook.com=10"): providers throttle senders per
+# receiving domain. A row over its domain's rate waits in the database.
+NOTIFIER_DOMAIN_RATES = {
+    domain.strip().lower(): float(rate)
+    for domain, _, rate in (
+        item.partition("=") for item in env.list("DOMAIN_RATE_LIMITS", default=[]) if item
+    )
 }
 # In-doubt rows are looked up at their ESP once they are this old (the ESP
 # indexes accepted messages with a delay: "not found" earlier proves nothing).

@@ -8,15 +8,19 @@ hand-off journal in ``persist`` and ``journal``.
 """
 
 import logging
+import time
 from collections.abc import Iterable
+
+from django.utils import timezone
 
 from config.logging import log_context
 from notifier.errors import UnknownTransport
 from notifier.models import Delivery
 from notifier.sending import journal
 from notifier.sending.batch import Claim, GroupGuard, GroupVerdict
+from notifier.sending.limits import domain_slot, quota_take
 from notifier.sending.message import delivery_build_message
-from notifier.sending.outcomes import FAILED, RETRY, Outcome
+from notifier.sending.outcomes import DEFER, FAILED, RETRY, Outcome
 from notifier.sending.persist import OutcomeLog
 from notifier.sending.ratelimit import rate_limit_wait
 from notifier.sending.wire import Wire
@@ -133,6 +137,8 @@ class _Batch:
                 ),
             )
             return
+        if self.deferred_by_limits(delivery):
+            return
         rate_limit_wait(transport=self.wire.transport, per_second=self.wire.rate)
         while not self.wire.has_free_connection():
             self.collect(wait=True)
@@ -140,6 +146,22 @@ class _Batch:
             self.stopped = True
             return
         self.wire.send(delivery, message)
+
+    def deferred_by_limits(self, delivery: Delivery) -> bool:
+        """Apply the recipient domain's rate and the transport's daily quota
+        (limits.py): a row over one waits in the database, not counted as an
+        attempt, and is never handed over now."""
+        now = timezone.now()
+        wait, deferral = domain_slot(delivery.recipient.email, now=now)
+        if deferral is None:
+            deferral = quota_take(self.wire.transport, now=now)
+        if deferral is not None:
+            outcome = Outcome(DEFER, error=deferral.reason, not_before=deferral.until.isoformat())
+            self.log.finish_row(delivery, outcome)
+            return True
+        if wait > 0:
+            time.sleep(wait)
+        return False
 
     def collect(self, *, wait: bool) -> None:
         """Record the answers that came back (waiting for one if ``wait``)."""

@@ -18,7 +18,7 @@ import random
 import smtplib
 import socket
 from dataclasses import asdict, dataclass, fields
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import requests
 from anymail.exceptions import (
@@ -34,6 +34,8 @@ from django.conf import settings
 from notifier.models import Delivery
 
 SENT, RETRY, FAILED, UNKNOWN = "sent", "retry", "failed", "unknown"
+# Not handed over: a provider limit says "later" (not an attempt; see limits.py).
+DEFER = "defer"
 
 
 @dataclass
@@ -45,6 +47,8 @@ class Outcome:
     attempts: int = 0
     # For ``failed``: a Delivery.FailureKind (blank reads as permanent).
     failure_kind: str = ""
+    # For ``defer``: when the row is due again (ISO 8601, journal-friendly).
+    not_before: str = ""
 
     def as_journal(self) -> dict:
         return asdict(self)
@@ -193,6 +197,11 @@ def apply_outcome(delivery: Delivery, outcome: Outcome, *, now) -> None:
         delivery.status = Delivery.Status.UNKNOWN
         delivery.last_error = outcome.error
         delivery.status_reason = "Handed to the transport but no answer was recorded: in doubt"
+    elif outcome.status == DEFER:
+        delivery.status = Delivery.Status.PENDING
+        delivery.next_attempt_at = datetime.fromisoformat(outcome.not_before)
+        delivery.dispatched_at = None
+        delivery.status_reason = outcome.error
     elif outcome.status in (Delivery.Status.SUPPRESSED, Delivery.Status.CANCELLED):
         delivery.status = outcome.status
         delivery.status_reason = outcome.error
