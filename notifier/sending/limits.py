@@ -88,6 +88,13 @@ def quota_take(transport: str, *, now: datetime) -> Deferral | None:
     )
 
 
+def slot_reserve(key: str, *, per_second: float, max_wait: float) -> float:
+    """Reserve the next send slot of ``key`` (GCRA: one "theoretical arrival
+    time" in Redis, Redis's own clock) if it is at most ``max_wait`` seconds
+    away. Returns the seconds until it, or minus that when not reserved."""
+    return float(get_redis().eval(_SLOT, 1, key, str(per_second), str(max_wait)))
+
+
 def domain_slot(email: str, *, now: datetime) -> tuple[float, Deferral | None]:
     """Reserve a send slot for ``email``'s domain. Returns (seconds to wait
     here, None), or (0, a Deferral) when the slot is too far away."""

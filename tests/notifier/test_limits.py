@@ -77,3 +77,12 @@ def test_a_slow_domain_waits_in_the_database_and_holds_no_one_else(fake_esp, set
         assert before < delivery.next_attempt_at < before + timedelta(seconds=5)
         assert "gmail.com takes at most 1 messages per second" in delivery.status_reason
         assert delivery.attempts == 0
+
+
+def test_the_transport_rate_gives_each_message_its_own_slot():
+    from notifier.sending.ratelimit import rate_limit_wait
+
+    assert rate_limit_wait(transport="esp", per_second=0) == 0.0  # no limit
+    first = rate_limit_wait(transport="esp", per_second=5)
+    second = rate_limit_wait(transport="esp", per_second=5)  # the next slot, 0.2 s on
+    assert first <= 0.05 < second <= 0.2
