@@ -544,7 +544,14 @@ class CampaignAdmin(admin.ModelAdmin):
             raise CampaignError("The campaign has no active run.")
         if action == "pause":
             held = campaign_run_pause(run=run)
-            return f"Paused: {_messages(held)} held until you resume."
+            text = f"Paused: {_messages(held)} held until you resume."
+            sending = run_status_counts(run_id=run.pk).get(Delivery.Status.SENDING, 0)
+            if sending:
+                text += (
+                    f" {_messages(sending)} were being handed over: each is either sent "
+                    "or held by its batch."
+                )
+            return text
         count = campaign_run_resume(run=run)
         return f"Resumed: {_messages(count)} to go."
 
