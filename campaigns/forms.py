@@ -172,6 +172,7 @@ class CampaignForm(forms.ModelForm):
         self.fields["schedule"].initial = Campaign.Schedule.NONE
         self.fields["schedule_time_zone"].initial = settings.TIME_ZONE
         self.fields["transport"].initial = settings.NOTIFIER_DEFAULT_TRANSPORT
+        self.fields["context"].initial = {}
         self.fields["send_at"].help_text = "In the time zone below; it must be in the future."
         self.fields["sender"].empty_label = f"Default sender ({settings.DEFAULT_FROM_EMAIL})"
         self.fields["sender"].error_messages["invalid_choice"] = (

@@ -82,7 +82,11 @@ def test_the_guided_form_shows_audience_size_and_next_sends(
     expect(page.locator("#id_cron_hour")).to_be_hidden()
     page.fill("#id_name", "Weekday news")
     page.select_option("#id_template", label="Spring news")
-    page.fill("#id_context", '{"offer": "20% off"}')
+    # The template data as name and value (the JSON box follows).
+    page.get_by_role("button", name="Add a value").click()
+    page.get_by_label("Data name").fill("offer")
+    page.get_by_label("Data value").fill("20% off")
+    expect(page.locator("#id_context")).to_have_value('{"offer":"20% off"}')
     page.get_by_label("Customers").check()
     expect(page.locator("#audience-size")).to_have_text(
         "4 will receive it: 5 in the audience, 1 skipped (suppressed or bounced), "
@@ -112,6 +116,8 @@ def test_the_guided_form_shows_audience_size_and_next_sends(
     expect(page.locator(".messagelist")).to_contain_text("was added successfully")
     campaign = Campaign.objects.get(name="Weekday news")
     assert campaign.status == "scheduled" and campaign.periodic_task_id is not None
+    assert campaign.context == {"offer": "20% off"}
+    expect(page.get_by_label("Data value")).to_have_value("20% off")
     expect(page.locator("#campaign-status")).to_have_text("Scheduled")
     next_sends = page.locator("#next-sends")
     expect(next_sends).to_contain_text(
