@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count
 from django.http import HttpResponseRedirect, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
@@ -315,7 +315,10 @@ class CampaignAdmin(admin.ModelAdmin):
     @admin.display(description="Next sends")
     def next_sends(self, obj):
         if obj is None or obj.pk is None or obj.schedule == Campaign.Schedule.NONE:
-            return "Save the campaign to see when it sends."
+            return format_html(
+                '<div id="next-sends" data-url="{}"><p>Not armed yet: saving arms it.</p></div>',
+                reverse("admin:campaigns_campaign_schedule"),
+            )
         zone = ZoneInfo(obj.schedule_time_zone)
         times = campaign_next_send_times(campaign=obj)
         words = crontab_in_words(campaign=obj) if obj.schedule == Campaign.Schedule.CRONTAB else ""
@@ -336,7 +339,8 @@ class CampaignAdmin(admin.ModelAdmin):
             ),
         )
         return format_html(
-            '<div id="next-sends"><p>{} {}</p>{}</div>',
+            '<div id="next-sends" data-url="{}"><p>{} {}</p>{}</div>',
+            reverse("admin:campaigns_campaign_schedule"),
             armed,
             f"{words}." if words else "",
             format_html('<ol class="next-times">{}</ol>', items) if times else "No time ahead.",
@@ -359,6 +363,7 @@ class CampaignAdmin(admin.ModelAdmin):
         view = self.admin_site.admin_view
         return [
             path("audience/", view(self.audience_view), name="campaigns_campaign_audience"),
+            path("schedule/", view(self.schedule_view), name="campaigns_campaign_schedule"),
             path(
                 "<int:pk>/progress/", view(self.progress_view), name="campaigns_campaign_progress"
             ),
@@ -419,6 +424,39 @@ class CampaignAdmin(admin.ModelAdmin):
         except SegmentError as exc:
             return JsonResponse({"error": f"A segment cannot be evaluated: {exc}"}, status=400)
         return JsonResponse({**counts, "text": _audience_text(counts)})
+
+    def schedule_view(self, request):
+        """A crontab in words and its next three times, as it is typed:
+        ``?cron_minute=0&cron_hour=9&…&schedule_time_zone=Europe/Paris``."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        probe = Campaign(schedule=Campaign.Schedule.CRONTAB)
+        try:
+            for name in (*CRON_FIELDS, "schedule_time_zone"):
+                value = request.GET.get(name, "").strip()
+                field = Campaign._meta.get_field(name)
+                if not value:
+                    raise ValidationError(f"Fill in the {field.verbose_name}.")
+                field.run_validators(value)
+                if len(value) > field.max_length:
+                    raise ValidationError(f"{field.verbose_name}: too long.")
+                setattr(probe, name, value)
+        except ValidationError as exc:
+            return JsonResponse({"error": " ".join(exc.messages)}, status=400)
+        zone = ZoneInfo(probe.schedule_time_zone)
+        return JsonResponse(
+            {
+                "words": crontab_in_words(campaign=probe),
+                "times": [
+                    {
+                        "at": at.isoformat(),
+                        "text": f"{timezone.localtime(at, zone):%a %d %b %Y, %H:%M} "
+                        f"({probe.schedule_time_zone})",
+                    }
+                    for at in campaign_next_send_times(campaign=probe)
+                ],
+            }
+        )
 
     def progress_view(self, request, pk):
         campaign = get_object_or_404(Campaign, pk=pk)

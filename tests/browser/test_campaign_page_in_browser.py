@@ -112,6 +112,11 @@ def test_the_guided_form_shows_audience_size_and_next_sends(
     page.fill("#id_cron_minute", "0")
     page.fill("#id_cron_hour", "9")
     page.fill("#id_cron_day_of_week", "1-5")
+    # Read back in words, with its next times, before it is saved.
+    expect(page.locator("#next-sends")).to_contain_text(
+        "Not saved yet: At 09:00, Monday through Friday."
+    )
+    expect(page.locator("#next-sends li")).to_have_count(3)
     page.click("input[name=_continue]")
     expect(page.locator(".messagelist")).to_contain_text("was added successfully")
     campaign = Campaign.objects.get(name="Weekday news")

@@ -117,6 +117,23 @@ def test_next_send_times_follow_celery_crontab_rules():
     assert crontab_in_words(campaign=campaign) == "At 08:30 and 20:30, only on Sunday"
 
 
+def test_a_crontab_is_read_back_as_it_is_typed(marketer):
+    fields = {
+        "cron_minute": "*/15",
+        "cron_hour": "9-17",
+        "cron_day_of_month": "*",
+        "cron_month_of_year": "*",
+        "cron_day_of_week": "mon-fri",
+        "schedule_time_zone": "Asia/Tokyo",
+    }
+    answer = marketer.get(f"{ADMIN}/schedule/", fields).json()
+    assert answer["words"] == "Every 15 minutes, between 09:00 and 17:59, Monday through Friday"
+    assert len(answer["times"]) == 3 and answer["times"][0]["text"].endswith("(Asia/Tokyo)")
+    for bad in ({"cron_minute": "61"}, {"schedule_time_zone": "Mars/Base"}, {"cron_hour": ""}):
+        response = marketer.get(f"{ADMIN}/schedule/", {**fields, **bad})
+        assert response.status_code == 400 and response.json()["error"], bad
+
+
 def test_a_one_off_time_in_the_past_is_refused_on_save(marketer, template, contact_list):
     past = timezone.localtime(timezone.now() - timedelta(hours=1), PARIS)
     response = marketer.post(
