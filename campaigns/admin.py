@@ -5,23 +5,28 @@ permissions (the "Marketing" group holds those it needs).
 """
 
 import csv
+from html.parser import HTMLParser
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count
 from django.http import HttpResponseRedirect, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
+from django.template.defaultfilters import pluralize
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.text import slugify
 from django.views.decorators.http import require_POST
 
 from campaigns.charts import results_chart
 from campaigns.errors import CampaignError, ImportFileError
+from campaigns.forms import CAMPAIGN_FIELDSETS, CRON_FIELDS, READONLY, CampaignForm
 from campaigns.models import (
     Campaign,
     CampaignRun,
@@ -32,9 +37,13 @@ from campaigns.models import (
 )
 from campaigns.segments import SegmentError, segment_q
 from campaigns.selectors import (
+    audience_counts,
+    audience_of,
     campaign_active_run,
     campaign_audience,
+    campaign_next_send_times,
     contact_list_export_rows,
+    crontab_in_words,
     run_results,
     run_status_counts,
     run_totals,
@@ -43,8 +52,7 @@ from campaigns.services.campaigns import (
     campaign_cancel,
     campaign_delete,
     campaign_launch_now,
-    campaign_problems,
-    campaign_render,
+    campaign_preview_message,
     campaign_save,
     campaign_schedule,
     campaign_send_test,
@@ -56,9 +64,9 @@ from campaigns.services.runs import (
     campaign_run_resume,
     campaign_run_retry,
 )
-from notifier.admin import ReadOnlyAdmin, preview_response
+from notifier.admin import ReadOnlyAdmin
 from notifier.models import Delivery, Recipient, SenderIdentity
-from notifier.selectors import delivery_event_totals
+from notifier.selectors import delivery_event_totals, preview_recipient
 from notifier.services.outbox import RETRY_KINDS
 
 # --- Contact lists --------------------------------------------------------------------
@@ -232,76 +240,6 @@ class SegmentAdmin(admin.ModelAdmin):
 # --- Campaigns ---------------------------------------------------------------------------
 
 
-CAMPAIGN_FIELDSETS = (
-    (None, {"fields": ("name", "status", "template", "context", "sender", "transport")}),
-    ("Audience", {"fields": ("contact_lists", "segments")}),
-    (
-        "Schedule",
-        {
-            "fields": (
-                "schedule",
-                "send_at",
-                (
-                    "cron_minute",
-                    "cron_hour",
-                    "cron_day_of_month",
-                    "cron_month_of_year",
-                    "cron_day_of_week",
-                ),
-                "schedule_time_zone",
-            ),
-            "description": "Saving a scheduled campaign updates its schedule at once.",
-        },
-    ),
-    ("History", {"fields": ("created_by", "created_at", "updated_at")}),
-)
-READONLY = ("status", "created_by", "created_at", "updated_at")
-
-
-def _flatten(fieldsets) -> list[str]:
-    names = []
-    for _title, options in fieldsets:
-        for item in options["fields"]:
-            names.extend(item if isinstance(item, tuple) else [item])
-    return names
-
-
-class CampaignForm(forms.ModelForm):
-    transport = forms.ChoiceField(choices=())
-
-    class Meta:
-        model = Campaign
-        fields = [name for name in _flatten(CAMPAIGN_FIELDSETS) if name not in READONLY]
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.fields["transport"].choices = [(t, t) for t in settings.NOTIFIER_TRANSPORTS]
-        self.fields["send_at"].help_text = f"For a one-off schedule; in {settings.TIME_ZONE}."
-        self.fields["sender"].empty_label = f"Default sender ({settings.DEFAULT_FROM_EMAIL})"
-        self.fields["sender"].error_messages["invalid_choice"] = (
-            "Choose one of the sender identities; administrators add them under "
-            "Notifier > Sender identities."
-        )
-
-    def clean_context(self):
-        return self.cleaned_data.get("context") or {}
-
-    def clean(self):
-        cleaned = super().clean()
-        probe = Campaign(
-            transport=cleaned.get("transport", ""),
-            sender=cleaned.get("sender"),
-            template=cleaned.get("template"),
-            context=cleaned.get("context") or {},
-            schedule=cleaned.get("schedule", Campaign.Schedule.NONE),
-            send_at=cleaned.get("send_at"),
-        )
-        for field, problem in campaign_problems(campaign=probe, check_audience=False).items():
-            if field in self.fields and field not in self.errors:
-                self.add_error(field, problem)
-        return cleaned
-
-
 ACTIONS = {
     "schedule": "change",
     "unschedule": "change",
@@ -312,6 +250,33 @@ ACTIONS = {
     "retry": "change",
     "test": "change",
 }
+# The fields whose change re-arms a finished or cancelled campaign on save.
+SCHEDULE_FIELDS = {"schedule", "send_at", "schedule_time_zone", *CRON_FIELDS}
+
+
+def panel_actions(*, campaign_status: str, run_status: str | None) -> list[str]:
+    """The buttons the run panel shows, for the page and its live updates alike."""
+    active = run_status in CampaignRun.ACTIVE
+    shown = []
+    if not active:
+        shown.append("launch")
+    if run_status == CampaignRun.Status.RUNNING:
+        shown.append("pause")
+    if run_status == CampaignRun.Status.PAUSED:
+        shown.append("resume")
+    if campaign_status == Campaign.Status.SCHEDULED and not active:
+        shown.append("unschedule")
+    if active or campaign_status == Campaign.Status.SCHEDULED:
+        shown.append("cancel")
+    return shown
+
+
+def _audience_text(counts: dict[str, int]) -> str:
+    return (
+        f"{counts['to_send']} will receive it: {counts['total']} in the audience, "
+        f"{counts['suppressed']} skipped (suppressed or bounced), "
+        f"of whom {counts['unsubscribed']} unsubscribed."
+    )
 
 
 @admin.register(Campaign)
@@ -321,7 +286,6 @@ class CampaignAdmin(admin.ModelAdmin):
     list_filter = ("status", "schedule")
     search_fields = ("name",)
     list_select_related = ("template",)
-    filter_horizontal = ("contact_lists", "segments")
     readonly_fields = READONLY
     change_form_template = "admin/campaigns/campaign/change_form.html"
     fieldsets = CAMPAIGN_FIELDSETS
@@ -329,13 +293,65 @@ class CampaignAdmin(admin.ModelAdmin):
     @admin.display(description="Schedule")
     def schedule_summary(self, obj):
         if obj.schedule == Campaign.Schedule.ONCE:
-            return f"once at {obj.send_at:%Y-%m-%d %H:%M %Z}" if obj.send_at else "once (no time)"
+            if not obj.send_at:
+                return "once (no time)"
+            local = timezone.localtime(obj.send_at, ZoneInfo(obj.schedule_time_zone))
+            return f"once at {local:%Y-%m-%d %H:%M} ({obj.schedule_time_zone})"
         if obj.schedule == Campaign.Schedule.CRONTAB:
-            return f"cron {obj.crontab_expression} ({obj.schedule_time_zone})"
+            words = crontab_in_words(campaign=obj) or obj.crontab_expression
+            return f"{words} ({obj.schedule_time_zone})"
         return "-"
 
+    @admin.display(description="Audience size")
+    def audience_size(self, obj):
+        url = reverse("admin:campaigns_campaign_audience")
+        text = "Choose lists or segments to see how many will receive it."
+        if obj is not None and obj.pk is not None:
+            try:
+                text = _audience_text(audience_counts(campaign_audience(campaign=obj)))
+            except SegmentError as exc:
+                text = f"A segment cannot be evaluated: {exc}"
+        return format_html('<span id="audience-size" data-url="{}">{}</span>', url, text)
+
+    @admin.display(description="Next sends")
+    def next_sends(self, obj):
+        if obj is None or obj.pk is None or obj.schedule == Campaign.Schedule.NONE:
+            return format_html(
+                '<div id="next-sends" data-url="{}"><p>Not armed yet: saving arms it.</p></div>',
+                reverse("admin:campaigns_campaign_schedule"),
+            )
+        zone = ZoneInfo(obj.schedule_time_zone)
+        times = campaign_next_send_times(campaign=obj)
+        words = crontab_in_words(campaign=obj) if obj.schedule == Campaign.Schedule.CRONTAB else ""
+        armed = (
+            "Armed: it sends on its own."
+            if obj.periodic_task_id
+            else "Not armed: it will not send on its own."
+        )
+        items = format_html_join(
+            "",
+            '<li><time datetime="{}">{}</time></li>',
+            (
+                (
+                    t.isoformat(),
+                    f"{timezone.localtime(t, zone):%a %d %b %Y, %H:%M} ({obj.schedule_time_zone})",
+                )
+                for t in times
+            ),
+        )
+        return format_html(
+            '<div id="next-sends" data-url="{}"><p>{} {}</p>{}</div>',
+            reverse("admin:campaigns_campaign_schedule"),
+            armed,
+            f"{words}." if words else "",
+            format_html('<ol class="next-times">{}</ol>', items) if times else "No time ahead.",
+        )
+
     def save_model(self, request, obj, form, change):
-        campaign_save(campaign=obj, user=request.user)
+        arm = obj.status in (Campaign.Status.DRAFT, Campaign.Status.SCHEDULED) or bool(
+            SCHEDULE_FIELDS & set(form.changed_data)
+        )
+        campaign_save(campaign=obj, user=request.user, arm=arm)
 
     def delete_model(self, request, obj):
         campaign_delete(campaign=obj)
@@ -347,6 +363,8 @@ class CampaignAdmin(admin.ModelAdmin):
     def get_urls(self):
         view = self.admin_site.admin_view
         return [
+            path("audience/", view(self.audience_view), name="campaigns_campaign_audience"),
+            path("schedule/", view(self.schedule_view), name="campaigns_campaign_schedule"),
             path(
                 "<int:pk>/progress/", view(self.progress_view), name="campaigns_campaign_progress"
             ),
@@ -368,52 +386,156 @@ class CampaignAdmin(admin.ModelAdmin):
             live = _live_counts([r.pk for r in runs if r.finished_at is None])
             for run in runs:
                 run.summary = run.totals if run.finished_at else run_totals(live.get(run.pk, {}))
+            active_run = campaign_active_run(campaign=campaign)
             extra.update(
                 runs=runs,
-                active_run=campaign_active_run(campaign=campaign),
+                active_run=active_run,
                 latest_run=runs[0] if runs else None,
+                panel_actions=panel_actions(
+                    campaign_status=campaign.status,
+                    run_status=runs[0].status if runs else None,
+                ),
                 retry_kinds=list(RETRY_KINDS),
-                audience_sample=campaign_audience(campaign=campaign)
-                .order_by("email")
-                .values_list("email", flat=True)[:20],
+                audience_sample=_audience_sample(campaign),
                 can_act=self.has_change_permission(request, campaign),
                 senders=SenderIdentity.objects.filter(domain=""),
                 default_sender=settings.DEFAULT_FROM_EMAIL,
             )
         return super().change_view(request, object_id, form_url, extra_context=extra)
 
+    def audience_view(self, request):
+        """How many a choice of lists and segments reaches (the form asks as
+        they are ticked): ``?contact_lists=1&segments=2``."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        try:
+            list_ids = [int(v) for v in request.GET.getlist("contact_lists")]
+            segment_ids = [int(v) for v in request.GET.getlist("segments")]
+        except ValueError:
+            return JsonResponse({"error": "Give list and segment ids as numbers."}, status=400)
+        try:
+            counts = audience_counts(
+                audience_of(
+                    list_ids=list_ids,
+                    segments=Segment.objects.filter(pk__in=segment_ids).prefetch_related(
+                        "conditions"
+                    ),
+                )
+            )
+        except SegmentError as exc:
+            return JsonResponse({"error": f"A segment cannot be evaluated: {exc}"}, status=400)
+        return JsonResponse({**counts, "text": _audience_text(counts)})
+
+    def schedule_view(self, request):
+        """A crontab in words and its next three times, as it is typed:
+        ``?cron_minute=0&cron_hour=9&…&schedule_time_zone=Europe/Paris``."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        probe = Campaign(schedule=Campaign.Schedule.CRONTAB)
+        try:
+            for name in (*CRON_FIELDS, "schedule_time_zone"):
+                value = request.GET.get(name, "").strip()
+                field = Campaign._meta.get_field(name)
+                if not value:
+                    raise ValidationError(f"Fill in the {field.verbose_name}.")
+                field.run_validators(value)
+                if len(value) > field.max_length:
+                    raise ValidationError(f"{field.verbose_name}: too long.")
+                setattr(probe, name, value)
+        except ValidationError as exc:
+            return JsonResponse({"error": " ".join(exc.messages)}, status=400)
+        zone = ZoneInfo(probe.schedule_time_zone)
+        return JsonResponse(
+            {
+                "words": crontab_in_words(campaign=probe),
+                "times": [
+                    {
+                        "at": at.isoformat(),
+                        "text": f"{timezone.localtime(at, zone):%a %d %b %Y, %H:%M} "
+                        f"({probe.schedule_time_zone})",
+                    }
+                    for at in campaign_next_send_times(campaign=probe)
+                ],
+            }
+        )
+
     def progress_view(self, request, pk):
         campaign = get_object_or_404(Campaign, pk=pk)
         if not self.has_view_permission(request, campaign):
             raise PermissionDenied
         run = campaign.runs.order_by("-id").first()
-        data = {"campaign_status": campaign.status, "run": None}
+        data = {
+            "campaign_status": campaign.status,
+            "campaign_status_display": campaign.get_status_display(),
+            "run": None,
+            "actions": panel_actions(
+                campaign_status=campaign.status, run_status=run.status if run else None
+            ),
+        }
         if run is not None:
             counts = run_status_counts(run_id=run.pk)
             data["run"] = {
                 "id": run.pk,
                 "status": run.status,
+                "status_display": run.get_status_display(),
                 "problem": run.problem,
+                "problem_display": run.get_problem_display() if run.problem else "",
                 "problem_detail": run.problem_detail,
                 "recipients": run.recipients,
                 "counts": counts,
                 "totals": run_totals(counts),
+                "results_url": reverse("admin:campaigns_campaignrun_results", args=[run.pk]),
             }
         return JsonResponse(data)
 
     def preview_view(self, request, pk):
-        campaign = get_object_or_404(Campaign.objects.select_related("template"), pk=pk)
+        campaign = get_object_or_404(Campaign.objects.select_related("template", "sender"), pk=pk)
         if not self.has_view_permission(request, campaign):
             raise PermissionDenied
-        return preview_response(
-            self,
+        email = request.GET.get("recipient", "").strip()
+        recipient, note = preview_recipient(email=email)
+        message, error = None, ""
+        try:
+            message = campaign_preview_message(campaign=campaign, recipient=recipient)
+        except Exception as exc:  # shown to staff: a broken template is theirs to fix
+            error = f"Could not render: {exc}"
+        headers = []
+        html = ""
+        if message is not None:
+            extra = message.extra_headers
+            headers = [
+                ("From", message.from_email),
+                ("To", ", ".join(message.to)),
+                ("Subject", message.subject),
+                *(
+                    (name, extra[name])
+                    for name in ("List-Unsubscribe", "List-Unsubscribe-Post")
+                    if name in extra
+                ),
+            ]
+            html = next((c for c, mime in message.alternatives if mime == "text/html"), "")
+        return TemplateResponse(
             request,
-            original=campaign,
-            render=lambda recipient: campaign_render(campaign=campaign, recipient=recipient),
-            template_name="admin/campaigns/campaign/preview.html",
-            audience_sample=campaign_audience(campaign=campaign)
-            .order_by("email")
-            .values_list("email", flat=True)[:20],
+            "admin/campaigns/campaign/preview.html",
+            {
+                **self.admin_site.each_context(request),
+                "opts": self.model._meta,
+                "original": campaign,
+                "title": f"Preview: {campaign.name}",
+                "recipient": recipient,
+                "recipient_email": email,
+                "is_sample": recipient.pk is None,
+                "note": note,
+                "error": error,
+                "message": message,
+                "headers": headers,
+                "html": html,
+                "links": _links(html),
+                "audience_sample": _audience_sample(campaign),
+                "can_act": self.has_change_permission(request, campaign),
+                "senders": SenderIdentity.objects.filter(domain=""),
+                "default_sender": settings.DEFAULT_FROM_EMAIL,
+            },
         )
 
     def action_view(self, request, pk, action):
@@ -426,7 +548,11 @@ class CampaignAdmin(admin.ModelAdmin):
             self.message_user(request, str(exc), messages.ERROR)
         else:
             self.message_user(request, text, messages.SUCCESS)
-        return HttpResponseRedirect(reverse("admin:campaigns_campaign_change", args=[pk]))
+        back = request.POST.get("next", "")
+        if back != "preview":
+            return HttpResponseRedirect(reverse("admin:campaigns_campaign_change", args=[pk]))
+        url = reverse("admin:campaigns_campaign_preview", args=[pk])
+        return HttpResponseRedirect(f"{url}?{urlencode({'recipient': request.POST.get('as', '')})}")
 
     def _act(self, request, campaign: Campaign, action: str) -> str:
         if action == "schedule":
@@ -439,27 +565,99 @@ class CampaignAdmin(admin.ModelAdmin):
             run = campaign_launch_now(campaign=campaign, user=request.user)
             return f"Run {run.pk} is starting."
         if action == "cancel":
-            count = campaign_cancel(campaign=campaign)
-            return f"Cancelled ({count} unsent messages cancelled)."
+            return _cancel_message(campaign)
         if action == "test":
-            delivery = campaign_send_test(
-                campaign=campaign, to=request.POST.get("to", ""), sender=_test_sender(request)
+            sent_to = campaign_send_test(
+                campaign=campaign,
+                to=request.POST.get("to", ""),
+                sender=_test_sender(request),
+                render_as=_test_data_of(request),
             )
-            if delivery.status == Delivery.Status.SUPPRESSED:
-                raise CampaignError(f"Not sent: {delivery.status_reason}.")
-            return f"Test message queued to {delivery.recipient.email}."
+            return f"Test message sent to {sent_to}."
         if action == "retry":
             run = get_object_or_404(CampaignRun, pk=request.POST.get("run") or 0, campaign=campaign)
             count = campaign_run_retry(run=run, kinds=request.POST.getlist("kinds"))
-            return f"{count} messages queued again."
+            return f"{_messages(count)} queued again."
         run = campaign_active_run(campaign=campaign)
         if run is None:
             raise CampaignError("The campaign has no active run.")
         if action == "pause":
-            campaign_run_pause(run=run)
-            return "Paused."
+            held = campaign_run_pause(run=run)
+            text = f"Paused: {_messages(held)} held until you resume."
+            sending = run_status_counts(run_id=run.pk).get(Delivery.Status.SENDING, 0)
+            if sending:
+                text += (
+                    f" {_messages(sending)} were being handed over: each is either sent "
+                    "or held by its batch."
+                )
+            return text
         count = campaign_run_resume(run=run)
-        return f"Resumed ({count} messages to go)."
+        return f"Resumed: {_messages(count)} to go."
+
+
+def _messages(count: int) -> str:
+    return f"{count} message{pluralize(count)}"
+
+
+def _cancel_message(campaign: Campaign) -> str:
+    """Cancel, and say what happened to the run's messages in the run's own figures."""
+    run = campaign_active_run(campaign=campaign)
+    cancelled = campaign_cancel(campaign=campaign)
+    if run is None:
+        return "Cancelled: the schedule is removed; nothing was being sent."
+    counts = run_totals(run_status_counts(run_id=run.pk))
+    text = f"Cancelled run {run.pk}: {_messages(cancelled)} not sent"
+    if counts["sent_total"]:
+        text += f", {counts['sent_total']} already sent"
+    text += "."
+    if counts["sending"]:
+        # Claimed by a batch: it cancels each before handing it over, or
+        # finishes the one on the wire; the run's totals say which.
+        text += (
+            f" {_messages(counts['sending'])} were being handed over: each is either "
+            "sent or cancelled by its batch; the run's totals will show which."
+        )
+    return text
+
+
+class _LinkCollector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        href = dict(attrs).get("href") if tag == "a" else None
+        if href and href not in self.links:
+            self.links.append(href)
+
+
+def _links(html: str) -> list[str]:
+    """The link targets of a message, in order, each once."""
+    collector = _LinkCollector()
+    collector.feed(html)
+    return collector.links
+
+
+def _audience_sample(campaign: Campaign) -> list[str]:
+    try:
+        return list(
+            campaign_audience(campaign=campaign)
+            .order_by("email")
+            .values_list("email", flat=True)[:20]
+        )
+    except SegmentError:
+        return []
+
+
+def _test_data_of(request) -> Recipient | None:
+    """The recipient whose data a test send shows (empty: the address's own)."""
+    email = request.POST.get("as", "").strip()
+    if not email:
+        return None
+    recipient, _note = preview_recipient(email=email)
+    if recipient.pk is None:
+        raise CampaignError(f"No recipient {email!r} to take the data from.")
+    return recipient
 
 
 def _test_sender(request) -> SenderIdentity | None:

@@ -1,17 +1,22 @@
 """Reads: audiences, run progress, batch boundaries, list exports."""
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import cron_descriptor
+from celery.schedules import crontab
 from django.db import connection
 from django.db.models import Count, Exists, Max, Min, OuterRef, Q, QuerySet
 from django.db.models.functions import Coalesce, Trunc
+from django.utils import timezone
 
-from campaigns.models import Campaign, CampaignRun, ContactList, ListMembership
+from campaigns.models import Campaign, CampaignRun, ContactList, ListMembership, Segment
 from campaigns.segments import segment_q
-from notifier.models import Delivery, DeliveryEvent, Recipient
+from notifier.models import Delivery, DeliveryEvent, Recipient, Suppression
+from notifier.services.suppressions import SUPPRESSED_RECIPIENT_STATUSES
 
 IN_FLIGHT = (Delivery.Status.PENDING, Delivery.Status.SENDING)
 # What "sent" means in run totals: handed to the transport and accepted
@@ -30,17 +35,47 @@ def campaign_audience(*, campaign: Campaign) -> QuerySet[Recipient]:
     Suppressed and opted-out recipients are included here; the launch marks
     them ``suppressed`` instead of sending.
     """
+    return audience_of(
+        list_ids=list(campaign.contact_lists.values_list("id", flat=True)),
+        segments=campaign.segments.prefetch_related("conditions"),
+    )
+
+
+def audience_of(*, list_ids: list[int], segments: Iterable[Segment]) -> QuerySet[Recipient]:
+    """Recipients in any of the lists ``list_ids`` or of ``segments``, each once
+    (raises SegmentError for a segment that cannot be evaluated)."""
     audience = Q(pk__in=[])
-    list_ids = list(campaign.contact_lists.values_list("id", flat=True))
     if list_ids:
         audience |= Q(
             pk__in=ListMembership.objects.filter(contact_list_id__in=list_ids).values(
                 "recipient_id"
             )
         )
-    for segment in campaign.segments.prefetch_related("conditions"):
+    for segment in segments:
         audience |= segment_q(segment)
     return Recipient.objects.filter(audience).order_by()
+
+
+def audience_counts(audience: QuerySet[Recipient]) -> dict[str, int]:
+    """How many of ``audience`` a launch would mail, and why the others not.
+
+    ``suppressed`` counts every address a launch skips (an active suppression
+    or a recipient status other than active), ``unsubscribed`` the part of it
+    that asked to stop; ``to_send`` the rest. Opt-outs by topic are not
+    campaign business and are not counted. Two queries.
+    """
+    active_suppression = Suppression.objects.filter(email=OuterRef("email"), lifted_at__isnull=True)
+    skipped = Q(status__in=SUPPRESSED_RECIPIENT_STATUSES) | Q(Exists(active_suppression))
+    unsubscribed = Q(status=Recipient.Status.UNSUBSCRIBED) | Q(
+        Exists(active_suppression.filter(reason=Suppression.Reason.UNSUBSCRIBED))
+    )
+    counts = audience.aggregate(
+        total=Count("pk"),
+        suppressed=Count("pk", filter=skipped),
+        unsubscribed=Count("pk", filter=unsubscribed),
+    )
+    counts["to_send"] = counts["total"] - counts["suppressed"]
+    return counts
 
 
 def run_status_counts(*, run_id: int) -> dict[str, int]:
@@ -240,3 +275,65 @@ def runs_with_problems() -> QuerySet[CampaignRun]:
         .select_related("campaign")
         .order_by("problem_since")
     )
+
+
+# --- Schedules, for people --------------------------------------------------------------
+
+# How far ahead to look for a crontab's next times: past a leap day, so
+# "29 2 *" still finds one.
+NEXT_TIMES_HORIZON_DAYS = 4 * 366 + 1
+
+
+def campaign_next_send_times(
+    *, campaign: Campaign, count: int = 3, now: datetime | None = None
+) -> list[datetime]:
+    """The next ``count`` times the campaign's schedule fires (aware, in its
+    time zone), as beat reads it: a one-off time still ahead, or the crontab's
+    times with celery's rule (a day matches when its day of month, day of
+    week and month all match). [] for no schedule or an invalid crontab."""
+    now = now or timezone.now()
+    if campaign.schedule == Campaign.Schedule.ONCE:
+        return [campaign.send_at] if campaign.send_at and campaign.send_at > now else []
+    if campaign.schedule != Campaign.Schedule.CRONTAB:
+        return []
+    try:
+        zone = ZoneInfo(campaign.schedule_time_zone)
+        cron = crontab(
+            minute=campaign.cron_minute,
+            hour=campaign.cron_hour,
+            day_of_month=campaign.cron_day_of_month,
+            month_of_year=campaign.cron_month_of_year,
+            day_of_week=campaign.cron_day_of_week,
+        )
+    except (ValueError, KeyError, ZoneInfoNotFoundError):
+        return []
+    times: list[datetime] = []
+    local_now = now.astimezone(zone)
+    day = local_now.date()
+    for _ in range(NEXT_TIMES_HORIZON_DAYS):
+        weekday = (day.weekday() + 1) % 7  # celery counts Sunday as 0
+        if (
+            day.month in cron.month_of_year
+            and day.day in cron.day_of_month
+            and weekday in cron.day_of_week
+        ):
+            for hour in sorted(cron.hour):
+                for minute in sorted(cron.minute):
+                    at = datetime(day.year, day.month, day.day, hour, minute, tzinfo=zone)
+                    if at > local_now:
+                        times.append(at)
+                        if len(times) == count:
+                            return times
+        day += timedelta(days=1)
+    return times
+
+
+def crontab_in_words(*, campaign: Campaign) -> str:
+    """The campaign's crontab as a sentence ("At 09:00, Monday through
+    Friday"), by cron-descriptor; '' when it cannot be read."""
+    options = cron_descriptor.Options()
+    options.use_24hour_time_format = True
+    try:
+        return cron_descriptor.get_description(campaign.crontab_expression, options)
+    except Exception:  # cron-descriptor raises its own assorted errors on bad input
+        return ""

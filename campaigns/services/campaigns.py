@@ -13,10 +13,10 @@ from campaigns.selectors import campaign_active_run
 from campaigns.services.runs import campaign_run_cancel
 from campaigns.services.schedules import campaign_schedule_remove, campaign_schedule_sync
 from notifier import templating
-from notifier.errors import InvalidAddress, NotifierError
-from notifier.models import Delivery, Recipient, SenderIdentity, Template
+from notifier.errors import NotifierError
+from notifier.models import Recipient, SenderIdentity, Template
 from notifier.sending.message import preview_render
-from notifier.services.recipients import normalize_email
+from notifier.services.previews import message_preview, message_send_test
 from notifier.services.senders import sender_validate
 
 logger = logging.getLogger(__name__)
@@ -78,19 +78,38 @@ def _raise_problems(problems: dict[str, str]) -> None:
         raise CampaignError(" ".join(problems.values()))
 
 
-def campaign_save(*, campaign: Campaign, user=None) -> Campaign:
+def campaign_save(*, campaign: Campaign, user=None, arm: bool = True) -> Campaign:
     """Save edits and bring the beat entry in line with them.
 
-    Clearing the schedule of a scheduled campaign takes it back to draft.
+    Saving arms a schedule: a campaign with a one-off time still ahead or a
+    crontab becomes ``scheduled`` (a running or paused one keeps its status;
+    its entry follows the edit; ``arm=False`` leaves a finished or
+    cancelled one as it is). Clearing the schedule of a scheduled campaign
+    takes it back to draft. The caller checks the audience (the admin saves
+    lists and segments after this).
     """
     if campaign.pk is None and user is not None and user.is_authenticated:
         campaign.created_by = user
     if campaign.schedule == Campaign.Schedule.NONE and campaign.status == Campaign.Status.SCHEDULED:
         campaign.status = Campaign.Status.DRAFT
+    elif (arm or campaign.status == Campaign.Status.SCHEDULED) and _armable(campaign):
+        campaign.status = Campaign.Status.SCHEDULED
     with transaction.atomic():
         campaign.save()
         campaign_schedule_sync(campaign=campaign)
     return campaign
+
+
+def _armable(campaign: Campaign) -> bool:
+    if campaign.status in (Campaign.Status.RUNNING, Campaign.Status.PAUSED):
+        return False
+    if campaign.schedule == Campaign.Schedule.CRONTAB:
+        return True
+    return (
+        campaign.schedule == Campaign.Schedule.ONCE
+        and campaign.send_at is not None
+        and campaign.send_at > timezone.now()
+    )
 
 
 def campaign_schedule(*, campaign: Campaign) -> Campaign:
@@ -219,31 +238,45 @@ def campaign_render(*, campaign: Campaign, recipient: Recipient) -> tuple[str, s
     )
 
 
-def campaign_send_test(*, campaign: Campaign, to: str, sender: SenderIdentity | None) -> Delivery:
+def campaign_preview_message(*, campaign: Campaign, recipient: Recipient):
+    """The email ``recipient`` would get from the campaign now (not sent): the
+    real links and List-Unsubscribe headers of a saved recipient. Raises on a
+    broken render."""
+    return message_preview(
+        template=campaign.template,
+        context=templating.plain_data(campaign.context or {}),
+        recipient=recipient,
+        from_email=campaign.from_header,
+    )
+
+
+def campaign_send_test(
+    *,
+    campaign: Campaign,
+    to: str,
+    sender: SenderIdentity | None,
+    render_as: Recipient | None = None,
+) -> str:
     """Send the campaign's message to one address now, marked as a test.
 
-    It goes through the transactional queue (not behind a running campaign)
-    and is personalised with that address's recipient data when it has any.
-    ``sender`` is an address identity (None: the default sender).
+    Rendered with ``render_as``'s data (a chosen recipient; default: the
+    address's own data, or sample data), with the campaign's headers
+    (List-Unsubscribe); it creates no contact and no Delivery (see
+    ``notifier.services.previews``). ``sender`` is an address identity
+    (None: the default sender). Returns the address it went to.
     """
-    from notifier import send
-
-    try:
-        email = normalize_email(to)
-    except InvalidAddress as exc:
-        raise CampaignError(str(exc)) from exc
     if sender is not None:
         _raise_problems(_sender_problems(sender))
-    template = campaign.template
     try:
-        return send(
-            to=email,
-            subject=f"[Test] {template.subject}",
-            html=template.html_body,
-            text=template.text_body,
-            context=campaign.context or {},
-            from_email=sender.from_header if sender is not None else None,
+        return message_send_test(
+            to=to,
+            template=campaign.template,
+            context=templating.plain_data(campaign.context or {}),
+            render_as=render_as,
+            from_email=sender.from_header if sender is not None else "",
             transport=campaign.transport,
         )
-    except NotifierError as exc:
+    except (NotifierError, templating.ContextNotPlainData) as exc:
         raise CampaignError(str(exc)) from exc
+    except Exception as exc:  # the template does not render for this recipient
+        raise CampaignError(f"Could not render the message: {exc}") from exc

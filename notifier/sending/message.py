@@ -79,18 +79,22 @@ def _content(delivery: Delivery) -> tuple[str, str, str]:
 
 
 def delivery_build_message(
-    delivery: Delivery, *, run_context: dict | None = None
+    delivery: Delivery, *, run_context: dict | None = None, render_as: Recipient | None = None
 ) -> EmailMultiAlternatives:
     """Render ``delivery`` into an email message (raises on a broken render).
 
     ``run_context`` is the shared context of the delivery's group (see
-    ``DeliveryGroup``); looked up when not given.
+    ``DeliveryGroup``); looked up when not given. ``render_as`` renders
+    ``recipient`` with another person's data (a test send shows a chosen
+    recipient's message); links and headers stay the delivery recipient's.
     """
     if run_context is None and delivery.run_id is not None:
         run_context = group_contexts({delivery.run_id}).get(delivery.run_id)
     # This message's own top-level dict (hooks add to it); values are plain
     # data decoded from JSON, which rendering only reads.
-    context = message_context(run_context, delivery.context, recipient=delivery.recipient)
+    context = message_context(
+        run_context, delivery.context, recipient=render_as or delivery.recipient
+    )
     headers = {"Message-ID": delivery.message_id}
     headers.update(delivery.headers or {})
     for hook in _message_hooks:

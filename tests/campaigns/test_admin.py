@@ -3,6 +3,7 @@
 import io
 import json
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.utils import timezone
@@ -89,7 +90,8 @@ def test_marketing_sees_only_its_models(marketer):
 
 @pytest.mark.django_db
 def test_schedule_edit_and_delete_manage_one_periodic_task(marketer):
-    """Acceptance 2 (admin part): crontab edits change the PeriodicTask; delete removes it."""
+    """Acceptance 2 (admin part): saving arms the schedule; crontab edits change
+    the PeriodicTask; delete removes it."""
     template = Template.objects.create(
         name="t", kind="campaign", subject="Hi", html_body="<p>Hi</p>"
     )
@@ -101,8 +103,7 @@ def test_schedule_edit_and_delete_manage_one_periodic_task(marketer):
     )
     campaign = Campaign.objects.get(name="Spring sale")
     assert campaign.created_by.username == "mia"
-    assert not PeriodicTask.objects.filter(name=f"campaign:{campaign.pk}").exists()  # draft
-    _action(marketer, campaign.pk, "schedule")
+    assert campaign.status == "scheduled"  # saving armed it: no separate button
     task = PeriodicTask.objects.get(name=f"campaign:{campaign.pk}")
     assert (task.crontab.minute, task.crontab.hour, str(task.crontab.timezone)) == (
         "0",
@@ -127,8 +128,10 @@ def test_schedule_edit_and_delete_manage_one_periodic_task(marketer):
     assert (task.crontab.minute, task.crontab.hour) == ("30", "9")
     assert task.date_changed >= last_change  # beat sees the change without a restart
 
-    # Switch to a one-off time: a clocked one-off task replaces the crontab.
+    # Switch to a one-off time (entered in the campaign's time zone): a
+    # clocked one-off task replaces the crontab.
     when = timezone.now() + timedelta(days=2)
+    paris = timezone.localtime(when, ZoneInfo("Europe/Paris"))
     _post(
         marketer,
         f"{ADMIN}/campaigns/campaign/{campaign.pk}/change/",
@@ -136,8 +139,8 @@ def test_schedule_edit_and_delete_manage_one_periodic_task(marketer):
             template=template.pk,
             contact_lists=[contact_list.pk],
             schedule="once",
-            send_at_0=timezone.localtime(when).strftime("%Y-%m-%d"),
-            send_at_1=timezone.localtime(when).strftime("%H:%M:%S"),
+            send_at_0=paris.strftime("%Y-%m-%d"),
+            send_at_1=paris.strftime("%H:%M:%S"),
         ),
     )
     (task,) = PeriodicTask.objects.filter(task="campaigns.launch_campaign")
@@ -267,9 +270,9 @@ def test_marketing_user_runs_a_campaign_from_the_admin(
         f"{ADMIN}/campaigns/campaign/{campaign.pk}/preview/", {"recipient": "vip@example.com"}
     )
     assert "10% off for Vera" in preview.content.decode()
-    _action(marketer, campaign.pk, "test", to="me@shop.example")
-    wait_for(lambda: any(m["To"] == "me@shop.example" for m in fake_esp.messages), timeout=30)
-    assert fake_esp.messages[0]["Subject"] == "[Test] 10% off for"
+    _action(marketer, campaign.pk, "test", to="me@shop.example", **{"as": "vip@example.com"})
+    assert fake_esp.messages[0]["To"] == "me@shop.example"
+    assert fake_esp.messages[0]["Subject"] == "[Test] 10% off for Vera"
     fake_esp.messages.clear()
     assert "Invalid email" in _action(marketer, campaign.pk, "test", to="nope")[0]
 

@@ -132,20 +132,23 @@ def test_a_campaign_picks_a_configured_sender(marketer):
     assert Campaign.objects.get(name="Spring sale").from_header == "Shop <news@shop.example>"
 
 
-def test_a_test_send_uses_the_sender_picked_from_the_list(marketer):
+def test_a_test_send_uses_the_sender_picked_from_the_list(marketer, fake_esp, settings):
     campaign = CampaignFactory()
     other = SenderIdentity.objects.create(name="Support", email="help@shop.example")
     domain = SenderIdentity.objects.create(domain="mail.example")
     action = f"/admin/campaigns/campaign/{campaign.pk}/do/test/"
-    page = marketer.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    page = marketer.get(f"/admin/campaigns/campaign/{campaign.pk}/preview/").content.decode()
     assert f'<option value="{other.pk}">Support &lt;help@shop.example&gt;</option>' in page
 
     for bad in (str(domain.pk), "999999", "security@paypal.example"):
         response = marketer.post(action, {"to": "me@shop.example", "sender": bad}, follow=True)
         assert "Choose a sender" in str(next(iter(response.context["messages"]))), bad
-    assert not Delivery.objects.exists()
+    assert not fake_esp.messages
 
     marketer.post(action, {"to": "me@shop.example", "sender": str(other.pk)})
     marketer.post(action, {"to": "me2@shop.example", "sender": ""})
-    froms = dict(Delivery.objects.values_list("recipient__email", "from_email"))
-    assert froms == {"me@shop.example": "Support <help@shop.example>", "me2@shop.example": ""}
+    froms = {m["To"]: m["From"] for m in fake_esp.messages}
+    assert froms == {
+        "me@shop.example": "Support <help@shop.example>",
+        "me2@shop.example": settings.DEFAULT_FROM_EMAIL,
+    }
