@@ -36,6 +36,7 @@ from notifier.services.templates import (
     template_history,
     template_restore,
     template_save,
+    template_sent_html,
 )
 
 
@@ -107,7 +108,7 @@ class RecipientAdmin(admin.ModelAdmin):
 class TemplateForm(forms.ModelForm):
     class Meta:
         model = Template
-        fields = ["name", "kind", "subject", "html_body", "text_body"]
+        fields = ["name", "kind", "subject", "source_format", "layout", "html_body", "text_body"]
 
     def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -243,7 +244,7 @@ class TemplateAdmin(admin.ModelAdmin):
                 raise ValueError("The context must be a JSON object.")
             return preview_render(
                 subject=template.subject,
-                html_body=template.html_body,
+                html_body=template_sent_html(template),
                 text_body=template.text_body,
                 context=templating.plain_data(context),
                 recipient=recipient,
