@@ -186,9 +186,8 @@ class Template(models.Model):
         return self.name
 
     def clean(self) -> None:
-        from notifier.templating import TemplateSyntaxProblem, check_syntax
-
         from notifier.email_html import EmailHtmlProblem, email_html_compile
+        from notifier.templating import TemplateSyntaxProblem, check_syntax
 
         errors = {}
         for field in ("subject", "html_body", "text_body"):

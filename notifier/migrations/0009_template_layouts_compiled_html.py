@@ -4,35 +4,64 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('notifier', '0008_delivery_groups'),
+        ("notifier", "0008_delivery_groups"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='template',
-            name='compiled_html',
-            field=models.TextField(blank=True, db_default='', default='', editable=False),
+            model_name="template",
+            name="compiled_html",
+            field=models.TextField(blank=True, db_default="", default="", editable=False),
         ),
         migrations.AddField(
-            model_name='template',
-            name='layout',
-            field=models.CharField(choices=[('centered', 'Centred card, 600 px (recommended)'), ('plain', 'Plain page (full width, no frame)'), ('none', 'None: the HTML is a complete document')], db_default='centered', default='centered', help_text='The page the HTML body is placed in (MJML and complete HTML documents bring their own).', max_length=16),
+            model_name="template",
+            name="layout",
+            field=models.CharField(
+                choices=[
+                    ("centered", "Centred card, 600 px (recommended)"),
+                    ("plain", "Plain page (full width, no frame)"),
+                    ("none", "None: the HTML is a complete document"),
+                ],
+                db_default="centered",
+                default="centered",
+                help_text="The page the HTML body is placed in (MJML and complete HTML documents bring their own).",
+                max_length=16,
+            ),
         ),
         migrations.AddField(
-            model_name='template',
-            name='source_format',
-            field=models.CharField(choices=[('html', 'HTML'), ('mjml', 'MJML (responsive email markup)')], db_default='html', default='html', max_length=8, verbose_name='written in'),
+            model_name="template",
+            name="source_format",
+            field=models.CharField(
+                choices=[("html", "HTML"), ("mjml", "MJML (responsive email markup)")],
+                db_default="html",
+                default="html",
+                max_length=8,
+                verbose_name="written in",
+            ),
         ),
         migrations.AddField(
-            model_name='templaterevision',
-            name='layout',
-            field=models.CharField(choices=[('centered', 'Centred card, 600 px (recommended)'), ('plain', 'Plain page (full width, no frame)'), ('none', 'None: the HTML is a complete document')], db_default='centered', default='centered', max_length=16),
+            model_name="templaterevision",
+            name="layout",
+            field=models.CharField(
+                choices=[
+                    ("centered", "Centred card, 600 px (recommended)"),
+                    ("plain", "Plain page (full width, no frame)"),
+                    ("none", "None: the HTML is a complete document"),
+                ],
+                db_default="centered",
+                default="centered",
+                max_length=16,
+            ),
         ),
         migrations.AddField(
-            model_name='templaterevision',
-            name='source_format',
-            field=models.CharField(choices=[('html', 'HTML'), ('mjml', 'MJML (responsive email markup)')], db_default='html', default='html', max_length=8),
+            model_name="templaterevision",
+            name="source_format",
+            field=models.CharField(
+                choices=[("html", "HTML"), ("mjml", "MJML (responsive email markup)")],
+                db_default="html",
+                default="html",
+                max_length=8,
+            ),
         ),
     ]

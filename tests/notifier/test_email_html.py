@@ -165,7 +165,7 @@ def test_mjml_is_checked_on_save_and_restored_with_its_format():
     template_save(template=template)
     restored = template_restore(revision=first)
     assert restored.source_format == "mjml" and "mj-outlook-group-fix" in restored.compiled_html
-    subject, html, _text = preview_render(
+    _subject, html, _text = preview_render(
         subject="s",
         html_body=restored.compiled_html,
         text_body="",
