@@ -24,8 +24,8 @@ from notifier.models import (
     TemplateRevision,
     Topic,
 )
-from notifier.selectors import preview_recipient
-from notifier.sending.message import preview_render
+from notifier.selectors import delivery_timeline, preview_recipient
+from notifier.sending.message import delivery_build_message, preview_render
 from notifier.services.digests import digests_send_now
 from notifier.services.outbox import deliveries_retry
 from notifier.services.recipients import normalize_email
@@ -112,6 +112,9 @@ class TemplateForm(forms.ModelForm):
 
     def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
+        # Left out (an older form, a script): HTML in the default layout.
+        for name in ("source_format", "layout"):
+            self.fields[name].required = False
         if user is not None and not template_can_manage(
             user=user, kind=Template.Kind.TRANSACTIONAL
         ):
@@ -119,6 +122,12 @@ class TemplateForm(forms.ModelForm):
             self.fields["kind"].choices = [(Template.Kind.CAMPAIGN, Template.Kind.CAMPAIGN.label)]
             self.fields["kind"].disabled = True
             self.initial["kind"] = Template.Kind.CAMPAIGN
+
+    def clean_source_format(self):
+        return self.cleaned_data["source_format"] or Template.SourceFormat.HTML
+
+    def clean_layout(self):
+        return self.cleaned_data["layout"] or Template._meta.get_field("layout").default
 
 
 @admin.register(Template)
@@ -288,6 +297,13 @@ class TemplateRevisionAdmin(admin.ModelAdmin):
 
 @admin.register(Delivery)
 class DeliveryAdmin(admin.ModelAdmin):
+    """Deliveries for people: each page shows the message as its recipient got
+    it (rendered again from the stored template and data), the timeline of
+    what the ESP reported, and the outcome in words. The outbox's machinery
+    (claim, lease, dispatch times, raw context) stays off the page. Rows are
+    never edited here: retries are list actions.
+    """
+
     list_display = (
         "id",
         "recipient",
@@ -304,7 +320,49 @@ class DeliveryAdmin(admin.ModelAdmin):
     show_full_result_count = False
     date_hierarchy = "created_at"
     actions = ["retry_failed", "retry_failed_and_unknown"]
-    readonly_fields = [f.name for f in Delivery._meta.fields]
+    change_form_template = "admin/notifier/delivery/change_form.html"
+    fieldsets = [
+        (None, {"fields": ["recipient_link", "message_label", "kind", "group_label"]}),
+        (
+            "Outcome",
+            {
+                "fields": [
+                    "status",
+                    "status_reason",
+                    "failure_kind",
+                    "last_error",
+                    "attempts",
+                    "next_attempt_at",
+                    "sent_at",
+                    "opens",
+                    "clicks",
+                ]
+            },
+        ),
+        (
+            "Sending",
+            {"fields": ["from_email", "transport", "esp_message_id", "created_at"]},
+        ),
+    ]
+    readonly_fields = [
+        "recipient_link",
+        "message_label",
+        "kind",
+        "group_label",
+        "status",
+        "status_reason",
+        "failure_kind",
+        "last_error",
+        "attempts",
+        "next_attempt_at",
+        "sent_at",
+        "opens",
+        "clicks",
+        "from_email",
+        "transport",
+        "esp_message_id",
+        "created_at",
+    ]
 
     def get_queryset(self, request):
         """Campaign deliveries only, unless the user may read message content.
@@ -327,8 +385,54 @@ class DeliveryAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    def has_change_permission(self, request, obj=None):
+        # The list's retry actions need the permission; a row's own page is
+        # read-only (no Save buttons).
+        return obj is None and super().has_change_permission(request)
+
     def has_delete_permission(self, request, obj=None):
         return False
+
+    def get_object(self, request, object_id, from_field=None):
+        obj = super().get_object(request, object_id, from_field)
+        if obj is not None:
+            obj = (
+                Delivery.objects.select_related("recipient", "template", "run")
+                .filter(pk=obj.pk)
+                .first()
+            )
+        return obj
+
+    @admin.display(description="Recipient")
+    def recipient_link(self, obj):
+        url = reverse("admin:notifier_recipient_change", args=[obj.recipient_id])
+        return format_html('<a href="{}">{}</a>', url, obj.recipient)
+
+    @admin.display(description="Message")
+    def message_label(self, obj):
+        if obj.template_id:
+            return f"Template: {obj.template.name}"
+        return obj.subject or obj.get_kind_display()
+
+    @admin.display(description="Sent with")
+    def group_label(self, obj):
+        return str(obj.run) if obj.run_id else "-"
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        delivery = self.get_object(request, unquote(object_id))
+        extra = dict(extra_context or {})
+        if delivery is not None and self.has_view_permission(request, delivery):
+            message, error = delivery_as_received(delivery)
+            subject = message.subject if message is not None else str(delivery.template or "")
+            extra.update(
+                title=f"{subject or delivery.get_kind_display()} \u2192 {delivery.recipient.email}",
+                received=message,
+                received_html=_html_part(message),
+                received_headers=_shown_headers(message),
+                render_error=error,
+                timeline=delivery_timeline(delivery=delivery),
+            )
+        return super().change_view(request, object_id, form_url, extra_context=extra)
 
     @admin.display(description="Last error")
     def short_error(self, obj):
@@ -352,17 +456,52 @@ class DeliveryAdmin(admin.ModelAdmin):
         self.message_user(request, f"{count} deliveries queued again.", messages.SUCCESS)
 
 
+# The headers a delivery page shows, in this order (the rest is plumbing).
+SHOWN_HEADERS = ("From", "To", "Subject", "Reply-To", "List-Unsubscribe", "Message-ID")
+
+
+def delivery_as_received(delivery: Delivery):
+    """(message, error): ``delivery`` rendered as its recipient got it, or
+    why it cannot be (a template changed since into one that fails)."""
+    try:
+        return delivery_build_message(delivery), ""
+    except Exception as exc:
+        return None, f"The message cannot be rendered again: {exc}"
+
+
+def _html_part(message) -> str:
+    if message is None:
+        return ""
+    return next((body for body, mime in message.alternatives if mime == "text/html"), "")
+
+
+def _shown_headers(message) -> list[tuple[str, str]]:
+    if message is None:
+        return []
+    values = {
+        "From": message.from_email,
+        "To": ", ".join(message.to),
+        "Subject": message.subject,
+        **message.extra_headers,
+    }
+    return [(name, values[name]) for name in SHOWN_HEADERS if values.get(name)]
+
+
 @admin.register(DeliveryEvent)
 class DeliveryEventAdmin(admin.ModelAdmin):
     list_display = ("event_type", "email", "occurred_at", "delivery")
     list_filter = ("event_type",)
     search_fields = ("email", "esp_message_id", "event_key")
     raw_id_fields = ("delivery",)
+    list_select_related = ("delivery__recipient", "delivery__template")
     show_full_result_count = False
     readonly_fields = [f.name for f in DeliveryEvent._meta.fields]
 
     def has_add_permission(self, request):
         return False
+
+    def has_change_permission(self, request, obj=None):
+        return False  # a record of what the ESP said: read-only
 
 
 class SuppressionForm(forms.ModelForm):

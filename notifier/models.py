@@ -517,7 +517,8 @@ class Delivery(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"Delivery {self.pk} to {self.recipient_id} ({self.status})"
+        what = self.template.name if self.template_id else self.get_kind_display()
+        return f"{what} \u2192 {self.recipient.email}"
 
     @property
     def message_id(self) -> str:

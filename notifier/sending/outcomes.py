@@ -208,8 +208,7 @@ def apply_outcome(delivery: Delivery, outcome: Outcome, *, now) -> None:
         delivery.status = Delivery.Status.UNKNOWN
         delivery.last_error = outcome.error
         delivery.status_reason = (
-            "Handed to the transport but no answer was recorded, so it is not resent "
-            "automatically."
+            "Handed to the transport but no answer was recorded, so it is not resent automatically."
         )
     elif outcome.status in (Delivery.Status.SUPPRESSED, Delivery.Status.CANCELLED):
         delivery.status = outcome.status

@@ -1,5 +1,6 @@
 """Materialising a run: set-based, idempotent, one row per recipient."""
 
+import re
 import resource
 import tracemalloc
 
@@ -225,5 +226,6 @@ def test_a_template_cannot_use_up_the_run_context(fan_outs):
         for d in Delivery.objects.filter(run_id=run.pk)[:3]
     ]
 
-    assert htmls == ["C1-3"] * 3
+    # Each message is a whole document; its body is the same for all three.
+    assert [re.search(r"C\d-\d", html)[0] for html in htmls] == ["C1-3"] * 3
     assert shared == {"coupons": ["C1", "C2", "C3"]}
