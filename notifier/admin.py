@@ -4,7 +4,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import Http404, HttpResponseRedirect
+from django.http import Http404, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -12,6 +12,7 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from notifier import templating
+from notifier.email_html import LAYOUT_CHOICES, email_html_compile
 from notifier.models import (
     Delivery,
     DeliveryEvent,
@@ -105,6 +106,23 @@ class RecipientAdmin(admin.ModelAdmin):
         )
 
 
+# What the links a message gets render as in the editor's preview (sample data).
+LIVE_PREVIEW_LINKS = {
+    "unsubscribe_url": "https://example.com/unsubscribe/sample",
+    "preferences_url": "https://example.com/preferences/sample",
+}
+
+
+class LivePreviewForm(forms.Form):
+    """What the template editor posts while staff type."""
+
+    subject = forms.CharField(max_length=500, required=False)
+    source_format = forms.ChoiceField(choices=Template.SourceFormat.choices, required=False)
+    layout = forms.ChoiceField(choices=LAYOUT_CHOICES, required=False)
+    html_body = forms.CharField(max_length=200_000, required=False, strip=False)
+    text_body = forms.CharField(max_length=200_000, required=False, strip=False)
+
+
 class TemplateForm(forms.ModelForm):
     class Meta:
         model = Template
@@ -141,6 +159,7 @@ class TemplateAdmin(admin.ModelAdmin):
     """
 
     form = TemplateForm
+    change_form_template = "admin/notifier/template/change_form.html"
     list_display = ("name", "kind", "subject", "updated_at", "preview_link")
     list_filter = ("kind",)
     search_fields = ("name", "subject")
@@ -194,6 +213,11 @@ class TemplateAdmin(admin.ModelAdmin):
         return [
             path("<int:pk>/preview/", view(self.preview_view), name="notifier_template_preview"),
             path(
+                "live-preview/",
+                view(require_POST(self.live_preview_view)),
+                name="notifier_template_live_preview",
+            ),
+            path(
                 "<int:pk>/history/<int:revision_id>/restore/",
                 view(require_POST(self.restore_view)),
                 name="notifier_template_restore",
@@ -240,6 +264,36 @@ class TemplateAdmin(admin.ModelAdmin):
                 messages.SUCCESS,
             )
         return HttpResponseRedirect(reverse("admin:notifier_template_history", args=[pk]))
+
+    def live_preview_view(self, request):
+        """The editor's live preview: the posted (unsaved) source compiled as
+        a save would (layout, MJML, inlined CSS) and rendered with sample data.
+        JSON: {subject, html, text} or {error}; a broken source is an answer,
+        not a server error."""
+        if not (self.has_add_permission(request) or self.has_change_permission(request)):
+            raise PermissionDenied
+        form = LivePreviewForm(request.POST)
+        if not form.is_valid():
+            problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items())
+            return JsonResponse({"error": f"Cannot preview: {problems}"}, status=400)
+        data = form.cleaned_data
+        try:
+            compiled = email_html_compile(
+                source=data["html_body"],
+                source_format=data["source_format"] or Template.SourceFormat.HTML,
+                layout=data["layout"] or Template._meta.get_field("layout").default,
+                title=data["subject"],
+            )
+            subject, html, text = preview_render(
+                subject=data["subject"],
+                html_body=compiled,
+                text_body=data["text_body"],
+                context=LIVE_PREVIEW_LINKS,
+                recipient=preview_recipient(email="")[0],
+            )
+        except Exception as exc:  # the author's half-typed source: say what is wrong
+            return JsonResponse({"error": str(exc)})
+        return JsonResponse({"subject": subject, "html": html, "text": text})
 
     def preview_view(self, request, pk):
         template = get_object_or_404(self.get_queryset(request), pk=pk)
@@ -341,9 +395,15 @@ class DeliveryAdmin(admin.ModelAdmin):
         ),
         (
             "Sending",
-            {"fields": ["from_email", "transport", "esp_message_id", "created_at"]},
+            {"fields": ["from_email", "transport", "esp_id", "created_at"]},
         ),
     ]
+    # Shown only when they say something about the row's state.
+    FIELDS_FOR_STATUS = {
+        "next_attempt_at": {Delivery.Status.PENDING},
+        "failure_kind": {Delivery.Status.FAILED},
+        "last_error": {Delivery.Status.FAILED, Delivery.Status.UNKNOWN, Delivery.Status.PENDING},
+    }
     readonly_fields = [
         "recipient_link",
         "message_label",
@@ -360,9 +420,22 @@ class DeliveryAdmin(admin.ModelAdmin):
         "clicks",
         "from_email",
         "transport",
-        "esp_message_id",
+        "esp_id",
         "created_at",
     ]
+
+    def get_fieldsets(self, request, obj=None):
+        if obj is None:
+            return self.fieldsets
+        hidden = {
+            name
+            for name, statuses in self.FIELDS_FOR_STATUS.items()
+            if obj.status not in statuses and not (name == "last_error" and obj.last_error)
+        }
+        return [
+            (title, {**options, "fields": [f for f in options["fields"] if f not in hidden]})
+            for title, options in self.fieldsets
+        ]
 
     def get_queryset(self, request):
         """Campaign deliveries only, unless the user may read message content.
@@ -418,6 +491,10 @@ class DeliveryAdmin(admin.ModelAdmin):
     def group_label(self, obj):
         return str(obj.run) if obj.run_id else "-"
 
+    @admin.display(description="ESP message ID")
+    def esp_id(self, obj):
+        return obj.esp_message_id or "-"
+
     def change_view(self, request, object_id, form_url="", extra_context=None):
         delivery = self.get_object(request, unquote(object_id))
         extra = dict(extra_context or {})
@@ -426,6 +503,7 @@ class DeliveryAdmin(admin.ModelAdmin):
             subject = message.subject if message is not None else str(delivery.template or "")
             extra.update(
                 title=f"{subject or delivery.get_kind_display()} \u2192 {delivery.recipient.email}",
+                subtitle=None,  # the title says it
                 received=message,
                 received_html=_html_part(message),
                 received_headers=_shown_headers(message),
