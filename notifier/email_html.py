@@ -100,11 +100,12 @@ _TAG_NAME = re.compile(r"</?([a-zA-Z][a-zA-Z0-9-]*)")
 
 
 class _Scanner:
-    """Follows the HTML around template tags: inside a tag, inside a raw-text
-    element (title, style), or between elements."""
+    """Follows the HTML around template tags: inside a tag, a comment or a
+    raw-text element (title, style), or between elements."""
 
     def __init__(self) -> None:
         self.in_tag = False
+        self.in_comment = False
         self.quote = ""
         self.tag = ""
         self.raw = ""
@@ -113,7 +114,12 @@ class _Scanner:
         i = 0
         while i < len(text):
             char = text[i]
-            if self.in_tag:
+            if self.in_comment:
+                if text.startswith("-->", i):
+                    self.in_comment = False
+                    i += 3
+                    continue
+            elif self.in_tag:
                 if self.quote:
                     if char == self.quote:
                         self.quote = ""
@@ -127,6 +133,10 @@ class _Scanner:
                 if text[i : i + len(self.raw) + 2].lower() == f"</{self.raw}":
                     self.raw = ""
                     continue
+            elif text.startswith("<!--", i):
+                self.in_comment = True
+                i += 4
+                continue
             elif char == "<":
                 match = _TAG_NAME.match(text, i)
                 if match:
@@ -139,7 +149,7 @@ class _Scanner:
 
     @property
     def needs_word(self) -> bool:
-        return self.in_tag or bool(self.raw)
+        return self.in_tag or self.in_comment or bool(self.raw)
 
 
 def _protect(source: str, *, raw_text: bool = False) -> tuple[str, list[str]]:
@@ -202,7 +212,7 @@ def is_document(source: str) -> bool:
     return bool(re.search(r"<html\b", source, re.IGNORECASE))
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=128)
 def email_html_compile(
     *, source: str, source_format: str = SourceFormat.HTML, layout: str = DEFAULT_LAYOUT, title=""
 ) -> str:

@@ -76,6 +76,7 @@ def test_marketer_writes_an_email_and_reads_what_a_recipient_got(
     page.locator(".form-row.field-html_body").screenshot(
         path=screenshot_path("email-1-template-editor")
     )
+    page.screenshot(path=screenshot_path("email-1-template-page"), full_page=True)
     # A typing mistake is explained under the preview, live.
     page.locator("#id_html_body").press("End")
     page.locator("#id_html_body").type(" {{ offer ")

@@ -173,3 +173,16 @@ def test_mjml_is_checked_on_save_and_restored_with_its_format():
         recipient=Recipient(email="ada@example.com", name="Ada Lovelace"),
     )
     assert "Hello Ada" in html
+
+
+def test_template_tags_in_comments_and_outlook_conditionals_stay_in_them():
+    source = (
+        "<!-- for {{ recipient.email }} -->"
+        '<!--[if mso]><table width="{{ width }}"><tr><td><![endif]-->'
+        "<p>Hi {{ recipient.first_name }}</p>"
+    )
+    compiled = email_html_compile(source=source, layout="plain")
+    html = render(compiled, width=600)
+    assert "<!-- for ada@example.com -->" in html
+    assert '<!--[if mso]><table width="600"><tr><td><![endif]-->' in html
+    assert "--&gt;" not in html and "Hi Ada" in html
