@@ -55,8 +55,8 @@ def test_one_row_per_audience_member_with_suppressed_marked(fan_outs):
     rows = {d.recipient_id: d for d in Delivery.objects.filter(run_id=run.pk)}
     assert set(rows) == {p.pk for p in people[:8]} | {people[9].pk}
     assert rows[people[0].pk].status == "suppressed"
-    assert rows[people[0].pk].status_reason == "Suppressed: hard_bounce"
-    assert rows[people[1].pk].status_reason == "Suppressed: recipient unsubscribed"
+    assert rows[people[0].pk].status_reason == "Not sent: the address is suppressed (hard bounce)."
+    assert rows[people[1].pk].status_reason == "Not sent: the recipient has unsubscribed."
     pending = rows[people[2].pk]
     assert pending.status == "pending" and pending.kind == "campaign"
     assert pending.template_id == campaign.template_id
