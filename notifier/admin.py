@@ -12,7 +12,7 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from notifier import templating
-from notifier.email_html import LAYOUT_CHOICES, email_html_compile
+from notifier.email_html import LAYOUT_CHOICES
 from notifier.models import (
     Delivery,
     DeliveryEvent,
@@ -33,6 +33,7 @@ from notifier.services.recipients import normalize_email
 from notifier.services.suppressions import suppression_add, suppression_lift
 from notifier.services.templates import (
     template_can_manage,
+    template_compile,
     template_delete,
     template_history,
     template_restore,
@@ -277,17 +278,19 @@ class TemplateAdmin(admin.ModelAdmin):
             problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items())
             return JsonResponse({"error": f"Cannot preview: {problems}"}, status=400)
         data = form.cleaned_data
+        unsaved = Template(
+            subject=data["subject"],
+            html_body=data["html_body"],
+            text_body=data["text_body"],
+            source_format=data["source_format"] or Template.SourceFormat.HTML,
+            layout=data["layout"] or Template._meta.get_field("layout").default,
+        )
         try:
-            compiled = email_html_compile(
-                source=data["html_body"],
-                source_format=data["source_format"] or Template.SourceFormat.HTML,
-                layout=data["layout"] or Template._meta.get_field("layout").default,
-                title=data["subject"],
-            )
+            template_compile(template=unsaved)
             subject, html, text = preview_render(
-                subject=data["subject"],
-                html_body=compiled,
-                text_body=data["text_body"],
+                subject=unsaved.subject,
+                html_body=unsaved.compiled_html,
+                text_body=unsaved.text_body,
                 context=LIVE_PREVIEW_LINKS,
                 recipient=preview_recipient(email="")[0],
             )

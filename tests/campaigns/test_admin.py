@@ -275,7 +275,8 @@ def test_marketing_user_runs_a_campaign_from_the_admin(
     assert "Invalid email" in _action(marketer, campaign.pk, "test", to="nope")[0]
 
     # Launch; two addresses are rejected by the ESP; pause and resume part-way.
-    fake_esp.faults["reject"] = ["c3@example.com", "c4@example.com"]
+    # (refused as invalid: an inactive-recipient answer would suppress them)
+    fake_esp.faults["invalid"] = ["c3@example.com", "c4@example.com"]
     fake_esp.faults["delay"] = 0.02
     _action(marketer, campaign.pk, "launch")
     run = wait_for(lambda: CampaignRun.objects.filter(campaign=campaign).first())
@@ -294,7 +295,7 @@ def test_marketing_user_runs_a_campaign_from_the_admin(
     assert run_status_counts(run_id=run.pk) == {"sent": 299, "failed": 2}
 
     # Retry the rejected ones (now accepted).
-    fake_esp.faults["reject"] = []
+    fake_esp.faults["invalid"] = []
     messages = _action(marketer, campaign.pk, "retry", run=run.pk, kinds=["permanent"])
     assert messages == ["2 messages queued again."]
     wait_for(lambda: run_status_counts(run_id=run.pk) == {"sent": 301}, timeout=60)
