@@ -83,10 +83,24 @@ class ImportForm(forms.Form):
         max_length=2000,
         help_text="Comma-separated columns to keep as attributes; empty: all other columns.",
     )
+    time_zone_column = forms.CharField(
+        initial="time_zone",
+        max_length=200,
+        required=False,
+        help_text="IANA names such as Europe/Paris, so digests and schedules follow the "
+        "contact's local time. Used when the file has the column; empty cells mean UTC.",
+    )
+    locale_column = forms.CharField(
+        initial="locale",
+        max_length=200,
+        required=False,
+        help_text="Language tags such as en, fr or pt-BR. Used when the file has the column; "
+        "empty cells mean en.",
+    )
     update_existing = forms.BooleanField(
         required=False,
-        help_text="Replace the name and attributes of contacts that already exist "
-        "(their subscription status is never changed).",
+        help_text="Replace the name, attributes, time zone and locale of contacts that already "
+        "exist (their subscription status is never changed).",
     )
 
     def clean_file(self):
@@ -159,6 +173,8 @@ class ContactListAdmin(admin.ModelAdmin):
                     email_column=data["email_column"],
                     name_column=data["name_column"],
                     attribute_columns=attribute_columns,
+                    time_zone_column=data["time_zone_column"],
+                    locale_column=data["locale_column"],
                     update_existing=data["update_existing"],
                 )
             except ImportFileError as exc:

@@ -17,7 +17,10 @@ at ``http://127.0.0.1:<port>/``. It implements
   first; a message is found only ``index_delay`` seconds after it was
   accepted (Postmark indexes with a delay), and ``search_status`` (e.g. 503)
   makes the search fail as an outage would;
-* inspection: ``GET /_fake/messages`` (everything accepted),
+* inspection: ``GET /_fake/inbox`` (an HTML inbox for people, as Mailpit
+  shows one: the messages newest first, each with its headers, its HTML
+  rendered in a sandboxed frame and its text part), ``GET /_fake/messages``
+  (everything accepted, as JSON for tests and scripts),
   ``DELETE /_fake/messages`` (forget messages and faults), ``GET /_fake/stats``.
 
 Accepted messages can also be appended to a JSON-lines file (``record_path``)
@@ -30,6 +33,7 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
+from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -176,6 +180,96 @@ def _addr_specs(field: str) -> list[str]:
     return [addr for _name, addr in getaddresses([field or ""]) if addr]
 
 
+# The inbox page: nothing runs on it (no script at all), the message is shown
+# in a sandboxed frame, and the page refreshes itself every few seconds.
+_INBOX_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src * data:; frame-src 'self'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+_INBOX_STYLE = """
+body { margin: 0; font: 14px/1.4 system-ui, sans-serif; color: #1f2933; display: flex;
+  height: 100vh; }
+nav { width: 380px; border-right: 1px solid #d9dde3; overflow-y: auto; flex: none; }
+nav header { padding: 12px 14px; background: #264b5d; color: #fff; }
+nav header h1 { margin: 0; font-size: 16px; }
+nav header p { margin: 2px 0 0; opacity: .8; font-size: 12px; }
+nav a { display: block; padding: 10px 14px; border-bottom: 1px solid #eceff3; color: inherit;
+  text-decoration: none; }
+nav a:hover { background: #f3f6f9; } nav a.current { background: #e3edf5; }
+nav .to, nav time { font-size: 12px; color: #5f6b7a; } nav .subject { font-weight: 600; }
+main { flex: 1; overflow-y: auto; padding: 16px 20px; }
+main h2 { margin: 0 0 10px; font-size: 20px; }
+table.headers { border-collapse: collapse; margin-bottom: 12px; width: 100%; }
+table.headers th { text-align: left; width: 11em; color: #5f6b7a; font-weight: 500;
+  vertical-align: top; padding: 2px 8px 2px 0; }
+table.headers td { overflow-wrap: anywhere; padding: 2px 0; }
+iframe { width: 100%; height: 62vh; border: 1px solid #d9dde3; background: #fff; }
+pre { white-space: pre-wrap; border: 1px solid #d9dde3; padding: 10px; background: #fafbfc; }
+.empty { color: #5f6b7a; padding: 24px 14px; }
+"""
+
+
+def inbox_page(messages: list[dict], selected: str | None) -> str:
+    """The inbox as HTML: a list of messages (newest first) and the selected
+    one (the newest by default) with its headers, HTML and text."""
+    newest = list(reversed(messages))
+    current = next((m for m in newest if m["MessageID"] == selected), None)
+    if current is None and newest:
+        current = newest[0]
+    items = []
+    for message in newest:
+        chosen = " current" if message is current else ""
+        items.append(
+            f'<a class="message{chosen}" href="/_fake/inbox?id={escape(message["MessageID"])}">'
+            f'<div class="subject">{escape(message.get("Subject") or "(no subject)")}</div>'
+            f'<div class="to">To {escape(message.get("To") or "")}</div>'
+            f"<time>{escape(message.get('ReceivedAt', '')[:19].replace('T', ' '))} UTC</time></a>"
+        )
+    listing = "".join(items) or '<p class="empty">No messages yet.</p>'
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta http-equiv="refresh" content="5">'
+        f"<title>Inbox ({len(messages)}) - fake ESP</title><style>{_INBOX_STYLE}</style></head>"
+        '<body><nav aria-label="Messages"><header><h1>Development inbox</h1>'
+        f"<p>{len(messages)} message{'s' if len(messages) != 1 else ''} accepted by the fake ESP"
+        "</p></header>"
+        f"{listing}</nav><main>{_message_view(current)}</main></body></html>"
+    )
+
+
+def _message_view(message: dict | None) -> str:
+    if message is None:
+        return '<p class="empty">Messages the platform sends show up here.</p>'
+    if "HtmlBody" not in message and "TextBody" not in message:
+        return '<p class="empty">Started with --light: bodies are not kept.</p>'
+    headers = {
+        "From": message.get("From"),
+        "To": message.get("To"),
+        "Subject": message.get("Subject"),
+        "Received": message.get("ReceivedAt"),
+        **(message.get("Headers") or {}),
+        **{f"Metadata {k}": v for k, v in (message.get("Metadata") or {}).items()},
+    }
+    rows = "".join(
+        f'<tr><th scope="row">{escape(str(name))}</th><td>{escape(str(value))}</td></tr>'
+        for name, value in headers.items()
+        if value
+    )
+    html = message.get("HtmlBody") or ""
+    frame = (
+        f'<iframe sandbox="" title="HTML part" srcdoc="{escape(html, quote=True)}"></iframe>'
+        if html
+        else "<p>No HTML part.</p>"
+    )
+    text = escape(message.get("TextBody") or "")
+    return (
+        f"<h2>{escape(message.get('Subject') or '(no subject)')}</h2>"
+        f'<table class="headers">{rows}</table>{frame}'
+        f"<h3>Text part</h3><pre>{text or '(none)'}</pre>"
+    )
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Headers and body are separate writes: without this, Nagle's algorithm
@@ -202,14 +296,30 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         return json.loads(raw or b"null")
 
+    def _html(self, status: int, page: str) -> None:
+        data = page.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Security-Policy", _INBOX_CSP)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        self.wfile.write(data)
+
     def do_GET(self):
         state = self.server.state
-        if self.path.startswith("/messages/outbound"):
+        url = urlsplit(self.path)
+        if url.path.startswith("/messages/outbound"):
             if state.token and self.headers.get("X-Postmark-Server-Token") != state.token:
                 self._json(401, {"ErrorCode": 10, "Message": "Bad or missing server token."})
                 return
-            status, body = state.search(parse_qs(urlsplit(self.path).query))
+            status, body = state.search(parse_qs(url.query))
             self._json(status, body)
+        elif url.path.rstrip("/") in ("", "/_fake/inbox"):
+            selected = parse_qs(url.query).get("id", [None])[0]
+            with state.lock:
+                messages = list(state.messages)
+            self._html(200, inbox_page(messages, selected))
         elif self.path.startswith("/_fake/messages"):
             with state.lock:
                 self._json(200, list(state.messages))

@@ -4,7 +4,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import Http404, HttpResponseRedirect
+from django.http import Http404, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -12,6 +12,7 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from notifier import templating
+from notifier.email_html import LAYOUT_CHOICES
 from notifier.models import (
     Delivery,
     DeliveryEvent,
@@ -25,18 +26,20 @@ from notifier.models import (
     TemplateRevision,
     Topic,
 )
-from notifier.selectors import preview_recipient
-from notifier.sending.message import preview_render
+from notifier.selectors import delivery_timeline, preview_recipient
+from notifier.sending.message import delivery_build_message, preview_render
 from notifier.services.digests import digests_send_now
 from notifier.services.outbox import deliveries_retry
 from notifier.services.recipients import normalize_email
 from notifier.services.suppressions import suppression_add, suppression_lift
 from notifier.services.templates import (
     template_can_manage,
+    template_compile,
     template_delete,
     template_history,
     template_restore,
     template_save,
+    template_sent_html,
 )
 
 
@@ -118,13 +121,33 @@ class RecipientAdmin(admin.ModelAdmin):
         )
 
 
+# What the links a message gets render as in the editor's preview (sample data).
+LIVE_PREVIEW_LINKS = {
+    "unsubscribe_url": "https://example.com/unsubscribe/sample",
+    "preferences_url": "https://example.com/preferences/sample",
+}
+
+
+class LivePreviewForm(forms.Form):
+    """What the template editor posts while staff type."""
+
+    subject = forms.CharField(max_length=500, required=False)
+    source_format = forms.ChoiceField(choices=Template.SourceFormat.choices, required=False)
+    layout = forms.ChoiceField(choices=LAYOUT_CHOICES, required=False)
+    html_body = forms.CharField(max_length=200_000, required=False, strip=False)
+    text_body = forms.CharField(max_length=200_000, required=False, strip=False)
+
+
 class TemplateForm(forms.ModelForm):
     class Meta:
         model = Template
-        fields = ["name", "kind", "subject", "html_body", "text_body"]
+        fields = ["name", "kind", "subject", "source_format", "layout", "html_body", "text_body"]
 
     def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
+        # Left out (an older form, a script): HTML in the default layout.
+        for name in ("source_format", "layout"):
+            self.fields[name].required = False
         if user is not None and not template_can_manage(
             user=user, kind=Template.Kind.TRANSACTIONAL
         ):
@@ -132,6 +155,12 @@ class TemplateForm(forms.ModelForm):
             self.fields["kind"].choices = [(Template.Kind.CAMPAIGN, Template.Kind.CAMPAIGN.label)]
             self.fields["kind"].disabled = True
             self.initial["kind"] = Template.Kind.CAMPAIGN
+
+    def clean_source_format(self):
+        return self.cleaned_data["source_format"] or Template.SourceFormat.HTML
+
+    def clean_layout(self):
+        return self.cleaned_data["layout"] or Template._meta.get_field("layout").default
 
 
 @admin.register(Template)
@@ -145,6 +174,7 @@ class TemplateAdmin(admin.ModelAdmin):
     """
 
     form = TemplateForm
+    change_form_template = "admin/notifier/template/change_form.html"
     list_display = ("name", "kind", "subject", "updated_at", "preview_link")
     list_filter = ("kind",)
     search_fields = ("name", "subject")
@@ -198,6 +228,11 @@ class TemplateAdmin(admin.ModelAdmin):
         return [
             path("<int:pk>/preview/", view(self.preview_view), name="notifier_template_preview"),
             path(
+                "live-preview/",
+                view(require_POST(self.live_preview_view)),
+                name="notifier_template_live_preview",
+            ),
+            path(
                 "<int:pk>/history/<int:revision_id>/restore/",
                 view(require_POST(self.restore_view)),
                 name="notifier_template_restore",
@@ -245,6 +280,38 @@ class TemplateAdmin(admin.ModelAdmin):
             )
         return HttpResponseRedirect(reverse("admin:notifier_template_history", args=[pk]))
 
+    def live_preview_view(self, request):
+        """The editor's live preview: the posted (unsaved) source compiled as
+        a save would (layout, MJML, inlined CSS) and rendered with sample data.
+        JSON: {subject, html, text} or {error}; a broken source is an answer,
+        not a server error."""
+        if not (self.has_add_permission(request) or self.has_change_permission(request)):
+            raise PermissionDenied
+        form = LivePreviewForm(request.POST)
+        if not form.is_valid():
+            problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items())
+            return JsonResponse({"error": f"Cannot preview: {problems}"}, status=400)
+        data = form.cleaned_data
+        unsaved = Template(
+            subject=data["subject"],
+            html_body=data["html_body"],
+            text_body=data["text_body"],
+            source_format=data["source_format"] or Template.SourceFormat.HTML,
+            layout=data["layout"] or Template._meta.get_field("layout").default,
+        )
+        try:
+            template_compile(template=unsaved)
+            subject, html, text = preview_render(
+                subject=unsaved.subject,
+                html_body=unsaved.compiled_html,
+                text_body=unsaved.text_body,
+                context=LIVE_PREVIEW_LINKS,
+                recipient=preview_recipient(email="")[0],
+            )
+        except Exception as exc:  # the author's half-typed source: say what is wrong
+            return JsonResponse({"error": str(exc)})
+        return JsonResponse({"subject": subject, "html": html, "text": text})
+
     def preview_view(self, request, pk):
         template = get_object_or_404(self.get_queryset(request), pk=pk)
         if not self.has_view_permission(request, template):
@@ -257,7 +324,7 @@ class TemplateAdmin(admin.ModelAdmin):
                 raise ValueError("The context must be a JSON object.")
             return preview_render(
                 subject=template.subject,
-                html_body=template.html_body,
+                html_body=template_sent_html(template),
                 text_body=template.text_body,
                 context=templating.plain_data(context),
                 recipient=recipient,
@@ -292,6 +359,13 @@ class TemplateRevisionAdmin(ReadOnlyAdmin):
 
 @admin.register(Delivery)
 class DeliveryAdmin(admin.ModelAdmin):
+    """Deliveries for people: each page shows the message as its recipient got
+    it (rendered again from the stored template and data), the timeline of
+    what the ESP reported, and the outcome in words. The outbox's machinery
+    (claim, lease, dispatch times, raw context) stays off the page. Rows are
+    never edited here: retries are list actions.
+    """
+
     list_display = (
         "id",
         "recipient",
@@ -308,7 +382,68 @@ class DeliveryAdmin(admin.ModelAdmin):
     show_full_result_count = False
     date_hierarchy = "created_at"
     actions = ["retry_failed", "retry_failed_and_unknown"]
-    readonly_fields = [f.name for f in Delivery._meta.fields]
+    change_form_template = "admin/notifier/delivery/change_form.html"
+    fieldsets = [
+        (None, {"fields": ["recipient_link", "message_label", "kind", "group_label"]}),
+        (
+            "Outcome",
+            {
+                "fields": [
+                    "status",
+                    "status_reason",
+                    "failure_kind",
+                    "last_error",
+                    "attempts",
+                    "next_attempt_at",
+                    "sent_at",
+                    "opens",
+                    "clicks",
+                ]
+            },
+        ),
+        (
+            "Sending",
+            {"fields": ["from_email", "transport", "esp_id", "created_at"]},
+        ),
+    ]
+    # Shown only when they say something about the row's state.
+    FIELDS_FOR_STATUS = {
+        "next_attempt_at": {Delivery.Status.PENDING},
+        "failure_kind": {Delivery.Status.FAILED},
+        "last_error": {Delivery.Status.FAILED, Delivery.Status.UNKNOWN, Delivery.Status.PENDING},
+    }
+    readonly_fields = [
+        "recipient_link",
+        "message_label",
+        "kind",
+        "group_label",
+        "status",
+        "status_reason",
+        "failure_kind",
+        "last_error",
+        "attempts",
+        "next_attempt_at",
+        "sent_at",
+        "opens",
+        "clicks",
+        "from_email",
+        "transport",
+        "esp_id",
+        "created_at",
+    ]
+
+    def get_fieldsets(self, request, obj=None):
+        if obj is None:
+            return self.fieldsets
+        hidden = {
+            name
+            for name, statuses in self.FIELDS_FOR_STATUS.items()
+            if obj.status not in statuses and not (name == "last_error" and obj.last_error)
+        }
+        return [
+            (title, {**options, "fields": [f for f in options["fields"] if f not in hidden]})
+            for title, options in self.fieldsets
+        ]
 
     def get_queryset(self, request):
         """Campaign deliveries only, unless the user may read message content.
@@ -331,8 +466,59 @@ class DeliveryAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    def has_change_permission(self, request, obj=None):
+        # The list's retry actions need the permission; a row's own page is
+        # read-only (no Save buttons).
+        return obj is None and super().has_change_permission(request)
+
     def has_delete_permission(self, request, obj=None):
         return False
+
+    def get_object(self, request, object_id, from_field=None):
+        obj = super().get_object(request, object_id, from_field)
+        if obj is not None:
+            obj = (
+                Delivery.objects.select_related("recipient", "template", "run")
+                .filter(pk=obj.pk)
+                .first()
+            )
+        return obj
+
+    @admin.display(description="Recipient")
+    def recipient_link(self, obj):
+        url = reverse("admin:notifier_recipient_change", args=[obj.recipient_id])
+        return format_html('<a href="{}">{}</a>', url, obj.recipient)
+
+    @admin.display(description="Message")
+    def message_label(self, obj):
+        if obj.template_id:
+            return f"Template: {obj.template.name}"
+        return obj.subject or obj.get_kind_display()
+
+    @admin.display(description="Sent with")
+    def group_label(self, obj):
+        return str(obj.run) if obj.run_id else "-"
+
+    @admin.display(description="ESP message ID")
+    def esp_id(self, obj):
+        return obj.esp_message_id or "-"
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        delivery = self.get_object(request, unquote(object_id))
+        extra = dict(extra_context or {})
+        if delivery is not None and self.has_view_permission(request, delivery):
+            message, error = delivery_as_received(delivery)
+            subject = message.subject if message is not None else str(delivery.template or "")
+            extra.update(
+                title=f"{subject or delivery.get_kind_display()} \u2192 {delivery.recipient.email}",
+                subtitle=None,  # the title says it
+                received=message,
+                received_html=_html_part(message),
+                received_headers=_shown_headers(message),
+                render_error=error,
+                timeline=delivery_timeline(delivery=delivery),
+            )
+        return super().change_view(request, object_id, form_url, extra_context=extra)
 
     @admin.display(description="Last error")
     def short_error(self, obj):
@@ -356,17 +542,52 @@ class DeliveryAdmin(admin.ModelAdmin):
         self.message_user(request, f"{count} deliveries queued again.", messages.SUCCESS)
 
 
+# The headers a delivery page shows, in this order (the rest is plumbing).
+SHOWN_HEADERS = ("From", "To", "Subject", "Reply-To", "List-Unsubscribe", "Message-ID")
+
+
+def delivery_as_received(delivery: Delivery):
+    """(message, error): ``delivery`` rendered as its recipient got it, or
+    why it cannot be (a template changed since into one that fails)."""
+    try:
+        return delivery_build_message(delivery), ""
+    except Exception as exc:
+        return None, f"The message cannot be rendered again: {exc}"
+
+
+def _html_part(message) -> str:
+    if message is None:
+        return ""
+    return next((body for body, mime in message.alternatives if mime == "text/html"), "")
+
+
+def _shown_headers(message) -> list[tuple[str, str]]:
+    if message is None:
+        return []
+    values = {
+        "From": message.from_email,
+        "To": ", ".join(message.to),
+        "Subject": message.subject,
+        **message.extra_headers,
+    }
+    return [(name, values[name]) for name in SHOWN_HEADERS if values.get(name)]
+
+
 @admin.register(DeliveryEvent)
 class DeliveryEventAdmin(admin.ModelAdmin):
     list_display = ("event_type", "email", "occurred_at", "delivery")
     list_filter = ("event_type",)
     search_fields = ("email", "esp_message_id", "event_key")
     raw_id_fields = ("delivery",)
+    list_select_related = ("delivery__recipient", "delivery__template")
     show_full_result_count = False
     readonly_fields = [f.name for f in DeliveryEvent._meta.fields]
 
     def has_add_permission(self, request):
         return False
+
+    def has_change_permission(self, request, obj=None):
+        return False  # a record of what the ESP said: read-only
 
 
 class SuppressionForm(forms.ModelForm):

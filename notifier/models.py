@@ -18,6 +18,8 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
+from notifier.email_html import DEFAULT_LAYOUT, LAYOUT_CHOICES
+
 
 def validate_time_zone(value: str) -> None:
     if value not in zoneinfo.available_timezones():
@@ -114,13 +116,21 @@ class Recipient(models.Model):
 
 
 class Template(models.Model):
-    """Subject, HTML and text in the Django template language.
+    """Subject, HTML (or MJML) and text in the Django template language.
 
     Rendered by ``notifier.templating`` in a locked-down engine: autoescape on,
     no loaders, no ``{% load %}``/``{% include %}``/``{% debug %}``, and a
     context holding only plain data. ``clean()`` compiles all three parts so a
     syntax error is reported on save, not at send time.
+
+    ``html_body`` is what staff write; ``compiled_html`` is what is sent: the
+    body in its layout, MJML compiled, CSS inlined (``notifier.email_html``),
+    made once by ``notifier.services.templates`` on every save.
     """
+
+    class SourceFormat(models.TextChoices):
+        HTML = "html", "HTML"
+        MJML = "mjml", "MJML (responsive email markup)"
 
     class Kind(models.TextChoices):
         # Used by send(), the HTTP API and topics: password resets, receipts.
@@ -139,10 +149,27 @@ class Template(models.Model):
         db_default=Kind.TRANSACTIONAL,
     )
     subject = models.CharField(max_length=500)
+    source_format = models.CharField(
+        "written in",
+        max_length=8,
+        choices=SourceFormat.choices,
+        default=SourceFormat.HTML,
+        db_default=SourceFormat.HTML,
+    )
+    layout = models.CharField(
+        max_length=16,
+        choices=LAYOUT_CHOICES,
+        default=DEFAULT_LAYOUT,
+        db_default=DEFAULT_LAYOUT,
+        help_text="The page the HTML body is placed in (MJML and complete HTML documents "
+        "bring their own).",
+    )
     html_body = models.TextField("HTML body")
     text_body = models.TextField(
         "text body", blank=True, help_text="Leave empty to derive it from the HTML body."
     )
+    # Empty for rows written before it existed: the sender then compiles.
+    compiled_html = models.TextField(blank=True, default="", db_default="", editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -159,6 +186,7 @@ class Template(models.Model):
         return self.name
 
     def clean(self) -> None:
+        from notifier.email_html import EmailHtmlProblem, email_html_compile
         from notifier.templating import TemplateSyntaxProblem, check_syntax
 
         errors = {}
@@ -167,6 +195,18 @@ class Template(models.Model):
                 check_syntax(getattr(self, field) or "")
             except TemplateSyntaxProblem as exc:
                 errors[field] = str(exc)
+        if "html_body" not in errors:
+            try:
+                check_syntax(
+                    email_html_compile(
+                        source=self.html_body,
+                        source_format=self.source_format,
+                        layout=self.layout,
+                        title=self.subject,
+                    )
+                )
+            except (EmailHtmlProblem, TemplateSyntaxProblem) as exc:
+                errors["html_body"] = str(exc)
         if (
             self.pk
             and self.kind == self.Kind.CAMPAIGN
@@ -200,6 +240,15 @@ class TemplateRevision(models.Model):
     name = models.CharField(max_length=200)
     kind = models.CharField(max_length=16, choices=Template.Kind.choices)
     subject = models.CharField(max_length=500)
+    source_format = models.CharField(
+        max_length=8,
+        choices=Template.SourceFormat.choices,
+        default=Template.SourceFormat.HTML,
+        db_default=Template.SourceFormat.HTML,
+    )
+    layout = models.CharField(
+        max_length=16, choices=LAYOUT_CHOICES, default=DEFAULT_LAYOUT, db_default=DEFAULT_LAYOUT
+    )
     html_body = models.TextField("HTML body")
     text_body = models.TextField("text body", blank=True)
     changed_by = models.ForeignKey(
@@ -470,7 +519,8 @@ class Delivery(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"Delivery {self.pk} to {self.recipient_id} ({self.status})"
+        what = self.template.name if self.template_id else self.get_kind_display()
+        return f"{what} \u2192 {self.recipient.email}"
 
     @property
     def message_id(self) -> str:

@@ -170,3 +170,58 @@ def preview_recipient(*, email: str) -> tuple[Recipient, str]:
     if recipient is None:
         recipient = Recipient(email="ada@example.com", name="Ada Lovelace", attributes={})
     return recipient, error
+
+
+# What each ESP event type is called on a delivery's timeline.
+TIMELINE_EVENT_LABELS = {
+    "queued": "Queued at the ESP",
+    "sent": "Sent",
+    "delivered": "Delivered",
+    "opened": "Opened",
+    "clicked": "Clicked a link",
+    "bounced": "Bounced",
+    "soft_bounce": "Soft bounce (temporary)",
+    "deferred": "Delivery deferred",
+    "complained": "Marked as spam",
+    "unsubscribed": "Unsubscribed at the ESP",
+    "rejected": "Rejected by the ESP",
+    "failed": "Failed at the ESP",
+}
+
+
+def delivery_timeline(*, delivery: Delivery) -> list[dict]:
+    """What happened to ``delivery``, oldest first: when it was queued and
+    sent, then every ESP event (delivered, opened, clicked, bounced, ...),
+    and how it ended when it did not go out. One query for the events."""
+    entries = [{"at": delivery.created_at, "kind": "created", "label": "Queued", "detail": ""}]
+    if delivery.sent_at:
+        entries.append(
+            {
+                "at": delivery.sent_at,
+                "kind": "sent",
+                "label": "Handed to the ESP",
+                "detail": f"after {delivery.attempts} attempt{'s' if delivery.attempts != 1 else ''}",
+            }
+        )
+    elif delivery.status in (S.FAILED, S.UNKNOWN, S.SUPPRESSED, S.CANCELLED):
+        entries.append(
+            {
+                "at": delivery.updated_at,
+                "kind": delivery.status,
+                "label": delivery.get_status_display(),
+                "detail": delivery.last_error or delivery.status_reason,
+            }
+        )
+    for event in delivery.events.order_by("occurred_at", "id"):
+        detail = event.description
+        if event.event_type == "clicked":
+            detail = (event.payload or {}).get("OriginalLink", "") or detail
+        entries.append(
+            {
+                "at": event.occurred_at or event.received_at,
+                "kind": event.event_type,
+                "label": TIMELINE_EVENT_LABELS.get(event.event_type, event.event_type),
+                "detail": detail,
+            }
+        )
+    return sorted(entries, key=lambda entry: entry["at"])

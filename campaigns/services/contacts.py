@@ -7,7 +7,10 @@ that cannot be read as a whole (not UTF-8, no email column) imports nothing:
 it runs in one transaction that a whole-file error rolls back.
 
 Existing contacts keep their status (an unsubscribed contact stays
-unsubscribed); their name and attributes are replaced only when asked.
+unsubscribed); their name, attributes, time zone and locale are replaced only
+when asked (an empty time zone or locale cell keeps what they have). A time
+zone column (IANA names) lets daily digests and schedules use the contact's
+local time; a locale column sets their language; a bad value is a row error.
 
 A hostile file is refused early and cheaply: the file size, the length of a
 line (checked as bytes arrive, so a huge line is never held whole), the
@@ -30,7 +33,12 @@ from campaigns.errors import ImportFileError
 from campaigns.models import ContactList, ListMembership
 from notifier.errors import InvalidAddress, InvalidName
 from notifier.models import Recipient
-from notifier.services.recipients import check_name, normalize_email
+from notifier.services.recipients import (
+    check_name,
+    normalize_email,
+    normalize_locale,
+    normalize_time_zone,
+)
 
 MAX_REPORTED_ERRORS = 1000
 
@@ -56,10 +64,21 @@ class _Columns:
     name: int | None
     attributes: list[tuple[str, int]]
     width: int
+    time_zone: int | None = None
+    locale: int | None = None
+
+
+# Other names the time zone and locale columns are known by.
+_ALIASES = {"time_zone": ("timezone", "tz"), "locale": ("language", "lang")}
 
 
 def _columns(
-    header: list[str], email_column: str, name_column: str, attribute_columns: list[str] | None
+    header: list[str],
+    email_column: str,
+    name_column: str,
+    attribute_columns: list[str] | None,
+    time_zone_column: str = "time_zone",
+    locale_column: str = "locale",
 ) -> _Columns:
     max_columns = settings.CAMPAIGNS_IMPORT_MAX_COLUMNS
     if len(header) > max_columns:
@@ -86,23 +105,49 @@ def _columns(
             f"{', '.join(repr(n) for n in names)}."
         )
     name = find(name_column) if name_column.strip() else None
+    found = {}
+    for key, column in (("time_zone", time_zone_column), ("locale", locale_column)):
+        if not column.strip():
+            found[key] = None
+            continue
+        position = find(column)
+        if position is None and column.strip().casefold() == key:  # the default: optional
+            aliases = [find(alias) for alias in _ALIASES[key]]
+            position = next((p for p in aliases if p is not None), None)
+        elif position is None:
+            raise ImportFileError(f"No {column!r} column in the header.")
+        found[key] = position
+    special = {email, name, found["time_zone"], found["locale"]}
     if attribute_columns is None:
-        attributes = [(n, i) for i, n in enumerate(names) if n and i not in (email, name)]
+        attributes = [(n, i) for i, n in enumerate(names) if n and i not in special]
     else:
         missing = [c for c in attribute_columns if find(c) is None]
         if missing:
             raise ImportFileError(f"No column(s) {', '.join(map(repr, missing))} in the header.")
         attributes = [(names[find(c)], find(c)) for c in attribute_columns]
-    return _Columns(email=email, name=name, attributes=attributes, width=len(names))
+    return _Columns(
+        email=email,
+        name=name,
+        attributes=attributes,
+        width=len(names),
+        time_zone=found["time_zone"],
+        locale=found["locale"],
+    )
 
 
 def _json_rows(vendor: str) -> str:
-    """A FROM clause reading (email, name, attributes) rows out of one JSON parameter."""
+    """A FROM clause reading (email, name, attributes, time_zone, locale) rows
+    out of one JSON parameter (time_zone and locale null when not given)."""
     if vendor == "postgresql":
-        return "jsonb_to_recordset(%s::jsonb) AS x(email text, name text, attributes jsonb)"
+        return (
+            "jsonb_to_recordset(%s::jsonb) AS x(email text, name text, attributes jsonb, "
+            "time_zone text, locale text)"
+        )
     return (
         "(SELECT json_extract(value, '$.email') AS email, json_extract(value, '$.name') AS name,"
-        " json_extract(value, '$.attributes') AS attributes FROM json_each(%s)) AS x"
+        " json_extract(value, '$.attributes') AS attributes,"
+        " json_extract(value, '$.time_zone') AS time_zone,"
+        " json_extract(value, '$.locale') AS locale FROM json_each(%s)) AS x"
     )
 
 
@@ -139,7 +184,8 @@ def _flush(
         cursor.execute(
             f"""INSERT INTO {recipients}
                     (email, name, attributes, time_zone, locale, status, created_at, updated_at)
-                SELECT x.email, x.name, x.attributes, %s, %s, %s, %s, %s FROM {rows}
+                SELECT x.email, x.name, x.attributes, COALESCE(x.time_zone, %s),
+                       COALESCE(x.locale, %s), %s, %s, %s FROM {rows}
                 WHERE true {conflict}""",
             [
                 defaults["time_zone"],
@@ -150,6 +196,17 @@ def _flush(
                 payload,
             ],
         )
+        if update_existing:
+            # Only the cells that were filled in: an empty one keeps what the
+            # contact has (the upsert above cannot tell an empty cell apart).
+            for column in ("time_zone", "locale"):
+                cursor.execute(
+                    f"""UPDATE {recipients} SET {q(column)} = (
+                            SELECT x.{column} FROM {rows} WHERE x.email = {recipients}.email)
+                        WHERE email IN (
+                            SELECT x.email FROM {rows} WHERE x.{column} IS NOT NULL)""",
+                    [payload, payload],
+                )
         if contact_list is not None:
             cursor.execute(
                 f"""INSERT INTO {q(ListMembership._meta.db_table)}
@@ -170,13 +227,18 @@ def contacts_import_csv(
     email_column: str = "email",
     name_column: str = "name",
     attribute_columns: list[str] | None = None,
+    time_zone_column: str = "time_zone",
+    locale_column: str = "locale",
     update_existing: bool = False,
 ) -> ImportReport:
     """Import contacts from a UTF-8 CSV with a header row; add them to the list.
 
     ``stream`` yields the file's bytes line by line (an open binary file or a
     Django upload). ``attribute_columns=None`` stores every column other than
-    email and name as an attribute. Row numbers count the header as row 1.
+    email, name, time zone and locale as an attribute. The time zone and
+    locale columns are used when the header has them (``timezone`` and
+    ``language`` are read too); empty names leave them out. Row numbers count
+    the header as row 1.
     Raises ImportFileError (and imports nothing) for a file that cannot be
     read as a whole.
     """
@@ -195,7 +257,14 @@ def contacts_import_csv(
                 raise ImportFileError(
                     f"The header row cannot be read ({exc}); nothing was imported."
                 ) from None
-            columns = _columns(header, email_column, name_column, attribute_columns)
+            columns = _columns(
+                header,
+                email_column,
+                name_column,
+                attribute_columns,
+                time_zone_column,
+                locale_column,
+            )
             chunk: list[dict] = []
             while True:
                 row_number += 1
@@ -307,6 +376,19 @@ def _row_recipient(
     except InvalidName as exc:
         report.add_error(row_number, str(exc))
         return None
+    settings_of_row = {}
+    for key, position, normalize in (
+        ("time_zone", columns.time_zone, normalize_time_zone),
+        ("locale", columns.locale, normalize_locale),
+    ):
+        cell = row[position].strip() if position is not None else ""
+        if not cell:
+            continue
+        try:
+            settings_of_row[key] = normalize(cell)
+        except ValueError as exc:
+            report.add_error(row_number, str(exc))
+            return None
     seen[email] = row_number
     attributes = {key: row[i].strip() for key, i in columns.attributes if row[i].strip()}
-    return {"email": email, "name": name, "attributes": attributes}
+    return {"email": email, "name": name, "attributes": attributes, **settings_of_row}

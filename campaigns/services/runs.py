@@ -376,7 +376,7 @@ def campaign_run_cancel(*, run: CampaignRun) -> int:
         )
         if not cancelled:
             raise CampaignError("This run has already finished.")
-        count = delivery_group_cancel(group_id=run.pk, reason="Run cancelled")
+        count = delivery_group_cancel(group_id=run.pk, reason="Not sent: the run was cancelled.")
     campaign_run_finalise(run_id=run.pk)
     run.refresh_from_db()
     return count

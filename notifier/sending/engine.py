@@ -102,7 +102,10 @@ class _Batch:
                 verdict = self.guard.verdict_for(delivery)
                 if verdict == GroupVerdict.CANCEL:
                     self.log.finish_row(
-                        delivery, Outcome(Delivery.Status.CANCELLED, error="Run cancelled")
+                        delivery,
+                        Outcome(
+                            Delivery.Status.CANCELLED, error="Not sent: the run was cancelled."
+                        ),
                     )
                     continue
                 if verdict == GroupVerdict.PAUSE:

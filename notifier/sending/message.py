@@ -14,8 +14,10 @@ from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 
 from notifier import templating
+from notifier.email_html import email_html_compile
 from notifier.models import Delivery, DeliveryGroup, Recipient
 from notifier.services.recipients import recipient_render_data
+from notifier.services.templates import template_sent_html
 
 # Message hooks may add context and headers (unsubscribe links, for example).
 MessageHook = Callable[[Delivery, dict, dict], None]
@@ -71,11 +73,22 @@ def preview_render(
     )
 
 
+def inline_html_document(html: str) -> str:
+    """Inline HTML (``send(html=...)``, digests) as a complete document in the
+    default layout: compiled once per process for each distinct source."""
+    if not html:
+        return html
+    try:
+        return email_html_compile(source=html)
+    except ValueError:  # a source the parser cannot keep as written: send it as is
+        return html
+
+
 def _content(delivery: Delivery) -> tuple[str, str, str]:
     if delivery.template_id:
         t = delivery.template
-        return t.subject, t.html_body, t.text_body
-    return delivery.subject, delivery.html_body, delivery.text_body
+        return t.subject, template_sent_html(t), t.text_body
+    return delivery.subject, inline_html_document(delivery.html_body), delivery.text_body
 
 
 def delivery_build_message(

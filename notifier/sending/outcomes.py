@@ -31,7 +31,7 @@ from anymail.exceptions import (
 )
 from django.conf import settings
 
-from notifier.models import Delivery
+from notifier.models import Delivery, Suppression
 
 SENT, RETRY, FAILED, UNKNOWN = "sent", "retry", "failed", "unknown"
 # Not handed over: a provider limit says "later" (not an attempt; see limits.py).
@@ -49,6 +49,9 @@ class Outcome:
     failure_kind: str = ""
     # For ``defer``: when the row is due again (ISO 8601, journal-friendly).
     not_before: str = ""
+    # A Suppression.Reason to add for the address (blank: none), when the
+    # answer says no mail can reach it, such as an ESP's inactive recipient.
+    suppress: str = ""
 
     def as_journal(self) -> dict:
         return asdict(self)
@@ -145,8 +148,19 @@ def classify_sent_message(message, email: str) -> Outcome:
     recipient = status.recipients.get(email)
     if recipient is None:
         return Outcome(SENT, esp_message_id=status.message_id or "")
-    if recipient.status in ("rejected", "invalid", "failed"):
-        return Outcome(FAILED, error=f"ESP {recipient.status} the address {email}.")
+    if recipient.status == "rejected":
+        # Anymail's "rejected": the ESP will not mail the address, having seen
+        # it hard-bounce or complain (Postmark's 406 "inactive recipient").
+        return Outcome(
+            FAILED,
+            error=f"The ESP refused to send to {email}: it marks the address inactive after "
+            "an earlier hard bounce or spam complaint. The address is now suppressed.",
+            suppress=Suppression.Reason.HARD_BOUNCE,
+        )
+    if recipient.status == "invalid":
+        return Outcome(FAILED, error=f"The ESP refused {email} as an invalid address.")
+    if recipient.status == "failed":
+        return Outcome(FAILED, error=f"The ESP could not send to {email}.")
     return Outcome(SENT, esp_message_id=recipient.message_id or status.message_id or "")
 
 
@@ -181,22 +195,25 @@ def apply_outcome(delivery: Delivery, outcome: Outcome, *, now) -> None:
         delivery.dispatched_at = None
         delivery.last_error = outcome.error
         delivery.status_reason = (
-            f"Transient error, attempt {delivery.attempts} of {settings.NOTIFIER_MAX_ATTEMPTS}"
+            f"Transient error on attempt {delivery.attempts} of "
+            f"{settings.NOTIFIER_MAX_ATTEMPTS}; it is tried again later."
         )
     elif outcome.status == RETRY:
         delivery.status = Delivery.Status.FAILED
         delivery.failure_kind = Delivery.FailureKind.TRANSIENT_EXHAUSTED
         delivery.last_error = outcome.error
-        delivery.status_reason = f"Gave up after {delivery.attempts} attempts"
+        delivery.status_reason = f"Gave up after {delivery.attempts} attempts."
     elif outcome.status == FAILED:
         delivery.status = Delivery.Status.FAILED
         delivery.failure_kind = outcome.failure_kind or Delivery.FailureKind.PERMANENT
         delivery.last_error = outcome.error
-        delivery.status_reason = "Permanent error"
+        delivery.status_reason = "Permanent error: sending again would fail the same way."
     elif outcome.status == UNKNOWN:
         delivery.status = Delivery.Status.UNKNOWN
         delivery.last_error = outcome.error
-        delivery.status_reason = "Handed to the transport but no answer was recorded: in doubt"
+        delivery.status_reason = (
+            "Handed to the transport, but no answer was recorded: it is in doubt."
+        )
     elif outcome.status == DEFER:
         delivery.status = Delivery.Status.PENDING
         delivery.next_attempt_at = datetime.fromisoformat(outcome.not_before)

@@ -16,6 +16,7 @@ from django.utils import timezone
 from notifier.models import Delivery
 from notifier.sending import journal
 from notifier.sending.outcomes import Outcome, apply_outcome
+from notifier.services.suppressions import suppression_add
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +144,19 @@ def _update_from_values(rows: list[Delivery], claim_token) -> int:
         return cursor.rowcount
 
 
+def outcomes_suppress(rows: list[tuple[Delivery, Outcome]]) -> None:
+    """Suppress the addresses whose answer said no mail can reach them (an
+    ESP's inactive recipient), after their rows are written, like a hard
+    bounce reported by webhook: pending mail to them stops at once."""
+    for delivery, outcome in rows:
+        if outcome.suppress:
+            suppression_add(
+                email=delivery.recipient.email,
+                reason=outcome.suppress,
+                note=f"The ESP refused delivery {delivery.uuid}: {outcome.error}",
+            )
+
+
 class OutcomeLog:
     """The outcomes of one claim: applied in memory, written in bulk, and
     journaled with the next hand-off (one Redis round trip per message)."""
@@ -150,6 +164,7 @@ class OutcomeLog:
     def __init__(self, token):
         self.token = token
         self.done: list[Delivery] = []  # outcome applied, not yet written
+        self.to_suppress: list[tuple[Delivery, Outcome]] = []  # once written
         self.finished_ids: set[int] = set()
         self.unjournaled: list[tuple[int, dict]] = []  # answers not yet journaled
         self.counts: dict[str, int] = {}
@@ -158,6 +173,8 @@ class OutcomeLog:
     def finish_row(self, delivery: Delivery, outcome: Outcome) -> None:
         apply_outcome(delivery, outcome, now=timezone.now())
         self.done.append(delivery)
+        if outcome.suppress:
+            self.to_suppress.append((delivery, outcome))
         self.finished_ids.add(delivery.id)
         self.count(delivery.status)
         if len(self.done) >= FLUSH_EVERY or time.monotonic() - self.last_flush > FLUSH_SECONDS:
@@ -170,6 +187,9 @@ class OutcomeLog:
         if self.done:
             deliveries_write(self.done, claim_token=self.token)
             self.done = []
+        if self.to_suppress:
+            outcomes_suppress(self.to_suppress)
+            self.to_suppress = []
         self.last_flush = time.monotonic()
 
     def answered(self, delivery: Delivery, outcome: Outcome) -> None:

@@ -93,7 +93,9 @@ def delivery_group_resume(*, group_id: int) -> int:
         return _make_due(Delivery.objects.filter(run_id=group_id, status=Delivery.Status.PENDING))
 
 
-def delivery_group_cancel(*, group_id: int, reason: str = "Run cancelled") -> int:
+def delivery_group_cancel(
+    *, group_id: int, reason: str = "Not sent: the run was cancelled."
+) -> int:
     """Cancel the group's pending rows (in-flight batches see the state)."""
     with transaction.atomic():
         _set_state(group_id, DeliveryGroup.State.CANCELLED)

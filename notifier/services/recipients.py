@@ -1,9 +1,52 @@
+import functools
+import re
+import zoneinfo
+
 from email_validator import EmailNotValidError, validate_email
 
 from notifier.errors import InvalidAddress, InvalidName
 from notifier.models import Recipient, name_problem
 
 NAME_MAX = Recipient._meta.get_field("name").max_length
+LOCALE_MAX = Recipient._meta.get_field("locale").max_length
+# A BCP 47 language tag as mail needs it: a language, then optional script,
+# region or variant parts ("en", "pt-BR", "zh-Hant-TW"); "_" is read as "-".
+_LOCALE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{2,8})*$", re.IGNORECASE)
+
+
+@functools.cache
+def _time_zones() -> dict[str, str]:
+    return {name.casefold(): name for name in zoneinfo.available_timezones()}
+
+
+def normalize_time_zone(value: str) -> str:
+    """The IANA name for ``value`` (any case: ``europe/paris`` is
+    ``Europe/Paris``), or ValueError with a sentence saying why not."""
+    name = _time_zones().get(value.strip().casefold())
+    if name is None:
+        raise ValueError(
+            f"Unknown time zone {value.strip()[:64]!r}; use an IANA name such as Europe/Paris."
+        )
+    return name
+
+
+def normalize_locale(value: str) -> str:
+    """``value`` as a language tag (``en_gb`` is ``en-GB``), or ValueError."""
+    tag = value.strip().replace("_", "-")
+    if len(tag) > LOCALE_MAX or not _LOCALE.match(tag):
+        raise ValueError(
+            f"Unknown locale {value.strip()[:32]!r}; use a language tag such as en, fr or pt-BR."
+        )
+    language, *rest = tag.split("-")
+    parts = [language.lower()]
+    for part in rest:
+        if len(part) == 2 or (len(part) == 3 and part.isdigit()):
+            parts.append(part.upper())  # region
+        elif len(part) == 4:
+            parts.append(part.title())  # script
+        else:
+            parts.append(part.lower())
+    return "-".join(parts)
 
 
 def normalize_email(address: str) -> str:

@@ -27,7 +27,7 @@ from django.utils import timezone
 from notifier.models import Delivery
 from notifier.sending import journal
 from notifier.sending.outcomes import UNKNOWN, Outcome, apply_outcome
-from notifier.sending.persist import deliveries_write
+from notifier.sending.persist import deliveries_write, outcomes_suppress
 from notifier.services.dispatch import deliveries_dispatch, group_by_kind
 from notifier.services.unreadable import deliveries_fail_out_of_range, deliveries_load
 
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 JOURNAL_LOST = (
     "The claim's hand-off journal was lost (Redis restarted without persistence?); "
-    "the message may or may not have been sent"
+    "the message may or may not have been sent."
 )
 
 
@@ -53,6 +53,7 @@ def deliveries_recover_expired(*, max_claims: int = 200) -> dict[str, int]:
         rows = deliveries_load(
             Delivery.objects.filter(claim_token=token, status=Delivery.Status.SENDING)
         )
+        answered = []
         for delivery in rows:
             entry = None if entries is None else entries.get(delivery.id)
             if entries is None:
@@ -64,20 +65,23 @@ def deliveries_recover_expired(*, max_claims: int = 200) -> dict[str, int]:
                 delivery.lease_expires_at = None
                 delivery.dispatched_at = None
                 delivery.updated_at = now
-                delivery.status_reason = "Recovered after its worker stopped"
+                delivery.status_reason = "Recovered after its worker stopped; it is sent again."
                 counts["pending"] = counts.get("pending", 0) + 1
                 continue
             elif entry == journal.HANDED:
                 outcome = Outcome(
                     UNKNOWN,
-                    error="The worker stopped after handing the message over, before the answer was recorded",
+                    error="The worker stopped after handing the message over, before the answer was "
+                    "recorded.",
                     attempts=delivery.attempts + 1,
                 )
             else:
                 outcome = Outcome.from_journal(entry)
             apply_outcome(delivery, outcome, now=now)
+            answered.append((delivery, outcome))
             counts[delivery.status] = counts.get(delivery.status, 0) + 1
         deliveries_write(rows, claim_token=token)
+        outcomes_suppress(answered)
         journal.journal_close(token)
         logger.warning("Recovered expired claim %s: %d rows", token, len(rows))
     return counts

@@ -40,34 +40,58 @@ def active_suppressions(emails: Iterable[str]) -> dict[str, str]:
     )
 
 
+# Why a message was not sent, in words (Delivery.status_reason of a
+# ``suppressed`` row): by suppression reason, then by recipient status.
+NOT_SENT_FOR_REASON = {
+    reason: f"Not sent: the address is suppressed ({label.lower()})."
+    for reason, label in Suppression.Reason.choices
+}
+NOT_SENT_FOR_STATUS = {
+    Recipient.Status.UNSUBSCRIBED: "Not sent: the recipient has unsubscribed.",
+    Recipient.Status.BOUNCED: "Not sent: the recipient's address bounced.",
+    Recipient.Status.COMPLAINED: "Not sent: the recipient marked a message as spam.",
+    Recipient.Status.ERASED: "Not sent: the recipient was erased.",
+}
+
+
 def suppression_reasons(recipients: Iterable[Recipient]) -> dict[int, str]:
-    """Why each of ``recipients`` must not be mailed, by recipient id
-    (``Suppressed: <reason>``); absent when they may be. An active
-    suppression's reason comes first, then a recipient status other than
-    active. One query."""
+    """Why each of ``recipients`` must not be mailed, by recipient id (a
+    sentence from ``NOT_SENT_FOR_REASON`` or ``NOT_SENT_FOR_STATUS``); absent
+    when they may be. An active suppression's reason comes first, then a
+    recipient status other than active. One query."""
     recipients = list(recipients)
     suppressed = active_suppressions(r.email for r in recipients)
     reasons = {}
     for recipient in recipients:
         reason = suppressed.get(recipient.email)
-        if reason is None and recipient.status in SUPPRESSED_RECIPIENT_STATUSES:
-            reason = f"recipient {recipient.status}"
         if reason is not None:
-            reasons[recipient.id] = f"Suppressed: {reason}"
+            reasons[recipient.id] = NOT_SENT_FOR_REASON.get(
+                reason, f"Not sent: the address is suppressed ({reason})."
+            )
+        elif recipient.status in SUPPRESSED_RECIPIENT_STATUSES:
+            reasons[recipient.id] = NOT_SENT_FOR_STATUS[recipient.status]
     return reasons
+
+
+def _case_sql(column: str, sentences: dict[str, str]) -> tuple[str, list]:
+    whens = " ".join("WHEN %s THEN %s" for _ in sentences)
+    params = [value for pair in sentences.items() for value in pair]
+    return f"CASE {column} {whens} END", params
 
 
 def suppression_reason_sql(*, email: str, status: str) -> tuple[str, list]:
     """``suppression_reasons`` as one SQL expression over the columns named
-    ``email`` and ``status`` of a recipient row: the reason, or '' when the
+    ``email`` and ``status`` of a recipient row: the sentence, or '' when the
     recipient may be mailed. Returns (sql, params)."""
     table = connection.ops.quote_name(Suppression._meta.db_table)
+    by_reason, reason_params = _case_sql("s.reason", NOT_SENT_FOR_REASON)
+    by_status, status_params = _case_sql(status, NOT_SENT_FOR_STATUS)
     sql = f"""COALESCE(
-        (SELECT 'Suppressed: ' || s.reason FROM {table} s
+        (SELECT {by_reason} FROM {table} s
           WHERE s.email = {email} AND s.lifted_at IS NULL LIMIT 1),
-        CASE WHEN {status} <> %s THEN 'Suppressed: recipient ' || {status} END,
+        {by_status},
         '')"""
-    return sql, [Recipient.Status.ACTIVE]
+    return sql, [*reason_params, *status_params]
 
 
 def suppression_add(*, email: str, reason: str, note: str = "") -> Suppression:

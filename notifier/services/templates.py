@@ -3,16 +3,43 @@
 A revision holds the whole content as saved (not a patch), so any one can be
 restored on its own and the diff between two is computed when it is shown.
 The revision is written in the same transaction as the template: a change
-that is not recorded is not saved either.
+that is not recorded is not saved either. Every write also compiles the
+HTML that is sent (``Template.compiled_html``: layout, MJML, inlined CSS),
+so the sender never inlines per message.
 """
 
 import difflib
 
 from django.db import transaction
 
+from notifier.email_html import email_html_compile
 from notifier.models import Template, TemplateRevision
 
-CONTENT_FIELDS = ("name", "kind", "subject", "html_body", "text_body")
+CONTENT_FIELDS = ("name", "kind", "subject", "source_format", "layout", "html_body", "text_body")
+
+
+def template_compile(*, template: Template) -> None:
+    """Set ``template.compiled_html`` from its source (in memory). Raises
+    ``EmailHtmlProblem`` for a source that cannot be compiled (``clean()``
+    reports the same as a form error)."""
+    template.compiled_html = email_html_compile(
+        source=template.html_body,
+        source_format=template.source_format,
+        layout=template.layout,
+        title=template.subject,
+    )
+
+
+def template_sent_html(template: Template) -> str:
+    """The HTML source the sender renders: the compiled document (compiled now,
+    once per process, for a row saved before it was stored)."""
+    if template.compiled_html:
+        return template.compiled_html
+    try:
+        template_compile(template=template)
+    except ValueError:  # saved before the check existed: send what was written
+        return template.html_body
+    return template.compiled_html
 
 
 def template_can_manage(*, user, template: Template | None = None, kind: str | None = None) -> bool:
@@ -46,6 +73,7 @@ def template_save(*, template: Template, user=None) -> TemplateRevision | None:
     """Save ``template`` and record a revision (none when nothing changed)."""
     with transaction.atomic():
         created = template.pk is None
+        template_compile(template=template)
         template.save()
         if not created:
             last = template.revisions.order_by("-id").first()
@@ -66,9 +94,12 @@ def template_restore(*, revision: TemplateRevision, user=None) -> Template:
     with transaction.atomic():
         template = Template.objects.select_for_update().get(pk=revision.template_id)
         template.subject = revision.subject
+        template.source_format = revision.source_format
+        template.layout = revision.layout
         template.html_body = revision.html_body
         template.text_body = revision.text_body
         template.full_clean()
+        template_compile(template=template)
         template.save()
         _record(
             template=template,

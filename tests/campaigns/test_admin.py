@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
@@ -277,7 +278,8 @@ def test_marketing_user_runs_a_campaign_from_the_admin(
     assert "Invalid email" in _action(marketer, campaign.pk, "test", to="nope")[0]
 
     # Launch; two addresses are rejected by the ESP; pause and resume part-way.
-    fake_esp.faults["reject"] = ["c3@example.com", "c4@example.com"]
+    # (refused as invalid: an inactive-recipient answer would suppress them)
+    fake_esp.faults["invalid"] = ["c3@example.com", "c4@example.com"]
     fake_esp.faults["delay"] = 0.02
     _action(marketer, campaign.pk, "launch")
     run = wait_for(lambda: CampaignRun.objects.filter(campaign=campaign).first())
@@ -296,7 +298,7 @@ def test_marketing_user_runs_a_campaign_from_the_admin(
     assert run_status_counts(run_id=run.pk) == {"sent": 299, "failed": 2}
 
     # Retry the rejected ones (now accepted).
-    fake_esp.faults["reject"] = []
+    fake_esp.faults["invalid"] = []
     messages = _action(marketer, campaign.pk, "retry", run=run.pk, kinds=["permanent"])
     assert messages == ["2 messages queued again."]
     wait_for(lambda: run_status_counts(run_id=run.pk) == {"sent": 301}, timeout=60)
@@ -336,5 +338,8 @@ def test_previews_keep_the_html_inside_the_sandboxed_frame(marketer):
         f"{ADMIN}/notifier/template/{campaign.template.pk}/preview/",
     ):
         page = marketer.get(url).content.decode()
-        assert 'srcdoc="&lt;a href=&quot;https://x.example&quot; title=&quot;t&quot;' in page, url
+        # The message (a bare fragment or a whole document) stays one escaped attribute.
+        srcdoc = re.search(r'<iframe sandbox="" srcdoc="([^"]*)"', page)
+        assert srcdoc, url
+        assert "&lt;a href=&quot;https://x.example&quot; title=&quot;t&quot;" in srcdoc[1], url
         assert 'onload="alert(1)' not in page, url

@@ -270,3 +270,79 @@ def test_admin_import_of_hostile_files_never_errors(marketer, content):
         {"file": upload, "email_column": "email", "name_column": "name"},
     )
     assert response.status_code == 200
+
+
+# --- Time zone and locale columns -------------------------------------------------------
+
+LOCAL = (
+    "email,name,time_zone,locale,city\n"  # row 1
+    "ann@example.com,Ann,Europe/Paris,fr,Paris\n"  # 2 good
+    "bob@example.com,Bob,america/new_york,en_us,New York\n"  # 3 good, normalised
+    "carl@example.com,Carl,Mars/Olympus,en,Nowhere\n"  # 4 unknown time zone
+    "dora@example.com,Dora,UTC,not a locale,Lima\n"  # 5 bad locale
+    "eve@example.com,Eve,,,Kyiv\n"  # 6 good, defaults
+)
+
+
+def test_time_zone_and_locale_columns_are_validated_per_row():
+    contact_list = ContactListFactory()
+    report = _import(LOCAL, contact_list=contact_list)
+    assert report.imported == 3 and report.error_count == 2
+    assert report.errors == [
+        (4, "Unknown time zone 'Mars/Olympus'; use an IANA name such as Europe/Paris."),
+        (5, "Unknown locale 'not a locale'; use a language tag such as en, fr or pt-BR."),
+    ]
+    people = {r.email: r for r in Recipient.objects.all()}
+    assert set(people) == {"ann@example.com", "bob@example.com", "eve@example.com"}
+    assert (people["ann@example.com"].time_zone, people["ann@example.com"].locale) == (
+        "Europe/Paris",
+        "fr",
+    )
+    assert (people["bob@example.com"].time_zone, people["bob@example.com"].locale) == (
+        "America/New_York",
+        "en-US",
+    )
+    assert (people["eve@example.com"].time_zone, people["eve@example.com"].locale) == ("UTC", "en")
+    # The columns are settings, not attributes.
+    assert people["ann@example.com"].attributes == {"city": "Paris"}
+
+
+def test_existing_contacts_get_a_new_time_zone_only_when_asked_and_given():
+    RecipientFactory(email="ann@example.com", time_zone="Asia/Tokyo", locale="ja")
+    RecipientFactory(email="eve@example.com", time_zone="Asia/Tokyo", locale="ja")
+    _import(LOCAL)
+    assert Recipient.objects.get(email="ann@example.com").time_zone == "Asia/Tokyo"
+    _import(LOCAL, update_existing=True)
+    ann = Recipient.objects.get(email="ann@example.com")
+    assert (ann.time_zone, ann.locale) == ("Europe/Paris", "fr")
+    eve = Recipient.objects.get(email="eve@example.com")  # empty cells keep what she had
+    assert (eve.time_zone, eve.locale) == ("Asia/Tokyo", "ja")
+
+
+def test_time_zone_columns_by_other_names_and_a_missing_named_one():
+    _import("email,Timezone,Language\nann@example.com,Europe/Rome,it\n")
+    ann = Recipient.objects.get(email="ann@example.com")
+    assert (ann.time_zone, ann.locale, ann.attributes) == ("Europe/Rome", "it", {})
+    with pytest.raises(ImportFileError, match="No 'zone' column in the header"):
+        _import("email,tz\nbob@example.com,UTC\n", time_zone_column="zone")
+
+
+def test_admin_import_with_time_zones_reports_row_errors(marketer):
+    contact_list = ContactListFactory()
+    upload = io.BytesIO(LOCAL.encode())
+    upload.name = "people.csv"
+    page = marketer.post(
+        f"/admin/campaigns/contactlist/{contact_list.pk}/import/",
+        {
+            "file": upload,
+            "email_column": "email",
+            "name_column": "name",
+            "time_zone_column": "time_zone",
+            "locale_column": "locale",
+        },
+    )
+    content = page.content.decode()
+    assert page.status_code == 200
+    assert "3 imported" in content and "2 with errors" in content
+    assert "Unknown time zone &#x27;Mars/Olympus&#x27;" in content
+    assert Recipient.objects.get(email="ann@example.com").time_zone == "Europe/Paris"

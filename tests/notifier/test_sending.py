@@ -1,14 +1,16 @@
 """The batch sender in-process, against the fake ESP / SMTP sink, real PG + Redis."""
 
 import importlib
+import uuid
 from datetime import timedelta
 
 import pytest
 from django.utils import timezone
 
 from notifier import send
-from notifier.models import Delivery, DeliveryGroup, Template
+from notifier.models import Delivery, DeliveryGroup, Recipient, Suppression, Template
 from notifier.sending import deliveries_send_batch, journal
+from notifier.sending.outcomes import FAILED, Outcome
 from notifier.services.retries import deliveries_recover_expired
 from notifier.services.suppressions import suppression_add
 from tests.notifier.factories import DeliveryFactory, RecipientFactory, TemplateFactory
@@ -100,16 +102,57 @@ def test_attempts_exhausted_fails_with_the_reason(fake_esp, settings):
     assert "502" in delivery.last_error
 
 
-def test_rejected_address_fails_at_once(fake_esp):
+def test_an_inactive_recipient_fails_at_once_and_is_suppressed_like_a_hard_bounce(fake_esp):
+    """Postmark's 406 "inactive recipient": the address hard-bounced or
+    complained before; nothing more is sent to it, from this batch or later."""
     fake_esp.faults["reject"] = ["user0@example.com"]
+    delivery, later = _queue(2)
+    Delivery.objects.filter(pk=later.pk).update(next_attempt_at=timezone.now() + timedelta(hours=1))
+    deliveries_send_batch(delivery_ids=[delivery.id])
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.FAILED
+    assert delivery.status_reason == "Permanent error: sending again would fail the same way."
+    assert delivery.failure_kind == Delivery.FailureKind.PERMANENT
+    assert delivery.last_error == (
+        "The ESP refused to send to user0@example.com: it marks the address inactive after an "
+        "earlier hard bounce or spam complaint. The address is now suppressed."
+    )
+    assert fake_esp.messages == []
+    (suppression,) = Suppression.objects.filter(email="user0@example.com", lifted_at=None)
+    assert suppression.reason == Suppression.Reason.HARD_BOUNCE
+    assert str(delivery.uuid) in suppression.note
+    assert Recipient.objects.get(email="user0@example.com").status == Recipient.Status.BOUNCED
+    # Another message to the same address is suppressed, not sent.
+    assert send(template=delivery.template, to="user0@example.com").status == "suppressed"
+
+
+def test_an_invalid_address_fails_with_a_sentence_and_is_not_suppressed(fake_esp):
+    fake_esp.faults["invalid"] = ["user0@example.com"]
     (delivery,) = _queue(1)
     deliveries_send_batch(delivery_ids=[delivery.id])
     delivery.refresh_from_db()
     assert delivery.status == Delivery.Status.FAILED
-    assert delivery.status_reason == "Permanent error"
-    assert delivery.failure_kind == Delivery.FailureKind.PERMANENT
-    assert "rejected" in delivery.last_error
-    assert fake_esp.messages == []
+    assert delivery.last_error == "The ESP refused user0@example.com as an invalid address."
+    assert not Suppression.objects.filter(email="user0@example.com").exists()
+
+
+def test_an_inactive_recipient_answer_found_in_the_journal_suppresses_too(fake_esp):
+    """A worker died after the ESP's 406 answer was journaled: the sweeper
+    applies it, suppression included."""
+    (delivery,) = _queue(1)
+    token = uuid.uuid4()
+    Delivery.objects.filter(pk=delivery.pk).update(
+        status="sending", claim_token=token, lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    outcome = Outcome(
+        FAILED, error="The ESP refused to send to user0@example.com.", suppress="hard_bounce"
+    )
+    journal.journal_handoff(token, delivery.id, [])
+    journal.journal_record(token, [(delivery.id, outcome.as_journal())])
+    deliveries_recover_expired()
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.FAILED
+    assert Suppression.objects.filter(email="user0@example.com", reason="hard_bounce").exists()
 
 
 def test_a_message_that_cannot_render_fails_as_a_render_failure(fake_esp):

@@ -37,7 +37,7 @@ def deliveries():
     campaign = DeliveryFactory(
         kind=Delivery.Kind.CAMPAIGN,
         recipient=RecipientFactory(email="camp@example.com"),
-        context={"offer": "20% off"},
+        context={"code": "20% off"},
     )
     private = {
         kind: DeliveryFactory(

@@ -20,6 +20,7 @@ from notifier.models import (
 from notifier.sending import deliveries_send_batch
 from notifier.services import unsubscribe as unsubscribe_service
 from notifier.services.dispatch import deliveries_dispatch
+from notifier.services.suppressions import NOT_SENT_FOR_REASON
 from notifier.services.unsubscribe import (
     preferences_token,
     register_scope_handler,
@@ -289,7 +290,7 @@ def test_pending_bulk_mail_is_not_sent_after_unsubscribing(csrf_client, fake_esp
     for delivery in pending:
         delivery.refresh_from_db()
         assert delivery.status == Delivery.Status.SUPPRESSED
-        assert delivery.status_reason == "Suppressed: unsubscribed"
+        assert delivery.status_reason == "Not sent: the address is suppressed (unsubscribed)."
 
 
 # --- acceptance 4: a suppressed address is not mailed, and the Delivery says why ----------
@@ -315,12 +316,13 @@ def test_suppressed_address_gets_no_mail_and_the_delivery_says_why(client, fake_
     reason = _suppress_by(how, client, recipient, fake_esp)
     transactional = send(subject="Receipt", text="Thanks", to=recipient.email.upper())
     assert transactional.status == Delivery.Status.SUPPRESSED
-    assert transactional.status_reason == f"Suppressed: {reason}"
+    said = NOT_SENT_FOR_REASON[reason]  # "Not sent: the address is suppressed (hard bounce)."
+    assert transactional.status_reason == said
     campaign = DeliveryFactory(recipient=recipient, run_id=4242)
     assert deliveries_send_batch(delivery_ids=[campaign.id]) == {"suppressed": 1}
     campaign.refresh_from_db()
     assert campaign.status == Delivery.Status.SUPPRESSED
-    assert campaign.status_reason == f"Suppressed: {reason}"
+    assert campaign.status_reason == said
     assert fake_esp.messages == []
 
 

@@ -92,5 +92,7 @@ class Command(BaseCommand):
         self.stdout.write(
             self.style.SUCCESS(f"Admin: {site}/admin/  login: {DEMO_USER} / {DEMO_PASSWORD}")
         )
-        inbox = settings.ANYMAIL["POSTMARK_API_URL"].rstrip("/") + "/_fake/messages"
-        self.stdout.write(f"Fake ESP inbox: {inbox}")
+        inbox = settings.ANYMAIL["POSTMARK_API_URL"].rstrip("/") + "/_fake/inbox"
+        self.stdout.write(
+            self.style.SUCCESS(f"Development inbox (every email sent lands here): {inbox}")
+        )

@@ -22,7 +22,8 @@ class Command(BaseCommand):
         token = settings.ANYMAIL.get("POSTMARK_SERVER_TOKEN") or None
         server = FakeESPServer((host, port), FakeESPState(token, record, light), verbose=verbose)
         self.stdout.write(
-            f"Fake ESP (Postmark API) on {server.url} - inspect {server.url}_fake/messages",
+            f"Fake ESP (Postmark API) on {server.url} - every message it accepts is in the "
+            f"development inbox: {server.url}_fake/inbox",
         )
         try:
             server.serve_forever()
