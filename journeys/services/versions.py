@@ -128,7 +128,7 @@ def enrollments_move_to_version(*, source: Journey, target: Journey) -> int:
     moved = 0
     with transaction.atomic():
         live = (
-            JourneyEnrollment.objects.select_for_update()
+            JourneyEnrollment.objects.select_for_update(of=("self",))
             .filter(journey=source, state__in=JourneyEnrollment.LIVE_STATES)
             .select_related("step")
         )
