@@ -132,27 +132,27 @@ class JourneyAdmin(admin.ModelAdmin):
             }
         return super().change_view(request, object_id, form_url, extra_context)
 
-    @admin.action(description="Activate (a draft; retires the version it replaces)")
+    @admin.action(description="Activate (a draft; retires the version it replaces)", permissions=["change"])
     def activate(self, request, queryset):
         _run(request, queryset, journey_activate, "active")
 
-    @admin.action(description="Pause")
+    @admin.action(description="Pause", permissions=["change"])
     def pause(self, request, queryset):
         _run(request, queryset, journey_pause, "paused")
 
-    @admin.action(description="Resume")
+    @admin.action(description="Resume", permissions=["change"])
     def resume(self, request, queryset):
         _run(request, queryset, journey_resume, "active again")
 
-    @admin.action(description="Stop (everyone inside leaves)")
+    @admin.action(description="Stop (everyone inside leaves)", permissions=["change"])
     def stop(self, request, queryset):
         _run(request, queryset, journey_stop, "stopped")
 
-    @admin.action(description="New version (a draft copy to edit)")
+    @admin.action(description="New version (a draft copy to edit)", permissions=["change"])
     def new_version(self, request, queryset):
         _run(request, queryset, journey_new_version, "a draft of the next version is ready")
 
-    @admin.action(description="Move recipients to the newest active version")
+    @admin.action(description="Move recipients to the newest active version", permissions=["change"])
     def move_to_newest(self, request, queryset):
         for journey in queryset:
             newest = (
@@ -189,7 +189,11 @@ class JourneyEnrollmentAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
-    @admin.action(description="Remove from the journey")
+    def has_remove_permission(self, request):
+        # Taking a recipient out is a change to the journey, not to the row.
+        return request.user.has_perm("journeys.change_journey")
+
+    @admin.action(description="Remove from the journey", permissions=["remove"])
     def remove(self, request, queryset):
         removed = enrollments_remove(ids=queryset.values_list("id", flat=True))
         messages.success(request, f"{removed} recipients removed.")

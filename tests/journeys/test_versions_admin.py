@@ -159,3 +159,16 @@ def test_admin_actions_make_a_new_version_and_refuse_a_bad_change(staff):
     )
     assert "Only an active journey can be paused" in response.content.decode()
     assert Journey.objects.get(pk=draft.pk).status == Journey.Status.DRAFT
+
+
+def test_marketing_staff_edit_journeys():
+    from django.contrib.auth.models import Group
+
+    group = Group.objects.get(name="Marketing")
+    codenames = set(
+        group.permissions.filter(content_type__app_label="journeys").values_list(
+            "codename", flat=True
+        )
+    )
+    assert {"change_journey", "add_journeystep", "view_journeyenrollment"} <= codenames
+    assert "change_journeyenrollment" not in codenames
