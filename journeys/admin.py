@@ -132,7 +132,9 @@ class JourneyAdmin(admin.ModelAdmin):
             }
         return super().change_view(request, object_id, form_url, extra_context)
 
-    @admin.action(description="Activate (a draft; retires the version it replaces)", permissions=["change"])
+    @admin.action(
+        description="Activate (a draft; retires the version it replaces)", permissions=["change"]
+    )
     def activate(self, request, queryset):
         _run(request, queryset, journey_activate, "active")
 
@@ -152,7 +154,9 @@ class JourneyAdmin(admin.ModelAdmin):
     def new_version(self, request, queryset):
         _run(request, queryset, journey_new_version, "a draft of the next version is ready")
 
-    @admin.action(description="Move recipients to the newest active version", permissions=["change"])
+    @admin.action(
+        description="Move recipients to the newest active version", permissions=["change"]
+    )
     def move_to_newest(self, request, queryset):
         for journey in queryset:
             newest = (
