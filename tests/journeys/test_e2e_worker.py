@@ -23,6 +23,8 @@ from tests.conftest import wait_for
 from tests.journeys.factories import WAIT, welcome_journey
 from tests.notifier.esp_payloads import post_webhook, postmark_click
 
+# PostgreSQL: the acceptance is stated for it, and 1,000 recipients with two
+# worker kills under SQLite's one writer at a time is a different load test.
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker, pytest.mark.postgresql]
 
 QUEUE = "journeys-e2e"
@@ -78,7 +80,7 @@ def test_welcome_journey_over_1000_recipients_survives_two_kills(
     t0 = timezone.now()
     journeys_tick(now=t0)
     assert JourneyEnrollment.objects.count() == N
-    _kill_when(first, lambda: JourneyStepRun.objects.filter(step=steps[1]).count() >= 150)
+    _kill_when(first, lambda: JourneyStepRun.objects.filter(step=steps[1]).count() >= N // 7)
     assert JourneyStepRun.objects.filter(step=steps[1]).count() < N
     second = start_worker("journey-2", queues=QUEUE, JOURNEYS_LEASE_SECONDS=LEASE)
     time.sleep(LEASE + 0.5)  # the dead worker's lease runs out
@@ -106,7 +108,7 @@ def test_welcome_journey_over_1000_recipients_survives_two_kills(
     t1 = t0 + WAIT
     journeys_tick(now=t1)
     finished = JourneyEnrollment.objects.exclude(state__in=Live)
-    _kill_when(second, lambda: finished.count() >= 150)
+    _kill_when(second, lambda: finished.count() >= N // 7)
     assert finished.count() < N
     start_worker("journey-3", queues=QUEUE, JOURNEYS_LEASE_SECONDS=LEASE)
     time.sleep(LEASE + 0.5)
