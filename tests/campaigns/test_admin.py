@@ -84,6 +84,8 @@ def test_marketing_sees_only_its_models(marketer):
         "Recipient",
         "Template",
         "Delivery",
+        "Journey",
+        "JourneyEnrollment",
     }
 
 

@@ -9,7 +9,6 @@ from django.utils import timezone
 from api.services import api_token_create
 from campaigns.models import ListMembership, Segment, SegmentCondition
 from journeys.models import Journey, JourneyEnrollment, JourneyStep
-from journeys.services.enrollments import journey_enroll
 from journeys.services.triggers import triggers_poll
 from journeys.services.versions import journey_activate
 from notifier import notify
@@ -90,6 +89,8 @@ def test_re_entry_lets_a_finished_recipient_enter_on_the_next_event():
 
 def test_a_confirmed_signup_enters_through_journey_enroll():
     journey = one_step_journey(trigger=Journey.Trigger.SIGNUP_CONFIRMED)
+    from journeys import journey_enroll
+
     ann = Recipient.objects.create(email="ann@example.com")
     assert journey_enroll(trigger="signup_confirmed", recipient=ann) == 1
     assert entered(journey) == {"ann@example.com"}

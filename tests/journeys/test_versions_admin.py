@@ -172,3 +172,14 @@ def test_marketing_staff_edit_journeys():
     )
     assert {"change_journey", "add_journeystep", "view_journeyenrollment"} <= codenames
     assert "change_journeyenrollment" not in codenames
+
+
+def test_marketing_staff_open_journeys_and_their_enrollments(marketer):
+    journey = welcome_journey()
+    for url in (
+        "/admin/journeys/journey/",
+        "/admin/journeys/journey/add/",
+        f"/admin/journeys/journey/{journey.pk}/change/",
+        "/admin/journeys/journeyenrollment/",
+    ):
+        assert marketer.get(url).status_code == 200, url
