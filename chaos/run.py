@@ -7,6 +7,9 @@ injects its faults while the run is sending, waits until every Delivery is
 terminal, and compares, recipient by recipient, what the ESP received with
 what the Delivery rows say.
 
+Scenario 7 runs a journey instead (``chaos/journeys.py``): every step of each
+recipient's path once, every email of it once.
+
 Exit status 1 if any scenario lost or duplicated a message.
 
 Run: ``make chaos`` or ``make chaos ARGS="--quick"``.
@@ -77,6 +80,10 @@ class ChaosStack:
             "NOTIFIER_BACKOFF_CAP": "3",
             "NOTIFIER_MAX_ATTEMPTS": "12",
             "NOTIFIER_BATCH_SIZE": "200",
+            "JOURNEYS_TICK_SECONDS": "1",
+            "JOURNEYS_LEASE_SECONDS": "6",
+            "JOURNEYS_REDISPATCH_SECONDS": "8",
+            "JOURNEYS_BATCH_SIZE": "50",
             "LOG_LEVEL": "WARNING",
         }
         os.environ.update(self.env)
@@ -427,7 +434,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--beat-minutes", type=int, default=3)
     parser.add_argument(
-        "--scenarios", default="1,2,3,4,5,6", help="comma list of scenario numbers to run"
+        "--scenarios",
+        default="1,2,3,4,5,6,7",
+        help="comma list of scenario numbers to run (7: a journey; not in --quick)",
     )
     args = parser.parse_args(argv)
     n = args.n or (2000 if args.quick else 20_000)
@@ -454,6 +463,15 @@ def main(argv=None) -> int:
             print(f"  {name}: done", flush=True)
         if not args.quick and "5" in wanted:
             results.append(two_beats(stack, args.beat_minutes))
+        if not args.quick and "7" in wanted:
+            from chaos.journeys import journey_scenario
+
+            results.append(
+                journey_scenario(
+                    stack, n=min(n, 5000), kills=3, rng=random.Random(11), timeout=max(180, n / 20)
+                )
+            )
+            print("  7 journey, workers SIGKILLed: done", flush=True)
     finally:
         stack.stop_all()
     print_table(results, time.monotonic() - started)

@@ -693,3 +693,29 @@ class Notification(models.Model):
 
     def __str__(self) -> str:
         return f"{self.topic_id} for {self.recipient_id}"
+
+
+class TopicEvent(models.Model):
+    """Every event ``notify()`` accepted, whatever the recipient's preference
+    made of it (an instant email, a digest entry, nothing).
+
+    An append-only log other apps read by id cursor (automations start on an
+    event, or end on one as a goal) without notifier knowing them. Pruned
+    with included notifications, after the same retention.
+    """
+
+    recipient = models.ForeignKey(Recipient, on_delete=models.CASCADE, related_name="+")
+    topic = models.ForeignKey(Topic, on_delete=models.CASCADE, related_name="+")
+    data = models.JSONField(default=dict, blank=True)
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["topic", "id"], name="topicevent_topic_idx"),
+            models.Index(fields=["recipient", "topic"], name="topicevent_recipient_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.topic_id} for {self.recipient_id}"

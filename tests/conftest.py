@@ -92,16 +92,20 @@ def marketing_group(db):
     """
     from django.contrib.auth.models import Group, Permission
 
-    migration = importlib.import_module("campaigns.migrations.0002_marketing_group")
-    group, created = Group.objects.get_or_create(name=migration.GROUP)
+    migrations = [
+        importlib.import_module("campaigns.migrations.0002_marketing_group"),
+        importlib.import_module("journeys.migrations.0002_marketing_permissions"),
+    ]
+    group, created = Group.objects.get_or_create(name=migrations[0].GROUP)
     if created:
-        for (app_label, model), actions in migration.PERMISSIONS.items():
-            group.permissions.add(
-                *Permission.objects.filter(
-                    content_type__app_label=app_label,
-                    codename__in=[f"{action}_{model}" for action in actions],
+        for migration in migrations:
+            for (app_label, model), actions in migration.PERMISSIONS.items():
+                group.permissions.add(
+                    *Permission.objects.filter(
+                        content_type__app_label=app_label,
+                        codename__in=[f"{action}_{model}" for action in actions],
+                    )
                 )
-            )
     return group
 
 

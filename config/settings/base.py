@@ -33,6 +33,7 @@ INSTALLED_APPS = [
     "csp",
     "notifier",
     "campaigns",
+    "journeys",
     "api",
     "ops",
 ]
@@ -361,6 +362,24 @@ CAMPAIGNS_IMPORT_MAX_FIELD_CHARS = env.int("CAMPAIGNS_IMPORT_MAX_FIELD_CHARS", d
 CELERY_BEAT_SCHEDULE["campaigns-maintain-runs"] = {
     "task": "campaigns.maintain_runs",
     "schedule": env.float("CAMPAIGNS_MAINTAIN_SECONDS", default=30.0),
+    "options": {"queue": "maintenance", "expires": 60},
+}
+
+# --- Journeys (automations) ---------------------------------------------------------
+# Enrollments per step batch task.
+JOURNEYS_BATCH_SIZE = env.int("JOURNEYS_BATCH_SIZE", default=100)
+# How long a batch owns its enrollments; a killed worker's are claimed again after it.
+JOURNEYS_LEASE_SECONDS = env.int("JOURNEYS_LEASE_SECONDS", default=120)
+# A due enrollment published this long ago without being run is published again
+# (its task was lost: Redis restarted, or the worker died holding it).
+JOURNEYS_REDISPATCH_SECONDS = env.int("JOURNEYS_REDISPATCH_SECONDS", default=300)
+# Step batches share the campaigns queue (bulk marketing work, never ahead of
+# transactional mail).
+JOURNEYS_QUEUE = env("JOURNEYS_QUEUE", default="campaigns")
+# Polls the triggers and publishes due steps: a wait ends at most this late.
+CELERY_BEAT_SCHEDULE["journeys-tick"] = {
+    "task": "journeys.tick",
+    "schedule": env.float("JOURNEYS_TICK_SECONDS", default=30.0),
     "options": {"queue": "maintenance", "expires": 60},
 }
 

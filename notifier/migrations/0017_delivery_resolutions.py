@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("notifier", "0010_compile_existing_templates"),
+        ("notifier", "0011_topic_events"),
     ]
 
     operations = [

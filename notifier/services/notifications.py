@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from notifier import templating
 from notifier.errors import InvalidContext, NotifierError
-from notifier.models import Delivery, Frequency, Notification, Recipient, Topic
+from notifier.models import Delivery, Frequency, Notification, Recipient, Topic, TopicEvent
 from notifier.selectors import notification_ids_prunable, topic_frequency_for
 from notifier.services.inputs import storable_problem
 from notifier.services.recipients import normalize_email, recipient_get_or_create
@@ -157,6 +157,16 @@ def notify(
     with transaction.atomic():
         if not isinstance(recipient, Recipient):
             recipient = recipient_get_or_create(email=recipient)
+        # Logged before the preference is applied: automations react to the
+        # event itself, not to how the recipient wants to be told of it.
+        TopicEvent.objects.bulk_create(
+            [
+                TopicEvent(
+                    recipient=recipient, topic=topic, data=data, idempotency_key=idempotency_key
+                )
+            ],
+            ignore_conflicts=True,
+        )
         frequency = topic_frequency_for(recipient=recipient, topic=topic)
         if frequency == Frequency.OFF:
             return Notified(NotifyOutcome.OFF, frequency)
@@ -195,7 +205,8 @@ def notifications_prune(
 ) -> int:
     """Delete notifications included in a digest more than ``retention_days``
     ago (``NOTIFIER_NOTIFICATION_RETENTION_DAYS``), ``chunk`` rows per
-    statement. Pending notifications are never pruned. Returns rows deleted."""
+    statement. Pending notifications are never pruned. Topic events older than the
+    retention go too. Returns the notifications deleted."""
     now = now or timezone.now()
     days = (
         settings.NOTIFIER_NOTIFICATION_RETENTION_DAYS if retention_days is None else retention_days
@@ -206,4 +217,8 @@ def notifications_prune(
     deleted = 0
     while ids := notification_ids_prunable(included_before=before, limit=chunk):
         deleted += Notification.objects.filter(id__in=ids).delete()[0]
+    while ids := list(
+        TopicEvent.objects.filter(created_at__lt=before).values_list("id", flat=True)[:chunk]
+    ):
+        TopicEvent.objects.filter(id__in=ids).delete()
     return deleted

@@ -111,3 +111,22 @@ def recipient_render_data(recipient: Recipient) -> dict:
         "time_zone": recipient.time_zone,
         "attributes": recipient.attributes or {},
     }
+
+
+def recipient_attribute_set(*, recipient: Recipient, name: str, value) -> Recipient:
+    """Set one attribute of ``recipient`` (other attributes are kept).
+
+    Read and written under a row lock, so two writers of different attributes
+    of the same recipient do not undo each other.
+    """
+    from django.db import transaction
+
+    if not isinstance(name, str) or not name.strip() or len(name) > 64:
+        raise ValueError("An attribute name is 1 to 64 characters.")
+    with transaction.atomic():
+        locked = Recipient.objects.select_for_update().get(pk=recipient.pk)
+        attributes = dict(locked.attributes or {})
+        attributes[name] = value
+        Recipient.objects.filter(pk=recipient.pk).update(attributes=attributes)
+    recipient.attributes = attributes
+    return recipient

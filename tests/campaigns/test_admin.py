@@ -86,6 +86,8 @@ def test_marketing_sees_only_its_models(marketer):
         "Recipient",
         "Template",
         "Delivery",
+        "Journey",
+        "JourneyEnrollment",
     }
 
 

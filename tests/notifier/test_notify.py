@@ -169,8 +169,8 @@ def test_storing_a_digest_event_takes_a_few_queries():
     topic = TopicFactory(default_frequency="hourly")
     with CaptureQueriesContext(connection) as queries:
         notify(recipient, topic, {"n": 1}, idempotency_key="q-1")
-    # key look-ups (2), preference, suppression, insert, savepoints
-    assert len(queries) <= 9
+    # key look-ups (2), the topic event, preference, suppression, insert, savepoints
+    assert len(queries) <= 10
 
 
 def test_prune_deletes_old_included_notifications_only(settings):
@@ -185,3 +185,17 @@ def test_prune_deletes_old_included_notifications_only(settings):
     assert set(Notification.objects.values_list("pk", flat=True)) == {recent.pk, pending.pk}
     assert notifications_prune(now=now, retention_days=0) == 1
     assert list(Notification.objects.values_list("pk", flat=True)) == [pending.pk]
+
+
+def test_every_accepted_event_is_logged_whatever_the_preference():
+    """Automations read this log (by id): an event counts even when the
+    recipient turned the topic's emails off; a repeated key is logged once."""
+    from notifier.models import TopicEvent
+
+    off = TopicFactory(default_frequency="off")
+    instant = TopicFactory(default_frequency="instant")
+    notify("ann@example.com", off, {"n": 1}, idempotency_key="log-1")
+    notify("ann@example.com", off, {"n": 1}, idempotency_key="log-1")
+    notify("ann@example.com", instant, {"n": 2})
+    logged = list(TopicEvent.objects.order_by("id").values_list("topic_id", "data"))
+    assert logged == [(off.pk, {"n": 1}), (instant.pk, {"n": 2})]
