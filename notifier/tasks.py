@@ -14,6 +14,7 @@ from notifier.sending import deliveries_send_batch
 from notifier.services.digests import digests_build, digests_run
 from notifier.services.notifications import notifications_prune
 from notifier.services.retries import deliveries_sweep
+from notifier.services.webhooks import webhooks_sweep
 
 
 @shared_task(name="notifier.send_deliveries", acks_late=True, reject_on_worker_lost=True)
@@ -60,3 +61,9 @@ def build_digests(recipient_ids: list[int], frequency: str, window: str, cutoff:
 @shared_task(name="notifier.prune_notifications", acks_late=True)
 def prune_notifications() -> int:
     return notifications_prune()
+
+
+@shared_task(name="notifier.send_webhooks", acks_late=True, ignore_result=True)
+def send_webhooks() -> dict[str, int]:
+    # Claims are conditional and leased: two of these at once send each call once.
+    return webhooks_sweep()
