@@ -265,7 +265,7 @@ def _search_text(model, email: str) -> Q:
     for field in model._meta.concrete_fields:
         if field.primary_key or field.is_relation:
             continue
-        if isinstance(field, TEXT_FIELDS | models.JSONField):
+        if isinstance(field, (*TEXT_FIELDS, models.JSONField)):
             condition |= Q(**{f"{field.name}__icontains": email})
     return condition
 
