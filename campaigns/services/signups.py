@@ -85,7 +85,7 @@ def signup_form_token_check(*, form: SignupForm, token: str) -> str:
 
 def signup_form_token_use(*, nonce: str) -> None:
     """Spend a token: a replayed form post is refused (``token_used``)."""
-    key = f"signup:token:{nonce}"
+    key = f"notifier:signup:token:{nonce}"
     if not get_redis().set(key, "1", nx=True, ex=settings.SIGNUP_FORM_TOKEN_HOURS * 3600 + 60):
         raise SignupRefused("token_used", "This form was sent already; please send it again.")
 
@@ -94,7 +94,7 @@ def signup_rate_limit_take(*, client: str) -> bool:
     """Count one form post from ``client`` (an IP address) in this hour; False
     once ``SIGNUP_RATE_LIMIT_PER_HOUR`` is used up."""
     hour = int(timezone.now().timestamp() // 3600)
-    key = f"signup:rate:{client}:{hour}"
+    key = f"notifier:signup:rate:{client}:{hour}"
     redis = get_redis()
     with redis.pipeline() as pipe:
         count, _ = pipe.incr(key).expire(key, 3700).execute()
@@ -215,7 +215,11 @@ def signup_confirm(*, consent: Consent, ip_address: str | None) -> Consent:
     """Follow a confirmation: join the lists (idempotent: a second click
     changes nothing). Raises SignupRefused if the address was suppressed since."""
     with transaction.atomic():
-        consent = Consent.objects.select_for_update().select_related("form").get(pk=consent.pk)
+        consent = (
+            Consent.objects.select_for_update(of=("self",))
+            .select_related("form")
+            .get(pk=consent.pk)
+        )
         if consent.confirmed_at is not None:
             return consent
         recipient = Recipient.objects.select_for_update().get(pk=consent.recipient_id)

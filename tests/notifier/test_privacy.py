@@ -271,7 +271,9 @@ def test_an_erased_address_is_refused_everywhere_until_staff_lift_it(person, fak
         contact_list=ContactListFactory(),
     )
     assert report.imported == 1
-    assert report.errors == [(3, "Suppressed: this address was erased at its owner's request (staff can lift it).")]
+    assert report.errors == [
+        (3, "Suppressed: this address was erased at its owner's request (staff can lift it).")
+    ]
     with pytest.raises(SignupRefused) as refused:
         signup_request(
             request=SignupRequest(email=EMAIL), lists=[ContactListFactory()], consent_text="x"
