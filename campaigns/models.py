@@ -405,15 +405,17 @@ class Consent(models.Model):
     source = models.CharField(max_length=8, choices=Source.choices)
     # "api:<service>" for the API.
     requested_by = models.CharField(max_length=100, blank=True)
-    list_ids = models.JSONField(default=list, blank=True)
+    list_ids = models.JSONField("lists (ids)", default=list, blank=True)
     consent_text = models.TextField(blank=True)
     name = models.CharField(max_length=200, blank=True)
     attributes = models.JSONField(default=dict, blank=True)
     double_opt_in = models.BooleanField(default=True)
     requested_at = models.DateTimeField(auto_now_add=True)
-    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    ip_address = models.GenericIPAddressField("IP address at signup", null=True, blank=True)
     confirmed_at = models.DateTimeField(null=True, blank=True)
-    confirm_ip_address = models.GenericIPAddressField(null=True, blank=True)
+    confirm_ip_address = models.GenericIPAddressField(
+        "IP address at confirmation", null=True, blank=True
+    )
 
     class Meta:
         ordering = ["-requested_at"]

@@ -106,6 +106,18 @@ def marketing_group(db):
 
 
 @pytest.fixture
+def confirmation_template(db):
+    """The "Signup confirmation" template its data migration makes (rebuilt
+    when a transactional test emptied the tables)."""
+    from notifier.models import Template
+
+    migration = importlib.import_module("campaigns.migrations.0009_signup_forms_consents")
+    fields = migration.CONFIRMATION_TEMPLATE
+    template, _ = Template.objects.get_or_create(name=fields["name"], defaults=fields)
+    return template
+
+
+@pytest.fixture
 def marketer(client, marketing_group):
     """The test client, logged in as a staff member of the Marketing group (and nothing else)."""
     from django.contrib.auth.models import User

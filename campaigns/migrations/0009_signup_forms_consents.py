@@ -133,15 +133,28 @@ class Migration(migrations.Migration):
                     ),
                 ),
                 ("requested_by", models.CharField(blank=True, max_length=100)),
-                ("list_ids", models.JSONField(blank=True, default=list)),
+                (
+                    "list_ids",
+                    models.JSONField(blank=True, default=list, verbose_name="lists (ids)"),
+                ),
                 ("consent_text", models.TextField(blank=True)),
                 ("name", models.CharField(blank=True, max_length=200)),
                 ("attributes", models.JSONField(blank=True, default=dict)),
                 ("double_opt_in", models.BooleanField(default=True)),
                 ("requested_at", models.DateTimeField(auto_now_add=True)),
-                ("ip_address", models.GenericIPAddressField(blank=True, null=True)),
+                (
+                    "ip_address",
+                    models.GenericIPAddressField(
+                        blank=True, null=True, verbose_name="IP address at signup"
+                    ),
+                ),
                 ("confirmed_at", models.DateTimeField(blank=True, null=True)),
-                ("confirm_ip_address", models.GenericIPAddressField(blank=True, null=True)),
+                (
+                    "confirm_ip_address",
+                    models.GenericIPAddressField(
+                        blank=True, null=True, verbose_name="IP address at confirmation"
+                    ),
+                ),
                 (
                     "recipient",
                     models.ForeignKey(

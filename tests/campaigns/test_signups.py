@@ -25,7 +25,7 @@ CONSENT = "Yes, send me the monthly newsletter. I can unsubscribe at any time."
 
 
 @pytest.fixture
-def form(db):
+def form(confirmation_template):
     form = SignupForm.objects.create(
         name="Newsletter",
         slug="newsletter",

@@ -90,7 +90,7 @@ def rows_mentioning(needle: str) -> dict[str, int]:
 
 
 @pytest.fixture
-def person(client, fake_esp):
+def person(client, fake_esp, confirmation_template):
     """Zebulon, with a row in every kind of table about a recipient."""
     contact_list = ContactListFactory(name="Newsletter")
     WebhookEndpoint.objects.create(
