@@ -95,7 +95,12 @@ def marketing_group(db):
     migration = importlib.import_module("campaigns.migrations.0002_marketing_group")
     group, created = Group.objects.get_or_create(name=migration.GROUP)
     if created:
-        for (app_label, model), actions in migration.PERMISSIONS.items():
+        signups = importlib.import_module("campaigns.migrations.0009_signup_forms_consents")
+        wanted = {
+            **migration.PERMISSIONS,
+            **{("campaigns", m): a for m, a in signups.MARKETING_PERMISSIONS.items()},
+        }
+        for (app_label, model), actions in wanted.items():
             group.permissions.add(
                 *Permission.objects.filter(
                     content_type__app_label=app_label,

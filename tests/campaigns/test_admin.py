@@ -84,6 +84,9 @@ def test_marketing_sees_only_its_models(marketer):
         "Recipient",
         "Template",
         "Delivery",
+        # Signup forms and their (read-only) consent records.
+        "SignupForm",
+        "Consent",
     }
 
 
