@@ -290,6 +290,11 @@ def recipient_erase(*, recipient: Recipient, by: str, user=None) -> RecipientEra
 
         # The address's suppressions keep only its hash; one active
         # "erased" suppression (or the active one it had) keeps it unmailed.
+        already = Suppression.objects.filter(email_hash=hashed, lifted_at__isnull=True).exists()
+        if already:  # erased before, then re-added by staff: one active row per hash
+            Suppression.objects.filter(email=email, lifted_at__isnull=True).update(
+                lifted_at=now, lifted_reason="Merged into the erased address's suppression"
+            )
         Suppression.objects.filter(email=email).update(email="", email_hash=hashed)
         if not Suppression.objects.filter(email_hash=hashed, lifted_at__isnull=True).exists():
             Suppression.objects.create(

@@ -302,3 +302,17 @@ def test_erasing_twice_is_refused_clearly(person):
     with pytest.raises(AlreadyErased):
         recipient_erase(recipient=Recipient.objects.get(pk=person.pk), by="staff:test")
     assert RecipientErasure.objects.count() == 1
+
+
+def test_erasing_an_address_staff_added_again_keeps_one_active_suppression(person):
+    from notifier.services.suppressions import suppression_add
+
+    recipient_erase(recipient=person, by="staff:test")
+    # Staff add the address by hand (the admin form does not ask the hash)
+    # and suppress it, then erase it again.
+    again = Recipient.objects.create(email=EMAIL, name=NAME)
+    suppression_add(email=EMAIL, reason="manual")
+    recipient_erase(recipient=again, by="staff:test")
+    assert Suppression.objects.filter(lifted_at__isnull=True).count() == 1
+    assert rows_mentioning(EMAIL) == {}
+    assert RecipientErasure.objects.count() == 2
