@@ -246,10 +246,25 @@ def webhooks_send_due(*, now: datetime | None = None, limit: int | None = None) 
     return counts
 
 
+# How long one task goes on claiming (a claim at a time) while calls are due.
+SWEEP_BUDGET_SECONDS = 60.0
+
+
 def webhooks_sweep(*, now: datetime | None = None) -> dict[str, int]:
-    """Beat's tick: recover dead claims, then send what is due."""
+    """Beat's tick (and the task published after each event's commit):
+    recover dead claims, then send due calls, a claim at a time, until none
+    is due or the time budget is spent (the next tick goes on)."""
     recovered = webhooks_recover_expired(now=now)
-    counts = webhooks_send_due(now=now)
+    counts: dict[str, int] = {}
+    started = time.monotonic()
+    while True:
+        sent = webhooks_send_due(now=now)
+        for status, n in sent.items():
+            counts[status] = counts.get(status, 0) + n
+        if sum(sent.values()) < settings.NOTIFIER_WEBHOOK_CLAIM_SIZE:
+            break
+        if time.monotonic() - started > SWEEP_BUDGET_SECONDS:
+            break
     if recovered:
         counts["recovered"] = recovered
     return counts

@@ -271,4 +271,16 @@ def test_sent_event_through_a_real_worker(receiver, endpoint, celery_worker_proc
     assert event["data"]["recipient"]["email"] == "cleo@example.com"
     assert verify(receiver.calls[0]["body"], receiver.calls[0]["headers"], SECRET)
     assert len(fake_esp.messages) == 1
-    assert WebhookDelivery.objects.get().status == "delivered"
+    # The receiver answers before the worker writes the outcome.
+    wait_for(lambda: WebhookDelivery.objects.get().status == "delivered", timeout=30)
+
+
+@pytest.mark.django_db
+def test_one_sweep_sends_every_due_call_a_claim_at_a_time(receiver, endpoint, settings):
+    from notifier.services.webhooks import webhooks_sweep
+
+    settings.NOTIFIER_WEBHOOK_CLAIM_SIZE = 3
+    for n in range(8):
+        webhook_event_record(event_type="subscribed", event_key=f"s:{n}", data={"n": n})
+    assert webhooks_sweep() == {"delivered": 8}
+    assert sorted(e["data"]["n"] for e in receiver.events()) == list(range(8))
