@@ -327,7 +327,9 @@ class SignupForm(models.Model):
 
     name = models.CharField(max_length=200)
     slug = models.SlugField(
-        max_length=100, unique=True, help_text="Its address: /subscribe/<slug>/"
+        max_length=100,
+        unique=True,
+        help_text="The public page is /subscribe/ followed by this slug.",
     )
     title = models.CharField(max_length=200, help_text="The heading on the public page.")
     introduction = models.TextField(blank=True, help_text="Shown above the form.")

@@ -68,7 +68,9 @@ class Migration(migrations.Migration):
                 (
                     "slug",
                     models.SlugField(
-                        help_text="Its address: /subscribe/<slug>/", max_length=100, unique=True
+                        help_text="The public page is /subscribe/ followed by this slug.",
+                        max_length=100,
+                        unique=True,
                     ),
                 ),
                 (

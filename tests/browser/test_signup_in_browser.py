@@ -96,4 +96,11 @@ def test_signup_with_double_opt_in_in_a_browser(
     expect(content.locator(".field-requested_at")).to_contain_text(str(consent.requested_at.year))
     expect(content.locator(".field-confirmed_at")).not_to_contain_text("-")
     page.screenshot(path=screenshot_path("signup-4-consent-record"), full_page=True)
+
+    # The form's admin page: its public address and the snippet to embed.
+    page.goto(f"{live_server.url}/admin/campaigns/signupform/{form.pk}/change/")
+    expect(page.locator(".field-public_page")).to_contain_text("/subscribe/pioneers/")
+    snippet = page.locator(".field-embed_snippet textarea").input_value()
+    assert snippet.startswith('<form method="post" action="') and "<script" not in snippet
+    page.screenshot(path=screenshot_path("signup-5-admin-form"), full_page=True)
     assert blocked == []
