@@ -30,6 +30,8 @@ from api.services import (
     idempotent_call,
     request_fingerprint,
 )
+from campaigns.models import ContactList, SignupForm
+from campaigns.services.signups import SignupRefused, SignupRequest, signup_request
 from notifier.errors import (
     InvalidAddress,
     InvalidContext,
@@ -38,8 +40,10 @@ from notifier.errors import (
     InvalidTemplate,
     NotifierError,
 )
-from notifier.models import Delivery, Topic
+from notifier.models import Delivery, Recipient, Topic
 from notifier.services.inputs import storable_problem
+from notifier.services.privacy import recipient_export
+from notifier.services.recipients import normalize_email
 from notifier.services.transactional import check_send_at
 
 logger = logging.getLogger(__name__)
@@ -366,6 +370,95 @@ def events(request, token: ApiToken):
         return Answer(202, {"status": "accepted"})
 
     return _run_idempotent(request, token, body, handler)
+
+
+def _ip_address(value: str | None) -> str | None:
+    import ipaddress
+
+    if value is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise _invalid("ip_address", "Not an IPv4 or IPv6 address.")
+
+
+@api_view(("POST",))
+def subscriptions(request, token: ApiToken):
+    body = _json_body(request, "SubscriptionRequest")
+    form = None
+    if "form" in body:
+        form = SignupForm.objects.filter(slug=body["form"]).first()
+        if form is None:
+            raise _invalid("form", f"No signup form {body['form']!r}.")
+    if "lists" in body:
+        lists = list(ContactList.objects.filter(pk__in=body["lists"]))
+        missing = sorted(set(body["lists"]) - {cl.pk for cl in lists})
+        if missing:
+            raise _invalid("lists", f"No contact list with id {', '.join(map(str, missing))}.")
+    elif form is not None:
+        lists = list(form.lists.all())
+    else:
+        raise _invalid("lists", "Give lists, or a form whose lists are meant.")
+    consent_text = body.get("consent_text") or (form.consent_text if form else "")
+    if not consent_text:
+        raise _invalid("consent_text", "Say what the person agreed to (or give a form).")
+    ip = _ip_address(body.get("ip_address"))
+
+    def handler(key: str | None) -> Answer:
+        try:
+            consent = signup_request(
+                request=SignupRequest(
+                    email=body["email"],
+                    name=body.get("name", ""),
+                    attributes=body.get("attributes") or {},
+                    ip_address=ip,
+                ),
+                lists=lists,
+                consent_text=consent_text,
+                form=form,
+                double_opt_in=body.get("double_opt_in", True),
+                requested_by=_caller(token),
+            )
+        except SignupRefused as exc:
+            if exc.kind == "suppressed":
+                return Answer(409, {"error": {"code": "address_suppressed", "message": str(exc)}})
+            field = {"invalid_address": "email", "invalid_name": "name"}.get(exc.kind, "(body)")
+            return Answer(
+                400,
+                {
+                    "error": {
+                        "code": "invalid_request",
+                        "message": str(exc),
+                        "details": [{"field": field, "message": str(exc)}],
+                    }
+                },
+            )
+        return Answer(
+            201,
+            {
+                "id": consent.pk,
+                "email": consent.recipient.email,
+                "status": "subscribed" if consent.confirmed_at else "awaiting_confirmation",
+                "lists": consent.list_ids,
+                "requested_at": consent.requested_at.isoformat(),
+                "confirmed_at": consent.confirmed_at.isoformat() if consent.confirmed_at else None,
+            },
+        )
+
+    return _run_idempotent(request, token, body, handler)
+
+
+@api_view(("GET",))
+def recipient_data_export(request, token: ApiToken, email: str):
+    try:
+        email = normalize_email(email)
+    except NotifierError as exc:
+        raise _invalid("email", str(exc))
+    recipient = Recipient.objects.filter(email=email).first()
+    if recipient is None:
+        raise ApiError(404, "not_found", "No recipient with this address.")
+    return JsonResponse(recipient_export(recipient=recipient))
 
 
 def openapi(request):

@@ -13,14 +13,14 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.http import HttpResponseRedirect, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.defaultfilters import pluralize
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html, format_html_join
+from django.utils.html import escape, format_html, format_html_join
 from django.utils.text import slugify
 from django.views.decorators.http import require_POST
 
@@ -30,10 +30,12 @@ from campaigns.forms import CAMPAIGN_FIELDSETS, CRON_FIELDS, READONLY, CampaignF
 from campaigns.models import (
     Campaign,
     CampaignRun,
+    Consent,
     ContactList,
     ListMembership,
     Segment,
     SegmentCondition,
+    SignupForm,
 )
 from campaigns.segments import SegmentError, segment_q
 from campaigns.selectors import (
@@ -778,3 +780,97 @@ class CampaignRunAdmin(ReadOnlyAdmin):
                 "time_zone": timezone.get_current_timezone_name(),
             },
         )
+
+
+# --- Signup forms and consents ----------------------------------------------------
+
+
+def signup_embed_snippet(form: SignupForm) -> str:
+    """Plain HTML (no script) another site pastes to post to the form."""
+    action = settings.SITE_URL + reverse("campaigns:signup", args=[form.slug])
+    lines = [f'<form method="post" action="{escape(action)}">']
+    lines.append('  <label>Email <input type="email" name="email" required></label>')
+    if form.ask_name:
+        lines.append('  <label>Name <input type="text" name="name"></label>')
+    for attribute in form.attribute_names:
+        label = escape(attribute.replace("_", " ").capitalize())
+        lines.append(f'  <label>{label} <input type="text" name="attr_{attribute}"></label>')
+    lines.append(
+        '  <label><input type="checkbox" name="consent" value="on" required> '
+        f"{escape(form.consent_text)}</label>"
+    )
+    # The honeypot: people never see it; bots fill it in.
+    lines.append(
+        '  <div style="position:absolute;left:-10000px" aria-hidden="true">'
+        '<input type="text" name="website" tabindex="-1" autocomplete="off"></div>'
+    )
+    lines.append('  <button type="submit">Subscribe</button>')
+    lines.append("</form>")
+    return "\n".join(lines)
+
+
+@admin.register(SignupForm)
+class SignupFormAdmin(admin.ModelAdmin):
+    list_display = ("name", "slug", "active", "public_page", "confirmed_consents")
+    prepopulated_fields = {"slug": ("name",)}
+    filter_horizontal = ("lists",)
+    readonly_fields = ("public_page", "embed_snippet")
+    fieldsets = (
+        (None, {"fields": ("name", "slug", "active", "lists")}),
+        (
+            "What people see",
+            {"fields": ("title", "introduction", "ask_name", "attribute_fields", "consent_text")},
+        ),
+        ("Confirmation email", {"fields": ("confirmation_template",)}),
+        ("Publishing", {"fields": ("public_page", "embed_snippet")}),
+    )
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(n_confirmed=Count("consents", filter=Q(consents__confirmed_at__isnull=False)))
+        )
+
+    @admin.display(description="Confirmed signups", ordering="n_confirmed")
+    def confirmed_consents(self, obj):
+        return getattr(obj, "n_confirmed", None)
+
+    @admin.display(description="Public page")
+    def public_page(self, obj):
+        if not obj.pk:
+            return "Saved forms get a page."
+        url = settings.SITE_URL + reverse("campaigns:signup", args=[obj.slug])
+        return format_html('<a href="{}">{}</a>', url, url)
+
+    @admin.display(description="Embeddable HTML")
+    def embed_snippet(self, obj):
+        if not obj.pk:
+            return "Save the form to get its snippet."
+        return format_html(
+            '<textarea readonly rows="12" cols="90" class="vLargeTextField">{}</textarea>'
+            '<p class="help">Paste it into any page: it posts here (no script needed); '
+            "the person then confirms once on this site and by email.</p>",
+            signup_embed_snippet(obj),
+        )
+
+
+@admin.register(Consent)
+class ConsentAdmin(admin.ModelAdmin):
+    """The consent record: read only (when, which form, from where, the text shown)."""
+
+    list_display = ("recipient", "form", "source", "requested_at", "confirmed_at", "ip_address")
+    list_filter = ("source", "form", ("confirmed_at", admin.EmptyFieldListFilter))
+    search_fields = ("recipient__email",)
+    list_select_related = ("recipient", "form")
+    readonly_fields = [f.name for f in Consent._meta.fields]
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

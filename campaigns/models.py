@@ -314,3 +314,117 @@ class CampaignRun(models.Model):
 
     def __str__(self) -> str:
         return f"Run {self.pk} of {self.campaign_id} ({self.status})"
+
+
+class SignupForm(models.Model):
+    """A public signup form for one or more lists, with double opt-in.
+
+    Its page is ``/subscribe/<slug>/`` (no login, no JavaScript); the admin
+    shows an HTML snippet other sites can embed. A signup becomes list
+    membership only when the emailed confirmation link is followed (see
+    ``campaigns.services.signups``).
+    """
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(
+        max_length=100,
+        unique=True,
+        help_text="The public page is /subscribe/ followed by this slug.",
+    )
+    title = models.CharField(max_length=200, help_text="The heading on the public page.")
+    introduction = models.TextField(blank=True, help_text="Shown above the form.")
+    lists = models.ManyToManyField(ContactList, related_name="signup_forms")
+    ask_name = models.BooleanField("ask for a name", default=True)
+    attribute_fields = models.CharField(
+        "attribute fields",
+        max_length=500,
+        blank=True,
+        help_text="Comma-separated attribute names to ask for (e.g. company, city); "
+        "each becomes an optional field and is stored in the contact's attributes.",
+    )
+    consent_text = models.TextField(
+        help_text="What the person agrees to; shown beside the checkbox and recorded with "
+        "each signup exactly as shown."
+    )
+    confirmation_template = models.ForeignKey(
+        Template,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        limit_choices_to={"kind": "transactional"},
+        help_text="The confirmation email (a transactional template; context: confirm_url, "
+        "form_name, lists). Empty: the template named 'Signup confirmation'.",
+    )
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "signup form"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def attribute_names(self) -> list[str]:
+        return [n.strip() for n in self.attribute_fields.split(",") if n.strip()]
+
+    def clean(self) -> None:
+        import re
+
+        bad = [
+            n for n in self.attribute_names if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,63}", n)
+        ]
+        if bad:
+            raise ValidationError(
+                {
+                    "attribute_fields": "Attribute names are letters, digits and _ (starting "
+                    f"with a letter): {', '.join(bad)}"
+                }
+            )
+
+
+class Consent(models.Model):
+    """One person's agreement to join lists: when, how, from where, and the
+    exact text they were shown. Written by ``campaigns.services.signups``.
+
+    ``confirmed_at`` is empty until the confirmation link is followed (double
+    opt-in); a subscription through the API without double opt-in is
+    confirmed when made. The requested ``name``/``attributes`` are applied
+    to the contact only on confirmation.
+    """
+
+    class Source(models.TextChoices):
+        FORM = "form", "Signup form"
+        API = "api", "API"
+
+    recipient = models.ForeignKey(Recipient, on_delete=models.CASCADE, related_name="consents")
+    form = models.ForeignKey(
+        SignupForm, null=True, blank=True, on_delete=models.SET_NULL, related_name="consents"
+    )
+    source = models.CharField(max_length=8, choices=Source.choices)
+    # "api:<service>" for the API.
+    requested_by = models.CharField(max_length=100, blank=True)
+    list_ids = models.JSONField("lists (ids)", default=list, blank=True)
+    consent_text = models.TextField(blank=True)
+    name = models.CharField(max_length=200, blank=True)
+    attributes = models.JSONField(default=dict, blank=True)
+    double_opt_in = models.BooleanField(default=True)
+    requested_at = models.DateTimeField(auto_now_add=True)
+    ip_address = models.GenericIPAddressField("IP address at signup", null=True, blank=True)
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+    confirm_ip_address = models.GenericIPAddressField(
+        "IP address at confirmation", null=True, blank=True
+    )
+
+    class Meta:
+        ordering = ["-requested_at"]
+        indexes = [
+            models.Index(fields=["recipient", "-requested_at"], name="consent_recipient_idx")
+        ]
+
+    def __str__(self) -> str:
+        state = "confirmed" if self.confirmed_at else "awaiting confirmation"
+        return f"Consent #{self.pk} ({state})"

@@ -14,6 +14,7 @@ urlpatterns = [
     path("api", api_not_found),
     path("api/", include("api.urls")),
     path("", include("ops.urls")),
+    path("", include("campaigns.urls")),
     path("", include("notifier.urls")),
 ]
 

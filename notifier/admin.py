@@ -4,7 +4,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import Http404, HttpResponseRedirect, JsonResponse
+from django.http import Http404, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -20,16 +20,20 @@ from notifier.models import (
     Notification,
     Preference,
     Recipient,
+    RecipientErasure,
     SenderIdentity,
     Suppression,
     Template,
     TemplateRevision,
     Topic,
+    WebhookDelivery,
+    WebhookEndpoint,
 )
 from notifier.selectors import delivery_timeline, preview_recipient
 from notifier.sending.message import delivery_build_message, preview_render
 from notifier.services.digests import digests_send_now
 from notifier.services.outbox import deliveries_retry
+from notifier.services.privacy import AlreadyErased, email_hashes, recipient_erase, recipient_export
 from notifier.services.recipients import normalize_email
 from notifier.services.suppressions import suppression_add, suppression_lift
 from notifier.services.templates import (
@@ -41,6 +45,7 @@ from notifier.services.templates import (
     template_save,
     template_sent_html,
 )
+from notifier.services.webhooks import webhooks_send_again
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -107,7 +112,7 @@ class RecipientAdmin(admin.ModelAdmin):
     search_fields = ("email", "name")
     readonly_fields = ("created_at", "updated_at")
     show_full_result_count = False
-    actions = ["send_digest_now"]
+    actions = ["send_digest_now", "export_data", "erase"]
 
     @admin.action(
         description="Send digest now (their pending hourly/daily notifications)",
@@ -119,6 +124,53 @@ class RecipientAdmin(admin.ModelAdmin):
             request,
             digests_send_now(recipient_ids=list(queryset.values_list("pk", flat=True))),
         )
+
+    @admin.action(description="Export all their data (GDPR, JSON)", permissions=["view"])
+    def export_data(self, request, queryset):
+        exports = [recipient_export(recipient=r) for r in queryset[:100]]
+        document = exports[0] if len(exports) == 1 else {"recipients": exports}
+        response = HttpResponse(
+            json.dumps(document, indent=2, ensure_ascii=False),
+            content_type="application/json; charset=utf-8",
+        )
+        name = "recipient-export.json"
+        if len(exports) == 1:
+            name = f"recipient-{exports[0]['recipient']['public_id']}.json"
+        response["Content-Disposition"] = f'attachment; filename="{name}"'
+        return response
+
+    @admin.action(
+        description="Erase selected recipients (GDPR; asks to confirm)", permissions=["delete"]
+    )
+    def erase(self, request, queryset):
+        if request.POST.get("confirm_erase") != "yes":
+            return TemplateResponse(
+                request,
+                "admin/notifier/recipient_erase.html",
+                {
+                    **self.admin_site.each_context(request),
+                    "opts": self.model._meta,
+                    "queryset": queryset,
+                    "title": "Erase recipients",
+                    "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+                },
+            )
+        erased = skipped = 0
+        for recipient in queryset:
+            try:
+                recipient_erase(
+                    recipient=recipient,
+                    by=f"staff:{request.user.get_username()}",
+                    user=request.user,
+                )
+                erased += 1
+            except AlreadyErased:
+                skipped += 1
+        text = f"{erased} recipients erased; their addresses are suppressed by hash."
+        if skipped:
+            text += f" {skipped} were erased already."
+        self.message_user(request, text, messages.SUCCESS)
+        return None
 
 
 # What the links a message gets render as in the editor's preview (sample data).
@@ -624,6 +676,19 @@ class SuppressionAdmin(admin.ModelAdmin):
     search_fields = ("email",)
     readonly_fields = ("created_at", "lifted_at", "lifted_reason", "lifted_by")
     list_select_related = ("lifted_by",)
+
+    def get_search_results(self, request, queryset, search_term):
+        """An erased address is found by typing it: its hash is compared."""
+        results, distinct = super().get_search_results(request, queryset, search_term)
+        term = search_term.strip()
+        if "@" in term:
+            try:
+                hashes = email_hashes(normalize_email(term))
+            except Exception:
+                return results, distinct
+            results = results | queryset.filter(email_hash__in=hashes)
+        return results, distinct
+
     show_full_result_count = False
     actions = ["lift"]
 
@@ -771,3 +836,81 @@ class DeliveryResolutionAdmin(ReadOnlyAdmin):
     search_fields = ("delivery__uuid", "delivery__recipient__email")
     list_select_related = ("delivery__recipient",)
     raw_id_fields = ("delivery",)
+
+
+@admin.register(RecipientErasure)
+class RecipientErasureAdmin(ReadOnlyAdmin):
+    """The erase audit: read only, never deleted."""
+
+    list_display = ("erased_at", "erased_by_name", "recipient", "email_hash")
+    readonly_fields = [f.name for f in RecipientErasure._meta.fields]
+
+
+class WebhookEndpointForm(forms.ModelForm):
+    url = forms.URLField(label="URL", max_length=500, assume_scheme="https")
+    event_types = forms.MultipleChoiceField(
+        choices=WebhookEndpoint.EventType.choices,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="The events this endpoint is told about.",
+    )
+
+    class Meta:
+        model = WebhookEndpoint
+        fields = ["name", "url", "secret", "event_types", "active"]
+        widgets = {"secret": forms.TextInput(attrs={"size": 60, "autocomplete": "off"})}
+        help_texts = {
+            "secret": "Signs every call (HMAC-SHA256): give the receiver the same secret. "
+            "Use a long random string.",
+        }
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(admin.ModelAdmin):
+    form = WebhookEndpointForm
+    list_display = ("name", "url", "active", "events", "log_link")
+
+    @admin.display(description="Events")
+    def events(self, obj):
+        return ", ".join(obj.event_types or [])
+
+    @admin.display(description="Log")
+    def log_link(self, obj):
+        url = (
+            reverse("admin:notifier_webhookdelivery_changelist") + f"?endpoint__id__exact={obj.pk}"
+        )
+        return format_html('<a href="{}">Calls</a>', url)
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin):
+    """Each endpoint's log of calls; "send again" makes chosen calls once more."""
+
+    list_display = (
+        "created_at",
+        "endpoint",
+        "event_type",
+        "status",
+        "attempts",
+        "last_status_code",
+        "next_attempt_at",
+        "delivered_at",
+    )
+    list_filter = ("status", "event_type", "endpoint")
+    list_select_related = ("endpoint",)
+    readonly_fields = [f.name for f in WebhookDelivery._meta.fields] + ["uuid"]
+    show_full_result_count = False
+    actions = ["send_again"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description="Send selected calls again", permissions=["change"])
+    def send_again(self, request, queryset):
+        n = webhooks_send_again(rows=queryset)
+        self.message_user(request, f"{n} calls will be sent again.", messages.SUCCESS)

@@ -31,3 +31,8 @@ class UnknownTransport(NotifierError):
 
 class InvalidSender(NotifierError):
     pass
+
+
+class AddressSuppressed(NotifierError):
+    """The address belongs to an erased recipient: it may not be stored or
+    mailed again until staff lift its suppression."""

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from notifier.email_html import DEFAULT_LAYOUT, LAYOUT_CHOICES
 
@@ -580,7 +581,13 @@ class DeliveryEvent(models.Model):
 
 
 class Suppression(models.Model):
-    """An address nothing is ever sent to while the suppression is active."""
+    """An address nothing is ever sent to while the suppression is active.
+
+    An erased recipient's suppression keeps no address: ``email`` is empty
+    and ``email_hash`` holds a keyed one-way hash of it
+    (``notifier.services.privacy.email_hash``), enough to recognise the
+    address when it comes back, never to read it.
+    """
 
     class Reason(models.TextChoices):
         UNSUBSCRIBED = "unsubscribed", "Unsubscribed"
@@ -588,8 +595,10 @@ class Suppression(models.Model):
         SOFT_BOUNCES = "soft_bounces", "Repeated soft bounces"
         COMPLAINT = "complaint", "Spam complaint"
         MANUAL = "manual", "Manual"
+        ERASED = "erased", "Erased (personal data removed)"
 
-    email = models.EmailField(max_length=254)
+    email = models.EmailField(max_length=254, blank=True)
+    email_hash = models.CharField(max_length=64, blank=True, default="", db_index=True)
     reason = models.CharField(max_length=16, choices=Reason.choices)
     note = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -604,13 +613,23 @@ class Suppression(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["email"],
-                condition=Q(lifted_at__isnull=True),
+                condition=Q(lifted_at__isnull=True) & ~Q(email=""),
                 name="suppression_one_active_per_email",
+            ),
+            models.UniqueConstraint(
+                fields=["email_hash"],
+                condition=Q(lifted_at__isnull=True) & ~Q(email_hash=""),
+                name="suppression_one_active_per_hash",
+            ),
+            models.CheckConstraint(
+                condition=~Q(email="") | ~Q(email_hash=""),
+                name="suppression_address_or_hash",
             ),
         ]
 
     def __str__(self) -> str:
-        return f"{self.email} ({self.get_reason_display()})"
+        shown = self.email or f"erased address #{self.email_hash[:12]}"
+        return f"{shown} ({self.get_reason_display()})"
 
 
 class Frequency(models.TextChoices):
@@ -719,3 +738,136 @@ class TopicEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.topic_id} for {self.recipient_id}"
+
+
+class RecipientErasure(models.Model):
+    """The audit of one erase: who, when, and how many rows were changed.
+
+    Holds no personal data: the recipient row it names is anonymised by the
+    same erase, and the address survives only as its hash.
+    """
+
+    recipient = models.ForeignKey(
+        Recipient, null=True, blank=True, on_delete=models.SET_NULL, related_name="erasures"
+    )
+    email_hash = models.CharField(max_length=64)
+    erased_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Who asked, as it was: "staff:<username>" or "api:<service>".
+    erased_by_name = models.CharField(max_length=200, blank=True)
+    erased_at = models.DateTimeField(auto_now_add=True)
+    rows_changed = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-erased_at"]
+        verbose_name = "recipient erasure"
+
+    def __str__(self) -> str:
+        return (
+            f"Erasure #{self.pk} by {self.erased_by_name or '?'} at {self.erased_at:%Y-%m-%d %H:%M}"
+        )
+
+
+class WebhookEndpoint(models.Model):
+    """A URL outside that is told about events (see ``services.webhooks``)."""
+
+    class EventType(models.TextChoices):
+        SENT = "sent", "Sent"
+        DELIVERED = "delivered", "Delivered"
+        BOUNCED = "bounced", "Bounced"
+        COMPLAINED = "complained", "Complained"
+        OPENED = "opened", "Opened"
+        CLICKED = "clicked", "Clicked"
+        UNSUBSCRIBED = "unsubscribed", "Unsubscribed"
+        SUBSCRIBED = "subscribed", "Subscribed"
+        JOURNEY_STEP = "journey_step", "Journey step"
+
+    name = models.CharField(max_length=200)
+    url = models.URLField(max_length=500)
+    # The receiver checks each call's signature with it (README: "Outbound webhooks").
+    secret = models.CharField(max_length=200)
+    event_types = models.JSONField(default=list, blank=True)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "webhook endpoint"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        unknown = sorted(set(self.event_types or []) - set(self.EventType.values))
+        if not isinstance(self.event_types, list) or unknown:
+            raise ValidationError({"event_types": f"Unknown event types: {', '.join(unknown)}"})
+
+
+class WebhookDelivery(models.Model):
+    """One call of one endpoint about one event: the webhook outbox row.
+
+    Written in the transaction of the event that causes it (so a crash loses
+    neither or both) and only by ``notifier.services.webhooks``. Status machine::
+
+        pending -> sending -> delivered              the receiver answered 2xx
+        sending -> pending                           any other answer, or none:
+                                                     next_attempt_at backs off
+        sending -> dead                              attempts exhausted
+        sending -> pending                           lease expired (worker died)
+
+    A row is claimed with a conditional update and a lease like a Delivery;
+    a call whose answer was lost is made again (receivers deduplicate on the
+    ``Notifier-Webhook-Id`` header, which is the same on every attempt).
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENDING = "sending", "Sending"
+        DELIVERED = "delivered", "Delivered"
+        DEAD = "dead", "Dead (gave up)"
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    endpoint = models.ForeignKey(
+        WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    event_type = models.CharField(max_length=32)
+    # What happened, once per endpoint: "sent:<delivery uuid>", "event:<id>"...
+    event_key = models.CharField(max_length=255)
+    recipient = models.ForeignKey(
+        Recipient, null=True, blank=True, on_delete=models.SET_NULL, related_name="webhook_calls"
+    )
+    payload = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    claim_token = models.UUIDField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name = "webhook call"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["endpoint", "event_key"], name="webhookdelivery_once_per_event"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=Q(status="pending"),
+                name="webhookdelivery_due_idx",
+            ),
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=Q(status="sending"),
+                name="webhookdelivery_lease_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} to {self.endpoint_id} ({self.status})"

@@ -15,6 +15,7 @@ from notifier.services.digests import digests_build, digests_run
 from notifier.services.indoubt import deliveries_resolve_in_doubt
 from notifier.services.notifications import notifications_prune
 from notifier.services.retries import deliveries_sweep
+from notifier.services.webhooks import webhooks_sweep
 
 
 @shared_task(name="notifier.send_deliveries", acks_late=True, reject_on_worker_lost=True)
@@ -66,3 +67,9 @@ def prune_notifications() -> int:
 @shared_task(name="notifier.resolve_in_doubt", acks_late=True, ignore_result=True)
 def resolve_in_doubt() -> dict[str, int]:
     return deliveries_resolve_in_doubt()
+
+
+@shared_task(name="notifier.send_webhooks", acks_late=True, ignore_result=True)
+def send_webhooks() -> dict[str, int]:
+    # Claims are conditional and leased: two of these at once send each call once.
+    return webhooks_sweep()

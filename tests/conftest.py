@@ -98,15 +98,33 @@ def marketing_group(db):
     ]
     group, created = Group.objects.get_or_create(name=migrations[0].GROUP)
     if created:
+        signups = importlib.import_module("campaigns.migrations.0009_signup_forms_consents")
+        wanted = {
+            ("campaigns", model): actions
+            for model, actions in signups.MARKETING_PERMISSIONS.items()
+        }
         for migration in migrations:
-            for (app_label, model), actions in migration.PERMISSIONS.items():
-                group.permissions.add(
-                    *Permission.objects.filter(
-                        content_type__app_label=app_label,
-                        codename__in=[f"{action}_{model}" for action in actions],
-                    )
+            wanted.update(migration.PERMISSIONS)
+        for (app_label, model), actions in wanted.items():
+            group.permissions.add(
+                *Permission.objects.filter(
+                    content_type__app_label=app_label,
+                    codename__in=[f"{action}_{model}" for action in actions],
                 )
+            )
     return group
+
+
+@pytest.fixture
+def confirmation_template(db):
+    """The "Signup confirmation" template its data migration makes (rebuilt
+    when a transactional test emptied the tables)."""
+    from notifier.models import Template
+
+    migration = importlib.import_module("campaigns.migrations.0009_signup_forms_consents")
+    fields = migration.CONFIRMATION_TEMPLATE
+    template, _ = Template.objects.get_or_create(name=fields["name"], defaults=fields)
+    return template
 
 
 @pytest.fixture

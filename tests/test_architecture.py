@@ -32,7 +32,8 @@ WRITE_METHODS = {
     "save",
 }
 SQL_WRITE_WORDS = ("INSERT INTO", "UPDATE ", "DELETE FROM")
-OUTBOX_MODELS = {"Delivery", "DeliveryGroup"}
+# WebhookDelivery is an outbox too: written only by notifier.services.webhooks.
+OUTBOX_MODELS = {"Delivery", "DeliveryGroup", "WebhookDelivery"}
 
 
 def _is_delivery_manager(node: ast.AST) -> bool:

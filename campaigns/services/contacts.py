@@ -33,6 +33,7 @@ from campaigns.errors import ImportFileError
 from campaigns.models import ContactList, ListMembership
 from notifier.errors import InvalidAddress, InvalidName
 from notifier.models import Recipient
+from notifier.services.privacy import erased_addresses
 from notifier.services.recipients import (
     check_name,
     normalize_email,
@@ -151,15 +152,32 @@ def _json_rows(vendor: str) -> str:
     )
 
 
+# --- Erased addresses (GDPR): refused, one query per chunk --------------------------
+
+
+def _without_erased(chunk: list[dict], rows_by_email: dict[str, int], report) -> list[dict]:
+    """The chunk without addresses of erased recipients (notifier.services.privacy),
+    each reported as a row error: importing one would store it again."""
+    erased = erased_addresses(c["email"] for c in chunk)
+    for email in erased:
+        report.add_error(rows_by_email.get(email, 0), ERASED_ROW_ERROR)
+    return [c for c in chunk if c["email"] not in erased] if erased else chunk
+
+
+ERASED_ROW_ERROR = "Suppressed: this address was erased at its owner's request (staff can lift it)."
+
+
 def _flush(
     chunk: list[dict],
     *,
     contact_list: ContactList | None,
     update_existing: bool,
     report: ImportReport,
+    rows_by_email: dict[str, int],
 ) -> None:
     """Upsert a chunk of contacts and add them to the list: three statements,
     each with the whole chunk as one JSON parameter (fast to send and parse)."""
+    chunk = _without_erased(chunk, rows_by_email, report)
     if not chunk:
         return
     q = connection.ops.quote_name
@@ -289,9 +307,16 @@ def contacts_import_csv(
                         contact_list=contact_list,
                         update_existing=update_existing,
                         report=report,
+                        rows_by_email=seen,
                     )
                     chunk = []
-            _flush(chunk, contact_list=contact_list, update_existing=update_existing, report=report)
+            _flush(
+                chunk,
+                contact_list=contact_list,
+                update_existing=update_existing,
+                report=report,
+                rows_by_email=seen,
+            )
             if contact_list is not None:
                 report.list_size = contact_list.memberships.count()
     except UnicodeDecodeError as exc:

@@ -310,6 +310,31 @@ NOTIFIER_UNSUBSCRIBE_MAILTO = env("UNSUBSCRIBE_MAILTO", default="")
 # links never expire, as RFC 8058 needs).
 NOTIFIER_PREFERENCE_LINK_DAYS = env.int("PREFERENCE_LINK_DAYS", default=90)
 
+# --- Outbound webhooks (notifier.services.webhooks) -----------------------------
+# Calls of one endpoint about one event: tried this many times, then "dead".
+NOTIFIER_WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=8)
+# Exponential backoff between attempts (seconds): base * 2^(attempt-1), capped.
+NOTIFIER_WEBHOOK_BACKOFF_BASE = env.float("WEBHOOK_BACKOFF_BASE", default=30.0)
+NOTIFIER_WEBHOOK_BACKOFF_CAP = env.float("WEBHOOK_BACKOFF_CAP", default=3600.0)
+NOTIFIER_WEBHOOK_CONNECT_TIMEOUT = env.float("WEBHOOK_CONNECT_TIMEOUT", default=5.0)
+NOTIFIER_WEBHOOK_TIMEOUT = env.float("WEBHOOK_TIMEOUT", default=10.0)
+# Calls one task claims at once, and how long it owns them: long enough for
+# every one of them to time out in turn.
+NOTIFIER_WEBHOOK_CLAIM_SIZE = env.int("WEBHOOK_CLAIM_SIZE", default=20)
+NOTIFIER_WEBHOOK_LEASE_SECONDS = env.int("WEBHOOK_LEASE_SECONDS", default=360)
+CELERY_BEAT_SCHEDULE["webhooks-send-due"] = {
+    "task": "notifier.send_webhooks",
+    "schedule": CELERY_BEAT_SCHEDULE["notifier-sweep"]["schedule"],
+    "options": {"queue": "maintenance", "expires": 60},
+}
+
+# --- Signup forms, privacy (campaigns.services.signups, notifier.services.privacy) --
+# Form posts accepted per client address per hour (Redis), and how long a
+# form page's signed token and a confirmation link stay valid.
+SIGNUP_RATE_LIMIT_PER_HOUR = env.int("SIGNUP_RATE_LIMIT_PER_HOUR", default=20)
+SIGNUP_FORM_TOKEN_HOURS = env.int("SIGNUP_FORM_TOKEN_HOURS", default=24)
+SIGNUP_CONFIRM_DAYS = env.int("SIGNUP_CONFIRM_DAYS", default=7)
+
 # --- HTTP API and operations (api/, ops/, deploy/) ------------------------------
 # One JSON object per line in production (LOG_FORMAT=json); ids of the
 # delivery/run being sent are added to every line by LogContextFilter.

@@ -10,13 +10,18 @@ repeat.
 import logging
 import time
 
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from notifier.models import Delivery
+from notifier.models import Delivery, Recipient
 from notifier.sending import journal
 from notifier.sending.outcomes import Outcome, apply_outcome
 from notifier.services.suppressions import suppression_add
+from notifier.services.webhooks import (
+    recipient_event_data,
+    webhook_events_record,
+    webhook_listeners_exist,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +69,40 @@ def deliveries_write(rows: list[Delivery], *, claim_token=None) -> int:
     if not rows:
         return 0
 
-    def write() -> int:
+    def write_rows() -> int:
         return sum(
             _update_from_values(rows[i : i + 500], claim_token) for i in range(0, len(rows), 500)
         )
 
+    def write() -> int:
+        sent = [row for row in rows if row.status == Delivery.Status.SENT]
+        if not sent or not webhook_listeners_exist(event_type="sent"):
+            return write_rows()
+        # The "sent" webhook calls commit with the outcome (one event key per
+        # Delivery, so a repeated write queues nothing twice).
+        with transaction.atomic():
+            written = write_rows()
+            deliveries_sent_webhooks(sent)
+        return written
+
     return with_reconnect(write)
+
+
+def deliveries_sent_webhooks(rows: list[Delivery]) -> None:
+    recipients = Recipient.objects.in_bulk({row.recipient_id for row in rows})
+    events = []
+    for row in rows:
+        recipient = recipients.get(row.recipient_id)
+        data = {
+            "delivery": str(row.uuid),
+            "message_id": row.esp_message_id,
+            "kind": row.kind,
+            "group": row.run_id,
+            "recipient": recipient_event_data(recipient) if recipient else None,
+            "sent_at": row.sent_at,
+        }
+        events.append((f"sent:{row.uuid}", data, row.recipient_id))
+    webhook_events_record(event_type="sent", events=events)
 
 
 _PG_TYPES = {

@@ -12,6 +12,8 @@
 * ``digests``       building and sending digests
 * ``dispatch``      handing delivery ids to Celery on the right queue
 * ``retries``       the sweeper: recovering expired claims, dispatching due rows
+* ``webhooks``      outbound webhook calls: an outbox of their own (claim, sign, retry)
+* ``privacy``       GDPR export and erase; erased addresses kept only as a keyed hash
 
 Sending a batch (claim, render, hand over, record) is ``notifier.sending``.
 """

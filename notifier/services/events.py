@@ -39,6 +39,7 @@ from notifier.errors import InvalidAddress
 from notifier.models import Delivery, DeliveryEvent, Suppression
 from notifier.services.recipients import normalize_email
 from notifier.services.suppressions import suppression_add
+from notifier.services.webhooks import recipient_event_data, webhook_event_record
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +210,7 @@ def delivery_event_apply(*, record: DeliveryEvent, delivery: Delivery | None) ->
             rows.update(opens=F("opens") + 1, updated_at=now)
         elif event_type == EventType.CLICKED:
             rows.update(clicks=F("clicks") + 1, updated_at=now)
+    _webhook_for_event(record=record, delivery=delivery)
     if not record.email:
         return
     reason = SUPPRESS_AT_ONCE.get(event_type)
@@ -216,6 +218,38 @@ def delivery_event_apply(*, record: DeliveryEvent, delivery: Delivery | None) ->
         reason = Suppression.Reason.SOFT_BOUNCES
     if reason is not None:
         suppression_add(email=record.email, reason=reason, note=f"{note} (event {record.pk})")
+
+
+# ESP event types outbound webhooks report (an ESP-side unsubscribe is
+# reported by its suppression, as every unsubscribe is).
+WEBHOOK_EVENTS = {
+    EventType.DELIVERED: "delivered",
+    EventType.BOUNCED: "bounced",
+    EventType.COMPLAINED: "complained",
+    EventType.OPENED: "opened",
+    EventType.CLICKED: "clicked",
+}
+
+
+def _webhook_for_event(*, record: DeliveryEvent, delivery: Delivery | None) -> None:
+    webhook_type = WEBHOOK_EVENTS.get(record.event_type)
+    if webhook_type is None:
+        return
+    recipient = delivery.recipient if delivery is not None else None
+    webhook_event_record(
+        event_type=webhook_type,
+        event_key=f"event:{record.pk}",
+        recipient=recipient,
+        data={
+            "delivery": str(delivery.uuid) if delivery is not None else None,
+            "message_id": record.esp_message_id,
+            "recipient": recipient_event_data(recipient)
+            if recipient is not None
+            else {"email": record.email},
+            "occurred_at": record.occurred_at,
+            "description": record.description,
+        },
+    )
 
 
 def soft_bounce_limit_reached(email: str) -> bool:

@@ -4,7 +4,7 @@ import zoneinfo
 
 from email_validator import EmailNotValidError, validate_email
 
-from notifier.errors import InvalidAddress, InvalidName
+from notifier.errors import AddressSuppressed, InvalidAddress, InvalidName
 from notifier.models import Recipient, name_problem
 
 NAME_MAX = Recipient._meta.get_field("name").max_length
@@ -88,6 +88,9 @@ def recipient_get_or_create(*, email: str, name: str = "", caller: str | None = 
     """
     normalized = normalize_email(email)
     check_name(name)
+    recipient = Recipient.objects.filter(email=normalized).first()
+    if recipient is None:
+        address_refuse_if_erased(normalized)
     recipient, created = Recipient.objects.get_or_create(
         email=normalized, defaults={"name": name, "created_by": caller or ""}
     )
@@ -98,6 +101,21 @@ def recipient_get_or_create(*, email: str, name: str = "", caller: str | None = 
         recipient.name = name
         recipient.save(update_fields=["name", "updated_at"])
     return recipient
+
+
+ERASED_MESSAGE = (
+    "This address cannot be used: it is suppressed at its owner's request. "
+    "Staff can lift the suppression."
+)
+
+
+def address_refuse_if_erased(email: str) -> None:
+    """Raise AddressSuppressed when ``email`` belongs to an erased recipient
+    (see ``notifier.services.privacy``): storing it again would undo the erase."""
+    from notifier.services.privacy import address_erased
+
+    if address_erased(email):
+        raise AddressSuppressed(ERASED_MESSAGE)
 
 
 def recipient_render_data(recipient: Recipient) -> dict:

@@ -11,10 +11,12 @@ active suppression of an address makes its recipient active again.
 from collections.abc import Iterable
 
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from notifier.models import Recipient, Suppression
 from notifier.services.recipients import normalize_email
+from notifier.services.webhooks import recipient_event_data, webhook_event_record
 
 SUPPRESSED_RECIPIENT_STATUSES = (
     Recipient.Status.UNSUBSCRIBED,
@@ -32,12 +34,21 @@ RECIPIENT_STATUS_FOR_REASON = {
 
 
 def active_suppressions(emails: Iterable[str]) -> dict[str, str]:
-    """Map each suppressed address among ``emails`` to its reason (one query)."""
-    return dict(
-        Suppression.objects.filter(email__in=list(emails), lifted_at__isnull=True).values_list(
-            "email", "reason"
-        )
-    )
+    """Map each suppressed address among ``emails`` to its reason (one query;
+    an erased address is recognised by its hash, see ``services.privacy``)."""
+    from notifier.services.privacy import email_hashes
+
+    emails = list(emails)
+    by_hash = {h: email for email in emails for h in email_hashes(email)}
+    found: dict[str, str] = {}
+    rows = Suppression.objects.filter(
+        Q(email__in=emails) | Q(email_hash__in=list(by_hash)), lifted_at__isnull=True
+    ).values_list("email", "email_hash", "reason")
+    for email, hashed, reason in rows:
+        address = email if email in emails else by_hash.get(hashed)
+        if address is not None:
+            found.setdefault(address, reason)
+    return found
 
 
 # Why a message was not sent, in words (Delivery.status_reason of a
@@ -108,6 +119,17 @@ def suppression_add(*, email: str, reason: str, note: str = "") -> Suppression:
     if status is not None:
         Recipient.objects.filter(email=email, status=Recipient.Status.ACTIVE).update(
             status=status, updated_at=timezone.now()
+        )
+    if reason == Suppression.Reason.UNSUBSCRIBED:
+        recipient = Recipient.objects.filter(email=email).first()
+        webhook_event_record(
+            event_type="unsubscribed",
+            event_key=f"suppression:{suppression.pk}",
+            recipient=recipient,
+            data={
+                "recipient": recipient_event_data(recipient) if recipient else {"email": email},
+                "note": note,
+            },
         )
     return suppression
 

@@ -88,6 +88,9 @@ def test_marketing_sees_only_its_models(marketer):
         "Delivery",
         "Journey",
         "JourneyEnrollment",
+        # Signup forms and their (read-only) consent records.
+        "SignupForm",
+        "Consent",
     }
 
 
