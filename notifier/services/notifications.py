@@ -3,7 +3,7 @@
 The recipient's Preference for the topic (else the topic's default frequency)
 decides: ``instant`` sends one email through ``send()``; ``hourly`` and
 ``daily`` store a Notification that the next digest of that frequency picks up
-(``digests.py``); ``off`` stores nothing. Nothing is stored or sent for a
+(``digests``); ``off`` stores nothing. Nothing is stored or sent for a
 suppressed recipient.
 """
 

@@ -1,0 +1,44 @@
+"""Digest windows: which digest a moment belongs to, and when it closes.
+
+A window names one digest per recipient (part of its idempotency key) and has
+a cutoff: notifications created after it wait for the next window.
+"""
+
+import functools
+import zoneinfo
+from datetime import UTC, datetime
+
+from django.conf import settings
+
+from notifier.models import Frequency
+
+DIGEST_FREQUENCIES = (Frequency.HOURLY, Frequency.DAILY)
+
+
+def digest_key(*, frequency: str, recipient_id: int, window: str) -> str:
+    return f"digest:{frequency}:{recipient_id}:{window}"
+
+
+def hourly_window(*, now: datetime) -> tuple[str, datetime]:
+    """(window, cutoff): the hour that has just begun, in UTC."""
+    cutoff = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return cutoff.strftime("%Y-%m-%dT%H"), cutoff
+
+
+@functools.cache
+def known_zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def daily_windows(*, now: datetime) -> dict[str, tuple[str, datetime]]:
+    """For each known zone whose local digest time has come today:
+    zone -> (local date, the moment that time came)."""
+    at = settings.NOTIFIER_DAILY_DIGEST_TIME
+    windows = {}
+    for name in known_zones():
+        zone = zoneinfo.ZoneInfo(name)
+        local_now = now.astimezone(zone)
+        due_at = datetime.combine(local_now.date(), at, tzinfo=zone)
+        if local_now >= due_at:
+            windows[name] = (local_now.date().isoformat(), due_at.astimezone(UTC))
+    return windows
