@@ -11,7 +11,7 @@ sending engine ``notifier.sending`` are its only writers. A ``DeliveryGroup``
 import unicodedata
 import uuid
 import zoneinfo
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -75,6 +75,17 @@ class RandomUUID(models.Func):
         return "lower(hex(randomblob(16)))", []  # how Django stores a UUID in SQLite
 
 
+class Weekday(models.IntegerChoices):
+    # Python's numbering (date.weekday()): Monday is 0.
+    MONDAY = 0, "Monday"
+    TUESDAY = 1, "Tuesday"
+    WEDNESDAY = 2, "Wednesday"
+    THURSDAY = 3, "Thursday"
+    FRIDAY = 4, "Friday"
+    SATURDAY = 5, "Saturday"
+    SUNDAY = 6, "Sunday"
+
+
 class Recipient(models.Model):
     class Status(models.TextChoices):
         ACTIVE = "active", "Active"
@@ -102,6 +113,12 @@ class Recipient(models.Model):
     public_id = models.UUIDField(
         default=uuid.uuid4, db_default=RandomUUID(), unique=True, editable=False
     )
+    # When the weekly digest goes out, in the recipient's time zone (chosen on
+    # the preference page).
+    weekly_digest_day = models.PositiveSmallIntegerField(
+        choices=Weekday.choices, default=Weekday.MONDAY, db_default=Weekday.MONDAY
+    )
+    weekly_digest_time = models.TimeField(default=time(8, 0), db_default=time(8, 0))
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -543,6 +560,7 @@ class Frequency(models.TextChoices):
     INSTANT = "instant", "At once"
     HOURLY = "hourly", "Hourly digest"
     DAILY = "daily", "Daily digest"
+    WEEKLY = "weekly", "Weekly digest"
     OFF = "off", "Off"
 
 

@@ -8,6 +8,7 @@ a GET never changes anything, so link scanners cannot unsubscribe anyone.
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
+from django.db import transaction
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
@@ -17,7 +18,7 @@ from django.views.decorators.http import require_http_methods
 from notifier.forms import PreferencesForm
 from notifier.models import Suppression
 from notifier.selectors import active_suppression, recipient_topic_frequencies
-from notifier.services.preferences import preferences_update
+from notifier.services.preferences import preferences_update, recipient_weekly_digest_set
 from notifier.services.unsubscribe import (
     SCOPE_ALL,
     InvalidLink,
@@ -100,17 +101,29 @@ def preferences(request, token: str):
         else:
             form = PreferencesForm(request.POST, topics=topics)
             if form.is_valid():
-                preferences_update(recipient=recipient, frequencies=form.frequencies())
+                with transaction.atomic():
+                    preferences_update(recipient=recipient, frequencies=form.frequencies())
+                    weekday, at = form.weekly_digest(
+                        current=(recipient.weekly_digest_day, recipient.weekly_digest_time)
+                    )
+                    recipient_weekly_digest_set(recipient=recipient, weekday=weekday, at=at)
                 done = "saved"
             else:
                 status = 400
         if done:
             return redirect(f"{request.path}?done={done}")
     else:
-        form = PreferencesForm(topics=topics)
+        form = PreferencesForm(
+            topics=topics,
+            initial={
+                "weekly_digest_day": recipient.weekly_digest_day,
+                "weekly_digest_time": recipient.weekly_digest_time.strftime("%H:%M"),
+            },
+        )
     suppression = active_suppression(email=recipient.email)
     context = {
         "email": recipient.email,
+        "time_zone": recipient.time_zone,
         "form": form,
         "message": DONE_MESSAGES.get(request.GET.get("done", "")),
         "suppression": suppression,

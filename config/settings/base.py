@@ -354,6 +354,13 @@ CELERY_BEAT_SCHEDULE.update(
             "schedule": crontab(minute="*/5"),
             "options": {"queue": "maintenance", "expires": 4 * 60},
         },
+        # Weekly digests: every 5 minutes, send those whose recipient's local
+        # weekday and time (their choice) have come.
+        "notifier-digests-weekly": {
+            "task": "notifier.digests_weekly",
+            "schedule": crontab(minute="*/5"),
+            "options": {"queue": "maintenance", "expires": 4 * 60},
+        },
         # Prune included notifications older than the retention, once a day.
         "notifier-prune-notifications": {
             "task": "notifier.prune_notifications",

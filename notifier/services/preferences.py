@@ -1,8 +1,11 @@
-"""What a recipient wants per topic: instant, hourly, daily, or off.
+"""What a recipient wants per topic (instant, hourly, daily, weekly, or off),
+and when their weekly digest comes.
 
 Turning a topic off also switches the recipient's notifications of that topic
 that are still waiting for a digest to ``off``, so no digest picks them up.
 """
+
+from datetime import time
 
 from django.db import transaction
 
@@ -58,3 +61,18 @@ def preferences_all_off(*, recipient: Recipient) -> int:
             frequency=Frequency.OFF
         ).update(frequency=Frequency.OFF)
     return len(topics)
+
+
+def recipient_weekly_digest_set(*, recipient: Recipient, weekday: int, at: time) -> bool:
+    """Set the local weekday (Monday is 0) and time of the recipient's weekly
+    digest; returns whether anything changed. A week's digest is still sent
+    once: a day moved later in a week whose digest went out waits a week."""
+    if weekday not in range(7):
+        raise ValueError(f"Unknown weekday {weekday!r}.")
+    if not isinstance(at, time) or at.tzinfo is not None:
+        raise ValueError("The weekly digest time is a local time of day.")
+    if (recipient.weekly_digest_day, recipient.weekly_digest_time) == (weekday, at):
+        return False
+    recipient.weekly_digest_day, recipient.weekly_digest_time = weekday, at
+    recipient.save(update_fields=["weekly_digest_day", "weekly_digest_time", "updated_at"])
+    return True

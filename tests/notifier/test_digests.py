@@ -395,9 +395,9 @@ def test_topic_admin_form_refuses_a_broken_digest_entry():
 
 
 def test_unknown_frequency_is_refused():
-    with pytest.raises(ValueError, match="hourly or daily"):
+    with pytest.raises(ValueError, match="hourly, daily or weekly"):
         digests_build(recipient_ids=[1], frequency="instant", window="w", cutoff=timezone.now())
-    with pytest.raises(ValueError, match="hourly or daily"):
+    with pytest.raises(ValueError, match="hourly, daily or weekly"):
         list(digest_batches_due(frequency="off", now=timezone.now()))
     assert not Recipient.objects.exists()
 
@@ -429,11 +429,21 @@ def test_beat_installs_the_digest_and_prune_schedules():
             "*/5 * * * * (m/h/dM/MY/d) UTC",
             "maintenance",
         ),
+        "notifier-digests-weekly": (
+            "notifier.digests_weekly",
+            "*/5 * * * * (m/h/dM/MY/d) UTC",
+            "maintenance",
+        ),
         "notifier-prune-notifications": (
             "notifier.prune_notifications",
             "30 3 * * * (m/h/dM/MY/d) UTC",
             "maintenance",
         ),
     }
-    for name in ("notifier.digests_hourly", "notifier.digests_daily", "notifier.build_digests"):
+    for name in (
+        "notifier.digests_hourly",
+        "notifier.digests_daily",
+        "notifier.digests_weekly",
+        "notifier.build_digests",
+    ):
         assert name in app.tasks

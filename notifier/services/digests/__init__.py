@@ -1,4 +1,4 @@
-"""Hourly and daily digests: finding who is due, and building one email each.
+"""Hourly, daily and weekly digests: finding who is due, and building one email each.
 
 ``windows`` names each digest and its cutoff, ``scheduling`` finds who is due
 and fans the builds out, ``building`` writes them, ``entries`` renders their
@@ -7,11 +7,12 @@ content, ``send_now`` is staff's button.
 Each event is in exactly one digest, and no digest is sent twice:
 
 * A digest is named ``digest:<frequency>:<recipient id>:<window>`` (the hour,
-  in UTC, or the recipient's local date), the unique idempotency key of its
+  in UTC; the recipient's local date; the ISO week of their local weekly
+  digest day), the unique idempotency key of its
   Delivery. A run triggered twice for one window, or a task redelivered after
   its worker died, finds the key and builds nothing again.
 * A window has a cutoff (the top of the hour; the recipient's local digest
-  time that day): notifications created after it wait for the next digest,
+  time that day; their weekly day and time): notifications created after it wait for the next digest,
   whenever the task happens to run.
 * The build locks the recipients' pending notifications (``FOR UPDATE SKIP
   LOCKED`` on PostgreSQL), creates the digest Deliveries and marks the
@@ -37,6 +38,7 @@ from notifier.services.digests.windows import (
     digest_key,
     hourly_window,
     known_zones,
+    weekly_window,
 )
 
 __all__ = [
@@ -54,4 +56,5 @@ __all__ = [
     "digests_send_now",
     "hourly_window",
     "known_zones",
+    "weekly_window",
 ]

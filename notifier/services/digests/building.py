@@ -147,7 +147,7 @@ def digests_build(
     ``existing`` digests found already built.
     """
     if frequency not in DIGEST_FREQUENCIES:
-        raise ValueError(f"Digests are hourly or daily, not {frequency!r}.")
+        raise ValueError(f"Digests are hourly, daily or weekly, not {frequency!r}.")
     if timezone.is_naive(cutoff):
         raise ValueError("cutoff must be timezone-aware.")
     try:

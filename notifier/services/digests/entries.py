@@ -35,6 +35,7 @@ Choose which notifications you get, and how often: {{ preferences_url }}
 {% endif %}{% if unsubscribe_url %}Unsubscribe: {{ unsubscribe_url }}
 {% endif %}"""
 FALLBACK_ITEM = "{{ data }}"
+PERIODS = {Frequency.HOURLY: "hourly", Frequency.DAILY: "daily", Frequency.WEEKLY: "weekly"}
 
 
 def _topic_data(topic: Topic) -> dict:
@@ -107,7 +108,7 @@ def digest_context(
     sections.sort(key=lambda section: section["newest"], reverse=True)
     return {
         "frequency": frequency,
-        "period": "hourly" if frequency == Frequency.HOURLY else "daily",
+        "period": PERIODS[frequency],
         "window": window,
         "total": sum(section["count"] for section in sections),
         "sections": sections,

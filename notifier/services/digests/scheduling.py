@@ -20,6 +20,7 @@ from notifier.selectors import (
     daily_digest_due_page,
     digest_deliveries_by_key,
     digest_due_recipient_ids,
+    weekly_digest_due_page,
 )
 from notifier.services.digests.windows import (
     DIGEST_FREQUENCIES,
@@ -27,6 +28,7 @@ from notifier.services.digests.windows import (
     digest_key,
     hourly_window,
     known_zones,
+    weekly_window,
 )
 from notifier.services.dispatch import chunked
 
@@ -91,6 +93,29 @@ def _daily_pages(*, now: datetime, page_size: int) -> Iterator[list[tuple[int, s
         yield [(rid, window, window_of[rid][1]) for rid, window in due]
 
 
+def _weekly_pages(*, now: datetime, page_size: int) -> Iterator[list[tuple[int, str, datetime]]]:
+    after_id = 0
+    while rows := weekly_digest_due_page(after_id=after_id, limit=page_size):
+        after_id = rows[-1][0]
+        windows = {}
+        for rid, zone, weekday, at, oldest in rows:
+            window, cutoff = weekly_window(now=now, time_zone=zone, weekday=weekday, at=at)
+            if oldest < cutoff:
+                windows[rid] = (window, cutoff)
+        due = _without_built(
+            frequency=Frequency.WEEKLY,
+            pairs=[(rid, window) for rid, (window, _cutoff) in windows.items()],
+        )
+        yield [(rid, window, windows[rid][1]) for rid, window in due]
+
+
+_PAGES = {
+    Frequency.HOURLY: _hourly_pages,
+    Frequency.DAILY: _daily_pages,
+    Frequency.WEEKLY: _weekly_pages,
+}
+
+
 def digest_batches_due(
     *, frequency: str, now: datetime, batch_size: int | None = None, page_size: int = PAGE_SIZE
 ) -> Iterator[list[DigestBatch]]:
@@ -101,10 +126,9 @@ def digest_batches_due(
     that window.
     """
     if frequency not in DIGEST_FREQUENCIES:
-        raise ValueError(f"Digests are hourly or daily, not {frequency!r}.")
+        raise ValueError(f"Digests are hourly, daily or weekly, not {frequency!r}.")
     batch_size = batch_size or settings.NOTIFIER_DIGEST_BATCH_SIZE
-    pages = _hourly_pages if frequency == Frequency.HOURLY else _daily_pages
-    for page in pages(now=now, page_size=page_size):
+    for page in _PAGES[frequency](now=now, page_size=page_size):
         by_window: dict[tuple[str, datetime], list[int]] = defaultdict(list)
         for rid, window, cutoff in page:
             by_window[window, cutoff].append(rid)

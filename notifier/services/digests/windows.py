@@ -6,13 +6,13 @@ a cutoff: notifications created after it wait for the next window.
 
 import functools
 import zoneinfo
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 
 from django.conf import settings
 
 from notifier.models import Frequency
 
-DIGEST_FREQUENCIES = (Frequency.HOURLY, Frequency.DAILY)
+DIGEST_FREQUENCIES = (Frequency.HOURLY, Frequency.DAILY, Frequency.WEEKLY)
 
 
 def digest_key(*, frequency: str, recipient_id: int, window: str) -> str:
@@ -42,3 +42,23 @@ def daily_windows(*, now: datetime) -> dict[str, tuple[str, datetime]]:
         if local_now >= due_at:
             windows[name] = (local_now.date().isoformat(), due_at.astimezone(UTC))
     return windows
+
+
+def weekly_window(*, now: datetime, time_zone: str, weekday: int, at: time) -> tuple[str, datetime]:
+    """(window, cutoff) of a recipient's latest weekly digest at ``now``: the
+    last ``weekday`` ``at`` (local) that has come, named by the ISO week of
+    that local date, so a recipient has one weekly digest per local week.
+
+    A local time skipped by a DST change (02:30 on the spring-forward night)
+    means the moment an hour later; a repeated one, its first occurrence.
+    Names that are not IANA zones count as UTC.
+    """
+    zone = zoneinfo.ZoneInfo(time_zone if time_zone in known_zones() else "UTC")
+    local_now = now.astimezone(zone)
+    day = local_now.date() - timedelta(days=(local_now.weekday() - weekday) % 7)
+    due_at = datetime.combine(day, at, tzinfo=zone).astimezone(UTC)
+    if due_at > now:  # today is the day, but not yet the time
+        day -= timedelta(days=7)
+        due_at = datetime.combine(day, at, tzinfo=zone).astimezone(UTC)
+    year, week, _weekday = day.isocalendar()
+    return f"{year}-W{week:02d}", due_at
