@@ -86,6 +86,11 @@ class Weekday(models.IntegerChoices):
     SUNDAY = 6, "Sunday"
 
 
+class QuietHoursMode(models.TextChoices):
+    HOLD = "hold", "Send them when my quiet hours end"
+    DIGEST = "digest", "Put them in my next daily digest"
+
+
 class Recipient(models.Model):
     class Status(models.TextChoices):
         ACTIVE = "active", "Active"
@@ -119,6 +124,17 @@ class Recipient(models.Model):
         choices=Weekday.choices, default=Weekday.MONDAY, db_default=Weekday.MONDAY
     )
     weekly_digest_time = models.TimeField(default=time(8, 0), db_default=time(8, 0))
+    # No notification email between these local times (start > end spans
+    # midnight); unset: only the installation's and topics' quiet hours apply.
+    quiet_hours_start = models.TimeField(null=True, blank=True)
+    quiet_hours_end = models.TimeField(null=True, blank=True)
+    # What happens to an instant notification that falls inside them.
+    quiet_hours_mode = models.CharField(
+        max_length=8,
+        choices=QuietHoursMode.choices,
+        default=QuietHoursMode.HOLD,
+        db_default=QuietHoursMode.HOLD,
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -586,6 +602,19 @@ class Topic(models.Model):
     digest_item = models.TextField(blank=True, default="{{ data }}")
     digest_cap = models.PositiveIntegerField(
         default=20, help_text="Most entries shown for this topic in one digest."
+    )
+    critical = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="Sent at once even in quiet hours (password resets, security alerts).",
+    )
+    quiet_hours_start = models.TimeField(
+        null=True,
+        blank=True,
+        help_text="No email of this topic from this local time of each recipient ...",
+    )
+    quiet_hours_end = models.TimeField(
+        null=True, blank=True, help_text="... until this one (it may be the next morning)."
     )
 
     class Meta:

@@ -20,7 +20,9 @@ Each event is in exactly one digest, and no digest is sent twice:
   worker killed before the commit leaves everything pending for the
   redelivered task; one killed after it leaves the digest built.
 * The Deliveries are dispatched after the commit; if the worker dies in
-  between, the redelivered task (or the sweeper) dispatches them.
+  between, the redelivered task (or the sweeper) dispatches them. A digest
+  built inside the recipient's quiet hours is due at their end instead and
+  left to the sweeper.
 """
 
 from notifier.services.digests.building import digests_build

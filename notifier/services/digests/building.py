@@ -20,6 +20,7 @@ from notifier.services.digests.entries import (
 )
 from notifier.services.digests.windows import DIGEST_FREQUENCIES, digest_key
 from notifier.services.dispatch import chunked, deliveries_dispatch
+from notifier.services.quiet_hours import quiet_hours_end, recipient_quiet_windows
 from notifier.services.suppressions import suppression_reasons
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,9 @@ def _create_digests(
     data = {}
     for chunk in chunked(shown, MARK_CHUNK):
         data.update(Notification.objects.filter(id__in=chunk).values_list("id", "data"))
-    recipients = Recipient.objects.only("id", "email", "status").in_bulk(list(entries))
+    recipients = Recipient.objects.only(
+        "id", "email", "status", "time_zone", "quiet_hours_start", "quiet_hours_end"
+    ).in_bulk(list(entries))
     suppressed = suppression_reasons(recipients.values())
 
     deliveries = {}
@@ -76,7 +79,7 @@ def _create_digests(
             ),
             transport=settings.NOTIFIER_DEFAULT_TRANSPORT,
             idempotency_key=digest_key(frequency=frequency, recipient_id=rid, window=window),
-            next_attempt_at=now,
+            next_attempt_at=_held_until(recipients[rid], now) or now,
         )
         reason = suppressed.get(rid)
         if reason is not None:
@@ -85,6 +88,15 @@ def _create_digests(
         deliveries[rid] = delivery
     Delivery.objects.bulk_create(deliveries.values())
     return deliveries
+
+
+def _held_until(recipient: Recipient, now: datetime) -> datetime | None:
+    """The end of the quiet hours (the installation's and the recipient's) a
+    digest built ``now`` falls in: it waits in the outbox until then."""
+    windows = recipient_quiet_windows(recipient=recipient)
+    if not windows:
+        return None
+    return quiet_hours_end(now=now, time_zone=recipient.time_zone, windows=windows)
 
 
 def _mark_included(*, rows: list[tuple], deliveries: dict[int, Delivery], now: datetime) -> None:
@@ -124,7 +136,8 @@ def _build_once(
             _mark_included(rows=rows, deliveries=deliveries, now=now)
             for delivery in deliveries.values():
                 if delivery.status == Delivery.Status.PENDING:
-                    to_dispatch.append(delivery.pk)
+                    if delivery.next_attempt_at <= now:  # else the sweeper, when due
+                        to_dispatch.append(delivery.pk)
                     counts["built"] += 1
                 else:
                     counts["suppressed"] += 1
