@@ -38,6 +38,7 @@ from campaigns.selectors import (
     run_results,
     run_status_counts,
     run_totals,
+    run_waiting_by_due_time,
 )
 from campaigns.services.campaigns import (
     campaign_cancel,
@@ -253,6 +254,7 @@ CAMPAIGN_FIELDSETS = (
             "description": "Saving a scheduled campaign updates its schedule at once.",
         },
     ),
+    ("Recipient-local time", {"fields": ("local_send_time", "local_time_zone_default")}),
     ("History", {"fields": ("created_by", "created_at", "updated_at")}),
 )
 READONLY = ("status", "created_by", "created_at", "updated_at")
@@ -398,6 +400,11 @@ class CampaignAdmin(admin.ModelAdmin):
                 "recipients": run.recipients,
                 "counts": counts,
                 "totals": run_totals(counts),
+                # A recipient-local send time: what waits for which moment.
+                "waiting": [
+                    {"due_at": due_at.isoformat(), "count": count}
+                    for due_at, count in run_waiting_by_due_time(run_id=run.pk)
+                ],
             }
         return JsonResponse(data)
 

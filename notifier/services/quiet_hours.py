@@ -11,13 +11,12 @@ the sweeper hands it to a worker when that moment comes (a Celery countdown
 would be redelivered by Redis after the visibility timeout, and lost with it).
 """
 
-import zoneinfo
 from datetime import UTC, datetime, time, timedelta
 
 from django.conf import settings
 
 from notifier.models import Recipient, Topic
-from notifier.services.digests.windows import known_zones
+from notifier.services.local_times import zone_info
 
 Window = tuple[time, time]
 
@@ -45,7 +44,7 @@ def _end_after(window: Window, local: datetime) -> datetime:
 def quiet_hours_end(*, now: datetime, time_zone: str, windows: list[Window]) -> datetime | None:
     """When the quiet hours around ``now`` end (UTC), or None when ``now`` is
     outside every window. Overlapping or touching windows count as one."""
-    zone = zoneinfo.ZoneInfo(time_zone if time_zone in known_zones() else "UTC")
+    zone = zone_info(time_zone)
     moment = now
     # Each step leaves one window for good; more steps than windows cannot help.
     for _step in range(len(windows) + 1):

@@ -4,13 +4,13 @@ A window names one digest per recipient (part of its idempotency key) and has
 a cutoff: notifications created after it wait for the next window.
 """
 
-import functools
 import zoneinfo
 from datetime import UTC, datetime, time, timedelta
 
 from django.conf import settings
 
 from notifier.models import Frequency
+from notifier.services.local_times import known_zones, zone_info
 
 DIGEST_FREQUENCIES = (Frequency.HOURLY, Frequency.DAILY, Frequency.WEEKLY)
 
@@ -23,11 +23,6 @@ def hourly_window(*, now: datetime) -> tuple[str, datetime]:
     """(window, cutoff): the hour that has just begun, in UTC."""
     cutoff = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     return cutoff.strftime("%Y-%m-%dT%H"), cutoff
-
-
-@functools.cache
-def known_zones() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
 
 
 def daily_windows(*, now: datetime) -> dict[str, tuple[str, datetime]]:
@@ -53,7 +48,7 @@ def weekly_window(*, now: datetime, time_zone: str, weekday: int, at: time) -> t
     means the moment an hour later; a repeated one, its first occurrence.
     Names that are not IANA zones count as UTC.
     """
-    zone = zoneinfo.ZoneInfo(time_zone if time_zone in known_zones() else "UTC")
+    zone = zone_info(time_zone)
     local_now = now.astimezone(zone)
     day = local_now.date() - timedelta(days=(local_now.weekday() - weekday) % 7)
     due_at = datetime.combine(day, at, tzinfo=zone).astimezone(UTC)
