@@ -49,6 +49,7 @@ from campaigns.selectors import (
     run_results,
     run_status_counts,
     run_totals,
+    run_waiting_by_due_time,
 )
 from campaigns.services.campaigns import (
     campaign_cancel,
@@ -503,6 +504,11 @@ class CampaignAdmin(admin.ModelAdmin):
                 "counts": counts,
                 "totals": run_totals(counts),
                 "results_url": reverse("admin:campaigns_campaignrun_results", args=[run.pk]),
+                # A recipient-local send time: what waits for which moment.
+                "waiting": [
+                    {"due_at": due_at.isoformat(), "count": count}
+                    for due_at, count in run_waiting_by_due_time(run_id=run.pk)
+                ],
             }
         return JsonResponse(data)
 

@@ -74,6 +74,15 @@ CAMPAIGN_FIELDSETS = (
             "“Only when I press Launch now” to stop it.",
         },
     ),
+    (
+        "Recipient-local time",
+        {
+            "fields": ("local_send_time", "local_time_zone_default"),
+            "description": "Optional: send at this time of day in each recipient's own time "
+            "zone (rolling through the zones over a day); recipients without a known zone "
+            "get the default zone.",
+        },
+    ),
     ("History", {"fields": ("created_by", "created_at", "updated_at"), "classes": ("collapse",)}),
 )
 READONLY = ("status", "audience_size", "next_sends", "created_by", "created_at", "updated_at")

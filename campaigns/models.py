@@ -206,6 +206,21 @@ class Campaign(models.Model):
         validators=[validate_time_zone],
         help_text="Time zone the crontab is read in.",
     )
+    # Each recipient gets the run's message at this time of day in their own
+    # time zone, within 24 hours of the launch (rolling through the zones).
+    local_send_time = models.TimeField(
+        null=True,
+        blank=True,
+        help_text="Send at this time in each recipient's time zone, rolling through the zones "
+        "over the 24 hours after the launch. Empty: send at once.",
+    )
+    local_time_zone_default = models.CharField(
+        max_length=64,
+        default="UTC",
+        blank=True,
+        validators=[validate_time_zone],
+        help_text="The time zone of recipients whose time zone is not known (empty: UTC).",
+    )
     # The beat entry this campaign owns (one at most; see services.schedules).
     periodic_task = models.OneToOneField(
         "django_celery_beat.PeriodicTask",

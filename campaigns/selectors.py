@@ -206,6 +206,19 @@ def run_results(*, run_id: int) -> RunResults:
     return results
 
 
+def run_waiting_by_due_time(*, run_id: int) -> list[tuple[datetime, int]]:
+    """The run's rows waiting for a later moment (a recipient-local send
+    time): (due at, how many), soonest first."""
+    return list(
+        Delivery.objects.filter(
+            run_id=run_id, status=Delivery.Status.PENDING, next_attempt_at__gt=timezone.now()
+        )
+        .order_by("next_attempt_at")
+        .values_list("next_attempt_at")
+        .annotate(n=Count("id"))
+    )
+
+
 def run_batch_ranges(*, run_id: int, batch_size: int) -> list[tuple[int, int]]:
     """(first id, last id) of each batch of the run's due pending rows.
 
@@ -217,13 +230,16 @@ def run_batch_ranges(*, run_id: int, batch_size: int) -> list[tuple[int, int]]:
         SELECT MIN(id), MAX(id) FROM (
             SELECT id, (ROW_NUMBER() OVER (ORDER BY id) - 1) / %s AS bucket
             FROM {table}
-            WHERE run_id = %s AND status = %s AND next_attempt_at IS NOT NULL
+            WHERE run_id = %s AND status = %s AND next_attempt_at <= %s
         ) numbered
         GROUP BY bucket
         ORDER BY bucket
     """
     with connection.cursor() as cursor:
-        cursor.execute(sql, [batch_size, run_id, Delivery.Status.PENDING])
+        now = Delivery._meta.get_field("next_attempt_at").get_db_prep_value(
+            timezone.now(), connection
+        )
+        cursor.execute(sql, [batch_size, run_id, Delivery.Status.PENDING, now])
         return [(first, last) for first, last in cursor.fetchall()]
 
 

@@ -758,6 +758,9 @@ class TopicForm(forms.ModelForm):
             "instant_template",
             "digest_item",
             "digest_cap",
+            "critical",
+            "quiet_hours_start",
+            "quiet_hours_end",
         ]
         help_texts = {
             "instant_template": "Email sent for an instant notification (context: data, topic). "

@@ -11,7 +11,7 @@ sending engine ``notifier.sending`` are its only writers. A ``DeliveryGroup``
 import unicodedata
 import uuid
 import zoneinfo
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -78,6 +78,22 @@ class RandomUUID(models.Func):
         return "lower(hex(randomblob(16)))", []  # how Django stores a UUID in SQLite
 
 
+class Weekday(models.IntegerChoices):
+    # Python's numbering (date.weekday()): Monday is 0.
+    MONDAY = 0, "Monday"
+    TUESDAY = 1, "Tuesday"
+    WEDNESDAY = 2, "Wednesday"
+    THURSDAY = 3, "Thursday"
+    FRIDAY = 4, "Friday"
+    SATURDAY = 5, "Saturday"
+    SUNDAY = 6, "Sunday"
+
+
+class QuietHoursMode(models.TextChoices):
+    HOLD = "hold", "Send them when my quiet hours end"
+    DIGEST = "digest", "Put them in my next daily digest"
+
+
 class Recipient(models.Model):
     class Status(models.TextChoices):
         ACTIVE = "active", "Active"
@@ -104,6 +120,23 @@ class Recipient(models.Model):
     # nothing about other recipients (the id is sequential).
     public_id = models.UUIDField(
         default=uuid.uuid4, db_default=RandomUUID(), unique=True, editable=False
+    )
+    # When the weekly digest goes out, in the recipient's time zone (chosen on
+    # the preference page).
+    weekly_digest_day = models.PositiveSmallIntegerField(
+        choices=Weekday.choices, default=Weekday.MONDAY, db_default=Weekday.MONDAY
+    )
+    weekly_digest_time = models.TimeField(default=time(8, 0), db_default=time(8, 0))
+    # No notification email between these local times (start > end spans
+    # midnight); unset: only the installation's and topics' quiet hours apply.
+    quiet_hours_start = models.TimeField(null=True, blank=True)
+    quiet_hours_end = models.TimeField(null=True, blank=True)
+    # What happens to an instant notification that falls inside them.
+    quiet_hours_mode = models.CharField(
+        max_length=8,
+        choices=QuietHoursMode.choices,
+        default=QuietHoursMode.HOLD,
+        db_default=QuietHoursMode.HOLD,
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -636,6 +669,7 @@ class Frequency(models.TextChoices):
     INSTANT = "instant", "At once"
     HOURLY = "hourly", "Hourly digest"
     DAILY = "daily", "Daily digest"
+    WEEKLY = "weekly", "Weekly digest"
     OFF = "off", "Off"
 
 
@@ -661,6 +695,19 @@ class Topic(models.Model):
     digest_item = models.TextField(blank=True, default="{{ data }}")
     digest_cap = models.PositiveIntegerField(
         default=20, help_text="Most entries shown for this topic in one digest."
+    )
+    critical = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="Sent at once even in quiet hours (password resets, security alerts).",
+    )
+    quiet_hours_start = models.TimeField(
+        null=True,
+        blank=True,
+        help_text="No email of this topic from this local time of each recipient ...",
+    )
+    quiet_hours_end = models.TimeField(
+        null=True, blank=True, help_text="... until this one (it may be the next morning)."
     )
 
     class Meta:

@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from django.db.models import Case, Count, DateTimeField, F, Q, QuerySet, Sum, Value, When
+from django.db.models import Case, Count, DateTimeField, F, Min, Q, QuerySet, Sum, Value, When
 from django.db.models.functions import Coalesce
 
 from notifier.models import (
@@ -132,6 +132,26 @@ def daily_digest_due_page(
         .order_by("recipient_id")
         .values_list("recipient_id", "recipient__time_zone")
         .distinct()[:limit]
+    )
+
+
+def weekly_digest_due_page(*, after_id: int, limit: int) -> list[tuple]:
+    """One page of recipients with pending weekly notifications:
+    (recipient id, time zone, weekly digest day, weekly digest time, the
+    oldest pending notification's created_at). Whether their digest is due
+    depends on their own day, time and zone, which the caller works out."""
+    return list(
+        Notification.objects.filter(
+            frequency=Frequency.WEEKLY, included_at__isnull=True, recipient_id__gt=after_id
+        )
+        .values_list(
+            "recipient_id",
+            "recipient__time_zone",
+            "recipient__weekly_digest_day",
+            "recipient__weekly_digest_time",
+        )
+        .annotate(oldest=Min("created_at"))
+        .order_by("recipient_id")[:limit]
     )
 
 

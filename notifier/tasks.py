@@ -50,6 +50,11 @@ def digests_daily(now: str | None = None) -> dict[str, int]:
     return digests_run(frequency=Frequency.DAILY, now=_moment(now))
 
 
+@shared_task(name="notifier.digests_weekly", acks_late=True)
+def digests_weekly(now: str | None = None) -> dict[str, int]:
+    return digests_run(frequency=Frequency.WEEKLY, now=_moment(now))
+
+
 @shared_task(
     name="notifier.build_digests", acks_late=True, reject_on_worker_lost=True, ignore_result=True
 )

@@ -8,6 +8,7 @@ a GET never changes anything, so link scanners cannot unsubscribe anyone.
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
+from django.db import transaction
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
@@ -17,7 +18,11 @@ from django.views.decorators.http import require_http_methods
 from notifier.forms import PreferencesForm
 from notifier.models import Suppression
 from notifier.selectors import active_suppression, recipient_topic_frequencies
-from notifier.services.preferences import preferences_update
+from notifier.services.preferences import (
+    preferences_update,
+    recipient_quiet_hours_set,
+    recipient_weekly_digest_set,
+)
 from notifier.services.unsubscribe import (
     SCOPE_ALL,
     InvalidLink,
@@ -46,6 +51,10 @@ def _invalid_link(request, exc: InvalidLink):
         context = {"days": settings.NOTIFIER_PREFERENCE_LINK_DAYS}
         return render(request, "notifier/public/link_expired.html", context, status=410)
     return render(request, "notifier/public/invalid_link.html", {"error": str(exc)}, status=400)
+
+
+def _hhmm(value) -> str:
+    return value.strftime("%H:%M") if value else ""
 
 
 def _one_click(request) -> bool:
@@ -100,17 +109,40 @@ def preferences(request, token: str):
         else:
             form = PreferencesForm(request.POST, topics=topics)
             if form.is_valid():
-                preferences_update(recipient=recipient, frequencies=form.frequencies())
+                with transaction.atomic():
+                    preferences_update(recipient=recipient, frequencies=form.frequencies())
+                    weekday, at = form.weekly_digest(
+                        current=(recipient.weekly_digest_day, recipient.weekly_digest_time)
+                    )
+                    recipient_weekly_digest_set(recipient=recipient, weekday=weekday, at=at)
+                    start, end, mode = form.quiet_hours(
+                        current=(
+                            recipient.quiet_hours_start,
+                            recipient.quiet_hours_end,
+                            recipient.quiet_hours_mode,
+                        )
+                    )
+                    recipient_quiet_hours_set(recipient=recipient, start=start, end=end, mode=mode)
                 done = "saved"
             else:
                 status = 400
         if done:
             return redirect(f"{request.path}?done={done}")
     else:
-        form = PreferencesForm(topics=topics)
+        form = PreferencesForm(
+            topics=topics,
+            initial={
+                "weekly_digest_day": recipient.weekly_digest_day,
+                "weekly_digest_time": recipient.weekly_digest_time.strftime("%H:%M"),
+                "quiet_hours_start": _hhmm(recipient.quiet_hours_start),
+                "quiet_hours_end": _hhmm(recipient.quiet_hours_end),
+                "quiet_hours_mode": recipient.quiet_hours_mode,
+            },
+        )
     suppression = active_suppression(email=recipient.email)
     context = {
         "email": recipient.email,
+        "time_zone": recipient.time_zone,
         "form": form,
         "message": DONE_MESSAGES.get(request.GET.get("done", "")),
         "suppression": suppression,

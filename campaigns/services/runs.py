@@ -6,6 +6,11 @@ Every Delivery write goes through notifier's outbox
 (``notifier.services.outbox``): a run sends with a DeliveryGroup of the
 same id, whose state the batches read and whose context they render with.
 
+* **Local send times.** A campaign with a ``local_send_time`` materialises
+  the same way, each row due at that time in its recipient's zone (one
+  ``CASE`` over the zone in the insert); rows not yet due are not
+  dispatched: the sweeper hands them out when they are, and the run closes
+  when the last zone is done.
 * **Materialise once.** A run's Deliveries are written by the outbox's one
   ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` inside the transaction
   that moves the run ``queued -> running`` under a row lock, so a second
@@ -30,7 +35,7 @@ same id, whose state the batches read and whose context they render with.
 """
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
@@ -49,7 +54,9 @@ from campaigns.selectors import (
 from notifier.instruments import count_task_failure
 from notifier.models import Delivery
 from notifier.sending import deliveries_send_batch
+from notifier.services.local_times import known_zones, next_local_time, zone_info
 from notifier.services.outbox import (
+    DueByZone,
     deliveries_analyze,
     deliveries_materialise,
     deliveries_retry,
@@ -72,9 +79,30 @@ ANALYZE_AFTER_ROWS = 10_000
 # --- Materialise ----------------------------------------------------------------
 
 
+def run_due_by_zone(*, run: CampaignRun, launched_at: datetime) -> DueByZone | None:
+    """When each of the run's rows becomes due, by its recipient's time zone:
+    the first local ``local_send_time`` from the launch on (None: at once).
+    Reads the audience's distinct zone names, never its members."""
+    campaign = run.campaign
+    at = campaign.local_send_time
+    if at is None:
+        return None
+    zones = campaign_audience(campaign=campaign).order_by().values_list("time_zone", flat=True)
+    default = zone_info(campaign.local_time_zone_default)
+    return DueByZone(
+        by_zone={
+            zone: next_local_time(after=launched_at, zone=zone_info(zone), at=at)
+            for zone in zones.distinct()
+            if zone in known_zones()
+        },
+        default=next_local_time(after=launched_at, zone=default, at=at),
+    )
+
+
 def run_materialise(*, run: CampaignRun) -> int:
     """Open the run's group and write its Deliveries (set-based, in the
-    outbox). Returns rows added."""
+    outbox), due at once or at the campaign's local time in each zone (from
+    the run's start on). Returns rows added."""
     campaign = run.campaign
     group = delivery_group_open(
         group_id=run.pk,
@@ -89,6 +117,7 @@ def run_materialise(*, run: CampaignRun) -> int:
         template_id=campaign.template_id,
         from_email=campaign.from_header,
         transport=campaign.transport,
+        due=run_due_by_zone(run=run, launched_at=run.started_at or timezone.now()),
     )
 
 
@@ -134,9 +163,9 @@ def _launch(run_id: int) -> CampaignRun | None:
         # The context is taken now, once for the run (on its group): every
         # message of the run renders with it, whatever is edited on the
         # campaign meanwhile.
+        run.started_at = timezone.now()
         run.recipients = run_materialise(run=run)
         run.status = CampaignRun.Status.RUNNING
-        run.started_at = timezone.now()
         run.save(update_fields=["recipients", "status", "started_at"])
     run_fan_out(run_id=run.pk)
     if run.recipients >= ANALYZE_AFTER_ROWS:
@@ -346,7 +375,12 @@ def _run_move(run: CampaignRun, move: str) -> int:
     moved = CampaignRun.objects.filter(pk=run.pk, status=source).update(status=target)
     if not moved:
         raise CampaignError(refused)
-    count = outbox_move(group_id=run.pk)
+    if move == "resume" and run.started_at is not None:
+        # Rows of a local-time run wait again for their zone's moment.
+        due = run_due_by_zone(run=run, launched_at=run.started_at)
+        count = outbox_move(group_id=run.pk, due=due)
+    else:
+        count = outbox_move(group_id=run.pk)
     _set_campaign_status(run.campaign_id, campaign_status)
     return count
 

@@ -411,6 +411,17 @@ CELERY_BEAT_SCHEDULE["journeys-tick"] = {
 # --- Notifications and digests ------------------------------------------------
 # Local time at which daily digests go out, in each recipient's time zone.
 NOTIFIER_DAILY_DIGEST_TIME = time.fromisoformat(env("NOTIFIER_DAILY_DIGEST_TIME", default="08:00"))
+# Quiet hours of the whole installation, in each recipient's local time
+# ("22:00-07:00"; empty: none): no notification email between them, except
+# for critical topics. Recipients and topics may add their own.
+_QUIET_HOURS = env("NOTIFIER_QUIET_HOURS", default="").strip()
+try:
+    NOTIFIER_QUIET_HOURS = None
+    if _QUIET_HOURS:
+        _start, _end = (time.fromisoformat(part.strip()) for part in _QUIET_HOURS.split("-"))
+        NOTIFIER_QUIET_HOURS = (_start, _end)
+except ValueError:
+    raise ValueError(f"NOTIFIER_QUIET_HOURS={_QUIET_HOURS!r} is not HH:MM-HH:MM.") from None
 # Recipients per digest-building task: small, so a redelivered task redoes little.
 NOTIFIER_DIGEST_BATCH_SIZE = env.int("NOTIFIER_DIGEST_BATCH_SIZE", default=50)
 # Days an included notification is kept (for the admin) before the prune task deletes it.
@@ -426,6 +437,13 @@ CELERY_BEAT_SCHEDULE.update(
         # Daily digests: every 5 minutes, send those whose local digest time has come.
         "notifier-digests-daily": {
             "task": "notifier.digests_daily",
+            "schedule": crontab(minute="*/5"),
+            "options": {"queue": "maintenance", "expires": 4 * 60},
+        },
+        # Weekly digests: every 5 minutes, send those whose recipient's local
+        # weekday and time (their choice) have come.
+        "notifier-digests-weekly": {
+            "task": "notifier.digests_weekly",
             "schedule": crontab(minute="*/5"),
             "options": {"queue": "maintenance", "expires": 4 * 60},
         },

@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("notifier", "0012_webhooks_erasure_suppression_hash"),
+        ("notifier", "0016_quiet_hours"),
     ]
 
     operations = [

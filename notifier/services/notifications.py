@@ -3,8 +3,13 @@
 The recipient's Preference for the topic (else the topic's default frequency)
 decides: ``instant`` sends one email through ``send()``; ``hourly`` and
 ``daily`` store a Notification that the next digest of that frequency picks up
-(``digests.py``); ``off`` stores nothing. Nothing is stored or sent for a
+(``digests``); ``off`` stores nothing. Nothing is stored or sent for a
 suppressed recipient.
+
+An instant notification inside the recipient's quiet hours (``quiet_hours``)
+is held: its Delivery waits in the outbox until the quiet hours end, or, if
+the recipient prefers, it becomes a Notification for their next daily digest.
+A critical topic's is sent at once.
 """
 
 import enum
@@ -17,9 +22,18 @@ from django.utils import timezone
 
 from notifier import templating
 from notifier.errors import InvalidContext, NotifierError
-from notifier.models import Delivery, Frequency, Notification, Recipient, Topic, TopicEvent
+from notifier.models import (
+    Delivery,
+    Frequency,
+    Notification,
+    QuietHoursMode,
+    Recipient,
+    Topic,
+    TopicEvent,
+)
 from notifier.selectors import notification_ids_prunable, topic_frequency_for
 from notifier.services.inputs import storable_problem
+from notifier.services.quiet_hours import notification_held_until
 from notifier.services.recipients import normalize_email, recipient_get_or_create
 from notifier.services.suppressions import suppression_reasons
 from notifier.services.transactional import send
@@ -33,6 +47,7 @@ INSTANT_HTML = "<h1>{{ topic.name }}</h1>\n<div>%s</div>\n"
 
 class NotifyOutcome(enum.StrEnum):
     INSTANT = "instant"  # a Delivery was queued to go out now
+    HELD = "held"  # a Delivery waits for the end of the recipient's quiet hours
     DIGEST = "digest"  # a Notification waits for the next digest
     OFF = "off"  # the recipient turned this topic off: nothing stored
     SUPPRESSED = "suppressed"  # the address is suppressed: nothing stored
@@ -41,13 +56,15 @@ class NotifyOutcome(enum.StrEnum):
 @dataclass(frozen=True)
 class Notified:
     """What ``notify()`` did. ``duplicate``: the idempotency key was seen before,
-    and ``delivery``/``notification`` are what the first call stored."""
+    and ``delivery``/``notification`` are what the first call stored.
+    ``held_until``: the end of the quiet hours the notification fell in."""
 
     outcome: NotifyOutcome
     frequency: str
     delivery: Delivery | None = None
     notification: Notification | None = None
     duplicate: bool = False
+    held_until: datetime | None = None
 
 
 def _instant_key(idempotency_key: str) -> str:
@@ -94,7 +111,12 @@ def _topic_data(topic: Topic) -> dict:
 
 
 def _send_instant(
-    *, recipient: Recipient, topic: Topic, data, idempotency_key: str | None
+    *,
+    recipient: Recipient,
+    topic: Topic,
+    data,
+    idempotency_key: str | None,
+    send_at: datetime | None = None,
 ) -> Delivery:
     context = {"data": data, "topic": _topic_data(topic)}
     key = _instant_key(idempotency_key) if idempotency_key else None
@@ -104,6 +126,7 @@ def _send_instant(
             template=topic.instant_template,
             context=context,
             idempotency_key=key,
+            send_at=send_at,
             kind=Delivery.Kind.NOTIFICATION,
         )
     return send(
@@ -112,6 +135,7 @@ def _send_instant(
         html=INSTANT_HTML % topic.digest_item,
         context=context,
         idempotency_key=key,
+        send_at=send_at,
         kind=Delivery.Kind.NOTIFICATION,
     )
 
@@ -172,11 +196,22 @@ def notify(
             return Notified(NotifyOutcome.OFF, frequency)
         if suppression_reasons([recipient]):
             return Notified(NotifyOutcome.SUPPRESSED, frequency)
+        held_until = None
         if frequency == Frequency.INSTANT:
-            delivery = _send_instant(
-                recipient=recipient, topic=topic, data=data, idempotency_key=idempotency_key
+            held_until = notification_held_until(
+                recipient=recipient, topic=topic, now=timezone.now()
             )
-            return Notified(NotifyOutcome.INSTANT, frequency, delivery=delivery)
+            if held_until is None or recipient.quiet_hours_mode == QuietHoursMode.HOLD:
+                delivery = _send_instant(
+                    recipient=recipient,
+                    topic=topic,
+                    data=data,
+                    idempotency_key=idempotency_key,
+                    send_at=held_until,
+                )
+                outcome = NotifyOutcome.INSTANT if held_until is None else NotifyOutcome.HELD
+                return Notified(outcome, frequency, delivery=delivery, held_until=held_until)
+            frequency = Frequency.DAILY  # folded into the next daily digest
         try:
             with transaction.atomic():
                 notification = Notification.objects.create(
@@ -197,7 +232,9 @@ def notify(
                 notification=notification,
                 duplicate=True,
             )
-    return Notified(NotifyOutcome.DIGEST, frequency, notification=notification)
+    return Notified(
+        NotifyOutcome.DIGEST, frequency, notification=notification, held_until=held_until
+    )
 
 
 def notifications_prune(

@@ -4,7 +4,9 @@ the Delivery rows of a group (a campaign run) outside the sending engine.
 * ``delivery_group_open``     the group a run sends with (its shared context)
 * ``deliveries_materialise``  one Delivery per audience member, set-based:
                               one ``INSERT ... SELECT ... ON CONFLICT DO
-                              NOTHING``; the audience never enters Python
+                              NOTHING``; the audience never enters Python;
+                              each row due at once, or when its recipient's
+                              time zone says (``DueByZone``)
 * ``delivery_group_pause``    hold the pending rows (``next_attempt_at =
                               NULL``: neither a batch nor the sweeper claims
                               them); batches in flight see the state and hand
@@ -20,6 +22,8 @@ group's state is what the sending engine reads, through notifier's own table.
 """
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
 
 from django.core.exceptions import EmptyResultSet, ImproperlyConfigured
 from django.db import connection, transaction
@@ -42,6 +46,15 @@ RETRY_KINDS = {
     "unknown": Q(status=Delivery.Status.UNKNOWN),
 }
 RETRY_REASON = "Retry requested by staff"
+
+
+@dataclass(frozen=True)
+class DueByZone:
+    """When a group's rows become due, by their recipient's time zone: the
+    moment of ``by_zone`` for their zone name, else ``default``."""
+
+    by_zone: dict[str, datetime]
+    default: datetime
 
 
 # --- Groups ----------------------------------------------------------------------
@@ -86,11 +99,34 @@ def delivery_group_pause(*, group_id: int) -> int:
         )
 
 
-def delivery_group_resume(*, group_id: int) -> int:
-    """Make the held rows due again (the owner fans them out). Returns how many."""
+def delivery_group_resume(*, group_id: int, due: DueByZone | None = None) -> int:
+    """Make the held rows due again (the owner fans them out), or, with
+    ``due``, each at its zone's moment if that is still to come (left to the
+    sweeper then). Returns how many."""
     with transaction.atomic():
         _set_state(group_id, DeliveryGroup.State.ACTIVE)
-        return _make_due(Delivery.objects.filter(run_id=group_id, status=Delivery.Status.PENDING))
+        pending = Delivery.objects.filter(run_id=group_id, status=Delivery.Status.PENDING)
+        count = _make_due(pending)
+        if due is not None:
+            _make_due_later(pending, due)
+        return count
+
+
+def _make_due_later(pending: QuerySet, due: DueByZone) -> None:
+    """Give rows whose zone's moment is still to come that moment, one
+    UPDATE per distinct moment (set-based: a handful of statements)."""
+    now = timezone.now()
+    zones_by_moment: dict[datetime, list[str]] = {}
+    for zone, moment in due.by_zone.items():
+        zones_by_moment.setdefault(moment, []).append(zone)
+    later = {
+        moment: pending.filter(recipient__time_zone__in=zones)
+        for moment, zones in zones_by_moment.items()
+    }
+    later[due.default] = pending.exclude(recipient__time_zone__in=list(due.by_zone))
+    for moment, rows in later.items():
+        if moment > now:
+            rows.update(next_attempt_at=moment, dispatched_at=None, updated_at=now)
 
 
 def delivery_group_cancel(
@@ -257,7 +293,7 @@ def _insert_sql(*, explicit: dict, audience_sql: str, audience_params: list) -> 
         INSERT INTO {q(Delivery._meta.db_table)} ({", ".join(columns)})
         SELECT {", ".join(values)}
         FROM (
-            SELECT m.id AS id, {reason_sql} AS reason
+            SELECT m.id AS id, m.time_zone AS time_zone, {reason_sql} AS reason
             FROM ({audience_sql}) m
             {_not_flattened_sql()}
         ) a
@@ -265,6 +301,45 @@ def _insert_sql(*, explicit: dict, audience_sql: str, audience_params: list) -> 
         ON CONFLICT DO NOTHING
     """
     return sql, [*params, *reason_params, *audience_params]
+
+
+def _by_zone_sql(field: str, values: dict[str, object], default) -> tuple[str, list]:
+    """A value of ``field`` chosen by the member's time zone, in SQL."""
+    if not values:
+        return "%s", [default]
+    whens = " ".join("WHEN %s THEN %s" for _zone in values)
+    params = [param for zone in sorted(values) for param in (zone, values[zone])]
+    sql = f"CASE a.time_zone {whens} ELSE %s END"
+    if connection.vendor == "postgresql":
+        # A CASE of NULLs alone would be text to PostgreSQL. (SQLite stores
+        # the value as given; a CAST there would turn the text into a number.)
+        sql = f"CAST({sql} AS {Delivery._meta.get_field(field).db_type(connection)})"
+    return sql, [*params, default]
+
+
+def _timing_sql(*, due: DueByZone | None, now: datetime) -> dict[str, tuple[str, list]]:
+    """``next_attempt_at`` and ``dispatched_at`` of the new rows: due now and
+    left to the owner's fan-out; or due at their zone's moment, and, if that
+    is still to come, not dispatched (the sweeper dispatches them when due)."""
+    stamp = _prep("next_attempt_at", now)
+    if due is None:
+        return {"next_attempt_at": ("%s", [stamp]), "dispatched_at": ("%s", [stamp])}
+
+    def dispatched(moment: datetime):
+        return stamp if moment <= now else None
+
+    return {
+        "next_attempt_at": _by_zone_sql(
+            "next_attempt_at",
+            {zone: _prep("next_attempt_at", moment) for zone, moment in due.by_zone.items()},
+            _prep("next_attempt_at", due.default),
+        ),
+        "dispatched_at": _by_zone_sql(
+            "dispatched_at",
+            {zone: dispatched(moment) for zone, moment in due.by_zone.items()},
+            dispatched(due.default),
+        ),
+    }
 
 
 def deliveries_materialise(
@@ -275,14 +350,19 @@ def deliveries_materialise(
     template_id: int,
     from_email: str,
     transport: str,
+    due: DueByZone | None = None,
 ) -> int:
     """Write one Delivery of ``group`` per member of ``audience`` (a Recipient
     queryset) in one set-based statement; suppressed members get a
     ``suppressed`` row, so a group's totals equal its rows. Rows are written
     dispatched (the owner fans them out). Idempotent: the unique (run,
-    recipient) constraint makes a second call add nothing. Returns rows added."""
-    # The audience query yields what the reason needs: recipients are read once.
-    audience = audience.values("id", "email", "status")
+    recipient) constraint makes a second call add nothing. Returns rows added.
+
+    With ``due``, each row is due when its recipient's time zone says (one
+    ``CASE`` over the zone in the same statement)."""
+    # The audience query yields what the reason and the due time need:
+    # recipients are read once.
+    audience = audience.values("id", "email", "status", "time_zone")
     try:
         audience_sql, audience_params = audience.query.get_compiler(using="default").as_sql()
     except EmptyResultSet:
@@ -295,8 +375,7 @@ def deliveries_materialise(
             "from_email": ("%s", [from_email]),
             "transport": ("%s", [transport]),
             "run": ("%s", [group.pk]),
-            "next_attempt_at": ("%s", [_prep("next_attempt_at", now)]),
-            "dispatched_at": ("%s", [_prep("dispatched_at", now)]),
+            **_timing_sql(due=due, now=now),
             "created_at": ("%s", [_prep("created_at", now)]),
             "updated_at": ("%s", [_prep("updated_at", now)]),
         },

@@ -15,13 +15,14 @@ from notifier.admin import TopicForm
 from notifier.models import Delivery, Notification, Recipient
 from notifier.sending import message as sending_message
 from notifier.sending.message import delivery_build_message
-from notifier.services import digests as digests_module
+from notifier.services.digests import building as digests_building
 from notifier.services.digests import (
     digest_batches_due,
     digests_build,
     digests_run,
     hourly_window,
 )
+from notifier.services.digests import scheduling as digests_scheduling
 from notifier.services.suppressions import suppression_add
 from tests.notifier.factories import RecipientFactory, TopicFactory
 
@@ -166,7 +167,7 @@ def test_a_build_that_fails_midway_leaves_everything_pending_then_builds_once(mo
     def dies(**kwargs):
         raise RuntimeError("worker died")
 
-    monkeypatch.setattr(digests_module, "_mark_included", dies)
+    monkeypatch.setattr(digests_building, "_mark_included", dies)
     with pytest.raises(RuntimeError):
         digests_build(**args)  # after the Delivery insert, before the marking
     assert not Delivery.objects.exists()
@@ -264,7 +265,7 @@ def test_run_fans_out_a_group_on_the_digests_queue(monkeypatch):
         def apply_async(self):
             published.append(self.signatures)
 
-    monkeypatch.setattr(digests_module, "group", FakeGroup)
+    monkeypatch.setattr(digests_scheduling, "group", FakeGroup)
     topic = TopicFactory()
     recipients = [RecipientFactory() for _ in range(3)]
     for r in recipients:
@@ -394,9 +395,9 @@ def test_topic_admin_form_refuses_a_broken_digest_entry():
 
 
 def test_unknown_frequency_is_refused():
-    with pytest.raises(ValueError, match="hourly or daily"):
+    with pytest.raises(ValueError, match="hourly, daily or weekly"):
         digests_build(recipient_ids=[1], frequency="instant", window="w", cutoff=timezone.now())
-    with pytest.raises(ValueError, match="hourly or daily"):
+    with pytest.raises(ValueError, match="hourly, daily or weekly"):
         list(digest_batches_due(frequency="off", now=timezone.now()))
     assert not Recipient.objects.exists()
 
@@ -428,11 +429,21 @@ def test_beat_installs_the_digest_and_prune_schedules():
             "*/5 * * * * (m/h/dM/MY/d) UTC",
             "maintenance",
         ),
+        "notifier-digests-weekly": (
+            "notifier.digests_weekly",
+            "*/5 * * * * (m/h/dM/MY/d) UTC",
+            "maintenance",
+        ),
         "notifier-prune-notifications": (
             "notifier.prune_notifications",
             "30 3 * * * (m/h/dM/MY/d) UTC",
             "maintenance",
         ),
     }
-    for name in ("notifier.digests_hourly", "notifier.digests_daily", "notifier.build_digests"):
+    for name in (
+        "notifier.digests_hourly",
+        "notifier.digests_daily",
+        "notifier.digests_weekly",
+        "notifier.build_digests",
+    ):
         assert name in app.tasks
