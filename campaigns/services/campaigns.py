@@ -18,6 +18,7 @@ from notifier.models import Recipient, SenderIdentity, Template
 from notifier.sending.message import preview_render
 from notifier.services.previews import message_preview, message_send_test
 from notifier.services.senders import sender_validate
+from notifier.services.templates import template_sent_html
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +232,7 @@ def campaign_render(*, campaign: Campaign, recipient: Recipient) -> tuple[str, s
     template = campaign.template
     return preview_render(
         subject=template.subject,
-        html_body=template.html_body,
+        html_body=template_sent_html(template),
         text_body=template.text_body,
         context=templating.plain_data(campaign.context or {}),
         recipient=recipient,

@@ -344,7 +344,7 @@ def test_previews_keep_the_html_inside_the_sandboxed_frame(marketer):
     ):
         page = marketer.get(url).content.decode()
         # The message (a bare fragment or a whole document) stays one escaped attribute.
-        srcdoc = re.search(r'<iframe sandbox="" srcdoc="([^"]*)"', page)
+        srcdoc = re.search(r'<iframe[^>]*\ssandbox=""[^>]*\ssrcdoc="([^"]*)"', page)
         assert srcdoc, url
         assert "&lt;a href=&quot;https://x.example&quot; title=&quot;t&quot;" in srcdoc[1], url
         assert 'onload="alert(1)' not in page, url
