@@ -181,7 +181,8 @@ class WorkerProcess:
         self.queues = queues
         self.concurrency = concurrency
         self.proc: subprocess.Popen | None = None
-        self.log_path = ROOT / "var" / f"test-worker-{name}.log"
+        # One file per test process: the PostgreSQL and SQLite passes run at once.
+        self.log_path = ROOT / "var" / f"test-worker-{name}-{os.getpid()}.log"
 
     def start(self) -> "WorkerProcess":
         from config.celery import app
