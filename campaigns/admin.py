@@ -862,7 +862,7 @@ class SignupFormAdmin(admin.ModelAdmin):
 
 
 @admin.register(Consent)
-class ConsentAdmin(admin.ModelAdmin):
+class ConsentAdmin(ReadOnlyAdmin):
     """The consent record: read only (when, which form, from where, the text shown)."""
 
     list_display = ("recipient", "form", "source", "requested_at", "confirmed_at", "ip_address")
@@ -871,12 +871,3 @@ class ConsentAdmin(admin.ModelAdmin):
     list_select_related = ("recipient", "form")
     readonly_fields = [f.name for f in Consent._meta.fields]
     show_full_result_count = False
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

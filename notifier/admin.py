@@ -464,25 +464,8 @@ class DeliveryAdmin(admin.ModelAdmin):
         "failure_kind": {Delivery.Status.FAILED},
         "last_error": {Delivery.Status.FAILED, Delivery.Status.UNKNOWN, Delivery.Status.PENDING},
     }
-    readonly_fields = [
-        "recipient_link",
-        "message_label",
-        "kind",
-        "group_label",
-        "status",
-        "status_reason",
-        "failure_kind",
-        "last_error",
-        "attempts",
-        "next_attempt_at",
-        "sent_at",
-        "opens",
-        "clicks",
-        "from_email",
-        "transport",
-        "esp_id",
-        "created_at",
-    ]
+    # Every field shown is read only: what was sent is never edited here.
+    readonly_fields = [name for _title, options in fieldsets for name in options["fields"]]
 
     def get_fieldsets(self, request, obj=None):
         if obj is None:
