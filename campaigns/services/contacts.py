@@ -284,6 +284,16 @@ def contacts_import_csv(
                 locale_column,
             )
             chunk: list[dict] = []
+
+            def flush(rows: list[dict]) -> None:
+                _flush(
+                    rows,
+                    contact_list=contact_list,
+                    update_existing=update_existing,
+                    report=report,
+                    rows_by_email=seen,
+                )
+
             while True:
                 row_number += 1
                 try:
@@ -302,21 +312,9 @@ def contacts_import_csv(
                     continue
                 chunk.append(recipient)
                 if len(chunk) >= chunk_size:
-                    _flush(
-                        chunk,
-                        contact_list=contact_list,
-                        update_existing=update_existing,
-                        report=report,
-                        rows_by_email=seen,
-                    )
+                    flush(chunk)
                     chunk = []
-            _flush(
-                chunk,
-                contact_list=contact_list,
-                update_existing=update_existing,
-                report=report,
-                rows_by_email=seen,
-            )
+            flush(chunk)
             if contact_list is not None:
                 report.list_size = contact_list.memberships.count()
     except UnicodeDecodeError as exc:
