@@ -65,6 +65,9 @@ def test_welcome_journey_over_1000_recipients_survives_two_kills(
     settings.JOURNEYS_QUEUE = QUEUE
     settings.JOURNEYS_BATCH_SIZE = 25
     settings.JOURNEYS_REDISPATCH_SECONDS = LEASE + 1
+    # A worker killed after marking an email dispatched and before publishing
+    # its task leaves it to the sweep after this long (300 s in production).
+    settings.NOTIFIER_REDISPATCH_SECONDS = LEASE + 1
     journey = welcome_journey()
     people = Recipient.objects.bulk_create(
         Recipient(email=f"w{i:04d}@example.com") for i in range(N)
