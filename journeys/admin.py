@@ -23,6 +23,7 @@ from journeys.services.versions import (
     journey_resume,
     journey_stop,
 )
+from notifier.admin import ReadOnlyAdmin
 
 
 class JourneyStepInline(admin.StackedInline):
@@ -176,22 +177,13 @@ class JourneyAdmin(admin.ModelAdmin):
 
 
 @admin.register(JourneyEnrollment)
-class JourneyEnrollmentAdmin(admin.ModelAdmin):
+class JourneyEnrollmentAdmin(ReadOnlyAdmin):
     list_display = ["recipient", "journey", "step", "state", "exit_reason", "due_at", "entered_at"]
     list_filter = ["state", "exit_reason", "journey"]
     search_fields = ["recipient__email"]
     list_select_related = ["recipient", "journey", "step"]
     raw_id_fields = ["recipient"]
     actions = ["remove"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def has_remove_permission(self, request):
         # Taking a recipient out is a change to the journey, not to the row.
