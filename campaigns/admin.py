@@ -506,8 +506,8 @@ class CampaignAdmin(admin.ModelAdmin):
                 "results_url": reverse("admin:campaigns_campaignrun_results", args=[run.pk]),
                 # A recipient-local send time: what waits for which moment.
                 "waiting": [
-                    {"due_at": due_at.isoformat(), "count": count}
-                    for due_at, count in run_waiting_by_due_time(run_id=run.pk)
+                    _waiting_entry(wait, campaign=campaign)
+                    for wait in run_waiting_by_due_time(run_id=run.pk)
                 ],
             }
         return JsonResponse(data)
@@ -695,6 +695,35 @@ def _test_sender(request) -> SenderIdentity | None:
     if sender is None:
         raise CampaignError("Choose a sender from the list of sender identities.")
     return sender
+
+
+WAITING_ZONES_SHOWN = 3
+
+
+def _waiting_entry(wait, *, campaign: Campaign) -> dict:
+    """One moment of a local-time run's waiting list, in words: which zones
+    reach their local send time then, and how many recipients wait."""
+    default = campaign.local_time_zone_default or "UTC"
+    names = [zone or f"an unknown zone (sent as {default})" for zone, _count in wait.zones][
+        :WAITING_ZONES_SHOWN
+    ]
+    if len(wait.zones) > 1:  # how many in each, when there are several
+        names = [f"{name} ({count})" for name, (_zone, count) in zip(names, wait.zones)]
+    more = len(wait.zones) - WAITING_ZONES_SHOWN
+    if more > 0:
+        names.append(f"{more} more zone{pluralize(more)}")
+    local = campaign.local_send_time
+    when = timezone.localtime(wait.due_at)
+    return {
+        "due_at": wait.due_at.isoformat(),
+        "count": wait.count,
+        "zones": [{"zone": zone, "count": count} for zone, count in wait.zones],
+        "text": (
+            f"{wait.count} recipient{pluralize(wait.count)} at "
+            f"{f'{local:%H:%M} ' if local else ''}in {', '.join(names)}: "
+            f"{when:%a %d %b, %H:%M} {when.tzname()}"
+        ),
+    }
 
 
 def _live_counts(run_ids: list[int]) -> dict[int, dict[str, int]]:

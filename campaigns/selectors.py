@@ -16,6 +16,7 @@ from django.utils import timezone
 from campaigns.models import Campaign, CampaignRun, ContactList, ListMembership, Segment
 from campaigns.segments import segment_q
 from notifier.models import Delivery, DeliveryEvent, Recipient, Suppression
+from notifier.services.local_times import known_zones
 from notifier.services.suppressions import SUPPRESSED_RECIPIENT_STATUSES
 
 IN_FLIGHT = (Delivery.Status.PENDING, Delivery.Status.SENDING)
@@ -206,17 +207,43 @@ def run_results(*, run_id: int) -> RunResults:
     return results
 
 
-def run_waiting_by_due_time(*, run_id: int) -> list[tuple[datetime, int]]:
-    """The run's rows waiting for a later moment (a recipient-local send
-    time): (due at, how many), soonest first."""
-    return list(
+@dataclass(frozen=True)
+class WaitingRows:
+    """A run's rows waiting for one moment (a recipient-local send time),
+    with the time zones they wait in: ``[(zone, count)]``, largest first; a
+    zone name that is not an IANA zone is given as ``""`` (the campaign's
+    default zone applies)."""
+
+    due_at: datetime
+    count: int
+    zones: list[tuple[str, int]]
+
+
+def run_waiting_by_due_time(*, run_id: int) -> list[WaitingRows]:
+    """The run's rows waiting for a later moment, soonest first, each moment
+    with the recipients' time zones (one grouped query; at most one row per
+    moment and zone)."""
+    grouped = (
         Delivery.objects.filter(
             run_id=run_id, status=Delivery.Status.PENDING, next_attempt_at__gt=timezone.now()
         )
         .order_by("next_attempt_at")
-        .values_list("next_attempt_at")
+        .values_list("next_attempt_at", "recipient__time_zone")
         .annotate(n=Count("id"))
     )
+    by_moment: dict[datetime, dict[str, int]] = {}
+    for due_at, zone, n in grouped:
+        zones = by_moment.setdefault(due_at, {})
+        name = zone if zone in known_zones() else ""
+        zones[name] = zones.get(name, 0) + n
+    return [
+        WaitingRows(
+            due_at=due_at,
+            count=sum(zones.values()),
+            zones=sorted(zones.items(), key=lambda item: (-item[1], item[0])),
+        )
+        for due_at, zones in sorted(by_moment.items())
+    ]
 
 
 def run_batch_ranges(*, run_id: int, batch_size: int) -> list[tuple[int, int]]:

@@ -296,3 +296,46 @@ def test_the_preview_is_faithful_and_a_test_send_adds_no_contact(
     assert Recipient.objects.count() == recipients
     assert not Recipient.objects.filter(email="colleague@shop.example").exists()
     assert not blocked, blocked
+
+
+def test_a_local_time_run_lists_what_waits_for_which_zone(
+    page, live_server, fake_esp, marketing_group
+):
+    """A campaign sent at 09:00 in each recipient's zone: the run panel says
+    which zones wait for which moment, and how many recipients."""
+    from playwright.sync_api import expect
+
+    from campaigns.services.campaigns import campaign_run_create
+    from campaigns.services.runs import campaign_run_launch
+
+    admin = _log_in(page, live_server, marketing_group)
+    zones = ["Asia/Tokyo"] * 3 + ["Asia/Seoul", "Europe/Berlin", "Europe/Berlin"]
+    zones += ["America/New_York", "Not/AZone"]
+    people = [
+        Recipient.objects.create(email=f"z{i}@example.com", time_zone=zone)
+        for i, zone in enumerate(zones)
+    ]
+    contact_list = ContactListFactory(name="Everywhere")
+    add_members(contact_list, people)
+    campaign = Campaign.objects.create(
+        name="Good morning",
+        template=_template(),
+        context={"offer": "Breakfast"},
+        sender=SenderIdentity.objects.create(name="Shop", email="news@shop.example"),
+        local_send_time="09:00",
+        local_time_zone_default="Asia/Kolkata",
+    )
+    campaign.contact_lists.set([contact_list])
+    run = campaign_run_create(campaign_id=campaign.pk, trigger="manual")
+    campaign_run_launch(run_id=run.pk)
+
+    page.goto(f"{admin}campaigns/campaign/{campaign.pk}/change/")
+    waiting = page.locator("#run-waiting")
+    expect(waiting).to_be_visible()
+    items = page.locator("#run-waiting-list li")
+    expect(items).to_have_count(4)
+    expect(waiting).to_contain_text("4 recipients at 09:00 in Asia/Tokyo (3), Asia/Seoul (1): ")
+    expect(waiting).to_contain_text("2 recipients at 09:00 in Europe/Berlin: ")
+    expect(waiting).to_contain_text("in an unknown zone (sent as Asia/Kolkata)")
+    expect(items.first).to_contain_text(re.compile(r"\(in \d+ (h|min)"))
+    page.locator("#campaign-panel").screenshot(path=screenshot_path("campaign-local-time-waiting"))

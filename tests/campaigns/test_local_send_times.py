@@ -21,6 +21,7 @@ from campaigns.services.runs import (
 )
 from notifier.models import Delivery
 from notifier.sending import deliveries_send_batch
+from notifier.services.local_times import known_zones
 from notifier.services.retries import deliveries_dispatch_due
 from tests.campaigns.factories import (
     CampaignFactory,
@@ -88,11 +89,19 @@ def test_a_local_time_campaign_reaches_each_zone_at_its_nine_oclock(
     assert due == ZONES
     # Nothing is due at the launch: no batch, and the sweeper waits.
     assert run_batch_ranges(run_id=run.pk, batch_size=100) == []
-    assert [count for _at, count in run_waiting_by_due_time(run_id=run.pk)] == [1] * 5
-    progress = admin_client.get(f"/admin/campaigns/campaign/{campaign.pk}/progress/").json()
-    assert progress["run"]["waiting"] == [
-        {"due_at": moment.isoformat(), "count": 1} for moment in sorted(ZONES.values())
+    waiting = run_waiting_by_due_time(run_id=run.pk)
+    assert [(w.due_at, w.count) for w in waiting] == [(at, 1) for at in sorted(ZONES.values())]
+    zone_at = {at: zone for zone, at in ZONES.items()}
+    assert [w.zones for w in waiting] == [
+        [(zone_at[w.due_at] if zone_at[w.due_at] in known_zones() else "", 1)] for w in waiting
     ]
+    progress = admin_client.get(f"/admin/campaigns/campaign/{campaign.pk}/progress/").json()
+    assert [(w["due_at"], w["count"]) for w in progress["run"]["waiting"]] == [
+        (at.isoformat(), 1) for at in sorted(ZONES.values())
+    ]
+    texts = [w["text"] for w in progress["run"]["waiting"]]
+    assert any(t.startswith("1 recipient at 09:00 in America/New_York: ") for t in texts)
+    assert any("in an unknown zone (sent as Asia/Kolkata): " in t for t in texts), texts
 
     accepted_at = {}
     now = LAUNCH
