@@ -704,11 +704,11 @@ def _waiting_entry(wait, *, campaign: Campaign) -> dict:
     """One moment of a local-time run's waiting list, in words: which zones
     reach their local send time then, and how many recipients wait."""
     default = campaign.local_time_zone_default or "UTC"
-    names = [zone or f"an unknown zone (sent as {default})" for zone, _count in wait.zones][
-        :WAITING_ZONES_SHOWN
+    several = len(wait.zones) > 1  # then say how many wait in each zone
+    names = [
+        (zone or f"an unknown zone (sent as {default})") + (f" ({count})" if several else "")
+        for zone, count in wait.zones[:WAITING_ZONES_SHOWN]
     ]
-    if len(wait.zones) > 1:  # how many in each, when there are several
-        names = [f"{name} ({count})" for name, (_zone, count) in zip(names, wait.zones)]
     more = len(wait.zones) - WAITING_ZONES_SHOWN
     if more > 0:
         names.append(f"{more} more zone{pluralize(more)}")
