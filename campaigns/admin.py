@@ -70,6 +70,7 @@ from campaigns.services.runs import (
 from notifier.admin import ReadOnlyAdmin
 from notifier.models import Delivery, Recipient, SenderIdentity
 from notifier.selectors import delivery_event_totals, preview_recipient
+from notifier.services.local_times import zone_info
 from notifier.services.outbox import RETRY_KINDS
 
 # --- Contact lists --------------------------------------------------------------------
@@ -702,25 +703,32 @@ WAITING_ZONES_SHOWN = 3
 
 def _waiting_entry(wait, *, campaign: Campaign) -> dict:
     """One moment of a local-time run's waiting list, in words: which zones
-    reach their local send time then, and how many recipients wait."""
+    reach their recipients' send time then (at which local time: the same
+    for all, or each its own with best hours), and how many recipients."""
     default = campaign.local_time_zone_default or "UTC"
+    local = {
+        zone: f"{wait.due_at.astimezone(zone_info(zone, default=default)):%H:%M}"
+        for zone, _count in wait.zones
+    }
+    same_time = len(set(local.values())) == 1
     several = len(wait.zones) > 1  # then say how many wait in each zone
     names = [
-        (zone or f"an unknown zone (sent as {default})") + (f" ({count})" if several else "")
+        (zone or f"an unknown zone (sent as {default})")
+        + ("" if same_time else f" at {local[zone]}")
+        + (f" ({count})" if several else "")
         for zone, count in wait.zones[:WAITING_ZONES_SHOWN]
     ]
     more = len(wait.zones) - WAITING_ZONES_SHOWN
     if more > 0:
         names.append(f"{more} more zone{pluralize(more)}")
-    local = campaign.local_send_time
     when = timezone.localtime(wait.due_at)
+    at = f"at {next(iter(local.values()))} " if same_time else ""
     return {
         "due_at": wait.due_at.isoformat(),
         "count": wait.count,
         "zones": [{"zone": zone, "count": count} for zone, count in wait.zones],
         "text": (
-            f"{wait.count} recipient{pluralize(wait.count)} at "
-            f"{f'{local:%H:%M} ' if local else ''}in {', '.join(names)}: "
+            f"{wait.count} recipient{pluralize(wait.count)} {at}in {', '.join(names)}: "
             f"{when:%a %d %b, %H:%M} {when.tzname()}"
         ),
     }

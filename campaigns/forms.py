@@ -77,7 +77,7 @@ CAMPAIGN_FIELDSETS = (
     (
         "Recipient-local time",
         {
-            "fields": ("local_send_time", "local_time_zone_default"),
+            "fields": ("local_send_time", "local_time_zone_default", "send_at_best_hour"),
             "description": "Optional: send at this time of day in each recipient's own time "
             "zone (rolling through the zones over a day); recipients without a known zone "
             "get the default zone.",
@@ -209,6 +209,12 @@ class CampaignForm(forms.ModelForm):
                 "contact_lists",
                 "Choose at least one contact list or segment: a scheduled "
                 "campaign needs someone to send to.",
+            )
+        if cleaned.get("send_at_best_hour") and cleaned.get("local_send_time") is None:
+            self.add_error(
+                "local_send_time",
+                "Choose a local send time: recipients without enough opens and clicks "
+                "for a best hour get the message then.",
             )
         probe = Campaign(
             transport=cleaned.get("transport", ""),

@@ -221,6 +221,15 @@ class Campaign(models.Model):
         validators=[validate_time_zone],
         help_text="The time zone of recipients whose time zone is not known (empty: UTC).",
     )
+    # Each recipient at the local hour they open and click most (send-time
+    # insight, notifier.engagement); ``local_send_time`` for the others.
+    send_at_best_hour = models.BooleanField(
+        "Send at each recipient's best hour",
+        default=False,
+        help_text="Each recipient gets the message at the hour of their day at which they "
+        "opened and clicked most over the last 90 days; recipients with too little history "
+        "get the local send time above. Needs a local send time.",
+    )
     # The beat entry this campaign owns (one at most; see services.schedules).
     periodic_task = models.OneToOneField(
         "django_celery_beat.PeriodicTask",

@@ -61,6 +61,7 @@ from notifier.services.outbox import (
     deliveries_materialise,
     deliveries_retry,
     delivery_group_cancel,
+    delivery_group_due_at_best_hours,
     delivery_group_open,
     delivery_group_pause,
     delivery_group_release_held,
@@ -110,15 +111,23 @@ def run_materialise(*, run: CampaignRun) -> int:
         label=f"Run {run.pk} of campaign {campaign.pk}",
         context=campaign.context or {},
     )
-    return deliveries_materialise(
+    launched_at = run.started_at or timezone.now()
+    added = deliveries_materialise(
         group=group,
         audience=campaign_audience(campaign=campaign),
         kind=Delivery.Kind.CAMPAIGN,
         template_id=campaign.template_id,
         from_email=campaign.from_header,
         transport=campaign.transport,
-        due=run_due_by_zone(run=run, launched_at=run.started_at or timezone.now()),
+        due=run_due_by_zone(run=run, launched_at=launched_at),
     )
+    if campaign.send_at_best_hour and campaign.local_send_time is not None:
+        delivery_group_due_at_best_hours(
+            group_id=run.pk,
+            after=launched_at,
+            default_zone=campaign.local_time_zone_default or "UTC",
+        )
+    return added
 
 
 # --- Launch and fan-out -------------------------------------------------------------

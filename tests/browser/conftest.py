@@ -76,3 +76,11 @@ def page(request, monkeypatch):
 
 def screenshot_path(name: str) -> Path:
     return SCREENSHOTS / f"{name}.png"
+
+
+def log_in(page, live_server, username: str, password: str) -> None:
+    """Sign in to the admin through its login form."""
+    page.goto(f"{live_server.url}/admin/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("input[type=submit]")

@@ -12,7 +12,7 @@ from django.contrib.auth.models import User
 
 from campaigns.models import Consent, ListMembership, SignupForm
 from campaigns.services.signups import signup_confirmed
-from tests.browser.conftest import screenshot_path
+from tests.browser.conftest import log_in, screenshot_path
 from tests.campaigns.factories import ContactListFactory
 from tests.conftest import wait_for
 
@@ -85,10 +85,7 @@ def test_signup_with_double_opt_in_in_a_browser(
     # Staff read the consent record: the form, the time and the exact text shown.
     consent = Consent.objects.get()
     User.objects.create_superuser("root", password=PASSWORD)
-    page.goto(f"{live_server.url}/admin/")
-    page.fill("#id_username", "root")
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
+    log_in(page, live_server, "root", PASSWORD)
     page.goto(f"{live_server.url}/admin/campaigns/consent/{consent.pk}/change/")
     content = page.locator("#content")
     expect(content).to_contain_text("Pioneers newsletter")

@@ -7,6 +7,8 @@ the Delivery rows of a group (a campaign run) outside the sending engine.
                               NOTHING``; the audience never enters Python;
                               each row due at once, or when its recipient's
                               time zone says (``DueByZone``)
+* ``delivery_group_due_at_best_hours``  each untouched row at its
+                              recipient's best local hour (send-time insight)
 * ``delivery_group_pause``    hold the pending rows (``next_attempt_at =
                               NULL``: neither a batch nor the sweeper claims
                               them); batches in flight see the state and hand
@@ -21,6 +23,7 @@ The owner (campaigns) keeps its own state and fans the due rows out; a
 group's state is what the sending engine reads, through notifier's own table.
 """
 
+from notifier.services.outbox.best_hours import delivery_group_due_at_best_hours
 from notifier.services.outbox.groups import (
     DueByZone,
     delivery_group_cancel,
@@ -45,6 +48,7 @@ __all__ = [
     "deliveries_materialise",
     "deliveries_retry",
     "delivery_group_cancel",
+    "delivery_group_due_at_best_hours",
     "delivery_group_open",
     "delivery_group_pause",
     "delivery_group_release_held",
