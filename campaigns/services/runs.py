@@ -121,13 +121,20 @@ def run_materialise(*, run: CampaignRun) -> int:
         transport=campaign.transport,
         due=run_due_by_zone(run=run, launched_at=launched_at),
     )
+    _run_due_at_best_hours(run=run, launched_at=launched_at)
+    return added
+
+
+def _run_due_at_best_hours(*, run: CampaignRun, launched_at: datetime) -> None:
+    """With "send at each recipient's best hour", move the run's untouched
+    rows of recipients with enough history to their best local hour."""
+    campaign = run.campaign
     if campaign.send_at_best_hour and campaign.local_send_time is not None:
         delivery_group_due_at_best_hours(
             group_id=run.pk,
             after=launched_at,
             default_zone=campaign.local_time_zone_default or "UTC",
         )
-    return added
 
 
 # --- Launch and fan-out -------------------------------------------------------------
@@ -388,6 +395,7 @@ def _run_move(run: CampaignRun, move: str) -> int:
         # Rows of a local-time run wait again for their zone's moment.
         due = run_due_by_zone(run=run, launched_at=run.started_at)
         count = outbox_move(group_id=run.pk, due=due)
+        _run_due_at_best_hours(run=run, launched_at=run.started_at)  # and each best hour
     else:
         count = outbox_move(group_id=run.pk)
     _set_campaign_status(run.campaign_id, campaign_status)

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from campaigns.models import Campaign
 from campaigns.services.campaigns import campaign_run_create
-from campaigns.services.runs import campaign_run_launch
+from campaigns.services.runs import campaign_run_launch, campaign_run_pause, campaign_run_resume
 from notifier.engagement import MIN_EVENTS, best_hours, engagement_insight
 from notifier.engagement import recipient_engagement_hours as hours_of
 from notifier.models import Delivery, DeliveryEvent, Recipient
@@ -154,6 +154,11 @@ def test_a_campaign_sends_each_recipient_at_their_best_hour_once():
     # Launching again adds nothing and moves nothing.
     campaign_run_launch(run_id=run.pk)
     assert Delivery.objects.filter(run_id=run.pk).count() == 3
+    assert {person: due(person) for person in expected} == expected
+    # Paused and resumed: each row waits again for its own moment.
+    campaign_run_pause(run=run)
+    assert Delivery.objects.filter(run_id=run.pk, next_attempt_at__isnull=True).count() == 3
+    campaign_run_resume(run=run)
     assert {person: due(person) for person in expected} == expected
 
 
