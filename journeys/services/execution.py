@@ -10,11 +10,14 @@ The same machinery as the outbox's batches (``notifier.sending.batch``):
    fresh token and a lease; a row another worker holds under a live lease is
    not claimed. A killed worker's claims expire and the next tick claims the
    rows again.
-3. **Step.** Each step runs in one transaction with the row locked and the
-   claim checked: its effect (a Delivery, an attribute, a membership), its
-   ``JourneyStepRun`` (unique per enrollment and step: a step never runs
-   twice) and the advance commit together or not at all. A worker killed
-   anywhere leaves either the whole step done or none of it. A send step's
+3. **Step.** A batch runs in rounds: each round runs the current step of
+   every enrollment it still holds, in one transaction with the rows locked
+   and the claim checked: the steps' effects (Deliveries, attributes,
+   memberships), their ``JourneyStepRun`` rows (unique per enrollment and
+   step: a step never runs twice) and the advances commit together or not
+   at all, in a few set-based queries. A worker killed anywhere leaves either
+   the whole round done or none of it; a round that fails is run again one
+   enrollment at a time, so one bad row holds back no other. A send step's
    Delivery carries the idempotency key ``journey:<enrollment>:<step>``, so
    even a step run again could not write a second email.
 
@@ -23,6 +26,7 @@ and waits are computed from it; leases always use the real clock.
 """
 
 import logging
+from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime, time, timedelta
 from uuid import uuid4
@@ -30,7 +34,7 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from campaigns.segments import segment_q
@@ -38,8 +42,8 @@ from campaigns.services.memberships import list_membership_add, list_membership_
 from journeys.models import Journey, JourneyEnrollment, JourneyStep, JourneyStepRun
 from journeys.services.definitions import step_after
 from notifier.models import Recipient, TopicEvent
-from notifier.services.automated import delivery_automated_send
-from notifier.services.recipients import recipient_attribute_set
+from notifier.services.automated import deliveries_automated_send
+from notifier.services.recipients import recipients_attribute_set
 from notifier.services.suppressions import suppression_reasons
 
 logger = logging.getLogger(__name__)
@@ -115,30 +119,45 @@ def enrollments_claim(*, ids: Iterable[int], now: datetime) -> tuple[str, list[i
 
 
 def enrollments_run_batch(*, ids: list[int], now: datetime | None = None) -> dict[str, int]:
-    """Claim ``ids`` and run each claimed enrollment's due steps."""
+    """Claim ``ids`` and run each claimed enrollment's due steps.
+
+    Set-based: each round runs the current step of every enrollment still
+    going, in one transaction (``enrollments_step_run``); those that advanced
+    go round again, up to ``MAX_STEPS_PER_CLAIM`` steps.
+    """
     now = now or timezone.now()
     token, claimed = enrollments_claim(ids=ids, now=now)
     counts: dict[str, int] = {"claimed": len(claimed)}
     steps_cache: dict[int, list[JourneyStep]] = {}
-    for enrollment_id in claimed:
-        try:
-            for _ in range(MAX_STEPS_PER_CLAIM):
-                outcome = enrollment_step_run(
-                    enrollment_id=enrollment_id, token=token, now=now, steps_cache=steps_cache
-                )
-                counts[outcome] = counts.get(outcome, 0) + 1
-                if outcome != "advanced":
-                    break
-            else:
-                _release(enrollment_id, token)
-        except Exception:
-            # The step's transaction rolled back: nothing of it happened. The
-            # row is handed back and tried again by a later tick; the others
-            # of the batch go on.
-            logger.exception("Journey enrollment %s: step failed", enrollment_id)
-            counts["failed"] = counts.get("failed", 0) + 1
-            _release(enrollment_id, token)
+    going = claimed
+    for _ in range(MAX_STEPS_PER_CLAIM):
+        if not going:
+            break
+        outcomes = _run_round(going, token, now, steps_cache)
+        for outcome in outcomes.values():
+            counts[outcome] = counts.get(outcome, 0) + 1
+        going = [pk for pk in going if outcomes.get(pk) == "advanced"]
+    for enrollment_id in going:
+        _release(enrollment_id, token)
     return counts
+
+
+def _run_round(ids: list[int], token: str, now: datetime, steps_cache: dict) -> dict[int, str]:
+    try:
+        return enrollments_step_run(ids=ids, token=token, now=now, steps_cache=steps_cache)
+    except Exception:
+        if len(ids) > 1:
+            # The round's transaction rolled back: nothing of it happened.
+            # Each enrollment again on its own, so one bad row does not hold
+            # back the others.
+            outcomes = {}
+            for enrollment_id in ids:
+                outcomes.update(_run_round([enrollment_id], token, now, steps_cache))
+            return outcomes
+        # The row is handed back and tried again by a later tick.
+        logger.exception("Journey enrollment %s: step failed", ids[0])
+        _release(ids[0], token)
+        return {ids[0]: "failed"}
 
 
 def _release(enrollment_id: int, token: str) -> None:
@@ -160,112 +179,201 @@ def _steps(journey_id: int, cache: dict) -> list[JourneyStep]:
 def enrollment_step_run(
     *, enrollment_id: int, token: str, now: datetime, steps_cache: dict | None = None
 ) -> str:
-    """Run the current step of one claimed enrollment, in one transaction.
+    """Run the current step of one claimed enrollment (see ``enrollments_step_run``)."""
+    outcomes = enrollments_step_run(
+        ids=[enrollment_id], token=token, now=now, steps_cache=steps_cache
+    )
+    return outcomes[enrollment_id]
 
-    Returns ``advanced`` (the next step is due at once and the claim is kept),
-    ``waiting``, ``done``, ``exited``, ``held`` (journey not active) or
-    ``lost`` (the claim is no longer ours).
+
+ENROLLMENT_FIELDS = [
+    JourneyEnrollment._meta.get_field(name)
+    for name in (
+        "step",
+        "state",
+        "exit_reason",
+        "due_at",
+        "claim_token",
+        "lease_expires_at",
+        "dispatched_at",
+        "finished_at",
+    )
+]
+
+
+def enrollments_step_run(
+    *, ids: list[int], token: str, now: datetime, steps_cache: dict | None = None
+) -> dict[int, str]:
+    """Run the current step of each claimed enrollment of ``ids``, all in one
+    transaction, with the rows locked and the claim checked: the steps'
+    effects, their ``JourneyStepRun`` rows and the advances commit together
+    or not at all. A few queries per step kind, whatever the count.
+
+    Returns each id's outcome: ``advanced`` (the next step is due at once and
+    the claim is kept), ``waiting``, ``done``, ``exited``, ``held`` (journey
+    not active) or ``lost`` (the claim is no longer ours).
     """
     steps_cache = {} if steps_cache is None else steps_cache
+    outcomes: dict[int, str] = dict.fromkeys(ids, "lost")
     with transaction.atomic():
-        enrollment = (
-            JourneyEnrollment.objects.select_for_update()
-            .filter(pk=enrollment_id, claim_token=token)
-            .first()
+        rows = [
+            e
+            for e in JourneyEnrollment.objects.select_for_update()
+            .filter(pk__in=ids, claim_token=token)
+            .order_by("id")
+            if e.state in JourneyEnrollment.LIVE_STATES
+        ]
+        journeys = Journey.objects.in_bulk({e.journey_id for e in rows})
+        recipients = Recipient.objects.in_bulk({e.recipient_id for e in rows})
+        reasons = _exit_reasons(rows, journeys, recipients)
+        groups: dict[int, list[JourneyEnrollment]] = defaultdict(list)
+        for enrollment in rows:
+            journey = journeys[enrollment.journey_id]
+            step = next(
+                (s for s in _steps(journey.pk, steps_cache) if s.pk == enrollment.step_id), None
+            )
+            if journey.status != Journey.Status.ACTIVE:
+                outcomes[enrollment.pk] = _finish_claim(enrollment, "held")
+            elif enrollment.due_at is None or enrollment.due_at > now:
+                outcomes[enrollment.pk] = _finish_claim(enrollment, "waiting")
+            elif reasons.get(enrollment.pk):
+                outcomes[enrollment.pk] = _exit(enrollment, reasons[enrollment.pk], now)
+            elif step is None:
+                outcomes[enrollment.pk] = _done(enrollment, now)
+            else:
+                groups[step.pk].append(enrollment)
+        runs: list[JourneyStepRun] = []
+        for group in groups.values():
+            journey = journeys[group[0].journey_id]
+            steps = _steps(journey.pk, steps_cache)
+            step = next(s for s in steps if s.pk == group[0].step_id)
+            outcomes.update(_execute(group, journey, recipients, step, steps, now, runs))
+        JourneyStepRun.objects.bulk_create(runs)
+        _write(rows)
+    return outcomes
+
+
+def _write(rows: list[JourneyEnrollment]) -> None:
+    """Write the rows' new state: one UPDATE per distinct set of values (a
+    round's rows mostly share theirs: the same next step, the same due time)."""
+    by_values: dict[tuple, list[int]] = defaultdict(list)
+    for enrollment in rows:
+        values = tuple(getattr(enrollment, f.attname) for f in ENROLLMENT_FIELDS)
+        by_values[values].append(enrollment.pk)
+    for values, pks in by_values.items():
+        JourneyEnrollment.objects.filter(pk__in=pks).update(
+            **{f.attname: value for f, value in zip(ENROLLMENT_FIELDS, values, strict=True)}
         )
-        if enrollment is None or enrollment.state not in JourneyEnrollment.LIVE_STATES:
-            return "lost"
-        journey = Journey.objects.get(pk=enrollment.journey_id)
-        if journey.status != Journey.Status.ACTIVE:
-            _finish_claim(enrollment)
-            return "held"
-        if enrollment.due_at is None or enrollment.due_at > now:
-            _finish_claim(enrollment)
-            return "waiting"
-        recipient = Recipient.objects.get(pk=enrollment.recipient_id)
-        reason = _exit_reason(enrollment, journey, recipient)
-        if reason:
-            return _exit(enrollment, reason, now)
-        steps = _steps(journey.pk, steps_cache)
-        step = next((s for s in steps if s.pk == enrollment.step_id), None)
-        if step is None:
-            return _done(enrollment, now)
-        return _execute(enrollment, journey, recipient, step, steps, now)
 
 
-def _exit_reason(enrollment: JourneyEnrollment, journey: Journey, recipient: Recipient) -> str:
-    if suppression_reasons([recipient]):
-        return ExitReason.UNSUBSCRIBED
-    attributes = recipient.attributes or {}
-    if journey.goal_attribute and str(attributes.get(journey.goal_attribute)) == journey.goal_value:
-        return ExitReason.GOAL
-    if (
-        journey.goal_topic_id
-        and TopicEvent.objects.filter(
-            recipient_id=recipient.pk,
-            topic_id=journey.goal_topic_id,
-            created_at__gte=enrollment.entered_at,
-        ).exists()
-    ):
-        return ExitReason.GOAL
-    return ""
+def _exit_reasons(rows, journeys, recipients) -> dict[int, str]:
+    """Why each enrollment must leave before its step (absent: it stays)."""
+    suppressed = suppression_reasons(recipients[e.recipient_id] for e in rows)
+    topics = {journeys[e.journey_id].goal_topic_id for e in rows} - {None}
+    last_event = {}
+    if topics:
+        last_event = {
+            (r["recipient_id"], r["topic_id"]): r["last"]
+            for r in TopicEvent.objects.filter(
+                recipient_id__in={e.recipient_id for e in rows}, topic_id__in=topics
+            )
+            .values("recipient_id", "topic_id")
+            .annotate(last=Max("created_at"))
+        }
+    reasons = {}
+    for enrollment in rows:
+        journey = journeys[enrollment.journey_id]
+        attributes = recipients[enrollment.recipient_id].attributes or {}
+        event = last_event.get((enrollment.recipient_id, journey.goal_topic_id))
+        if enrollment.recipient_id in suppressed:
+            reasons[enrollment.pk] = ExitReason.UNSUBSCRIBED
+        elif (
+            journey.goal_attribute
+            and str(attributes.get(journey.goal_attribute)) == journey.goal_value
+        ) or (event is not None and event >= enrollment.entered_at):
+            reasons[enrollment.pk] = ExitReason.GOAL
+    return reasons
 
 
-def _execute(enrollment, journey, recipient, step, steps, now) -> str:
-    target = None
-    run = JourneyStepRun(enrollment=enrollment, step=step, created_at=now)
+def _execute(group, journey, recipients, step, steps, now, runs) -> dict[int, str]:
+    """Run ``step`` for every enrollment of ``group`` (all at that step);
+    appends their ``JourneyStepRun`` rows to ``runs``."""
+    outcomes: dict[int, str] = {}
     if step.kind == Kind.WAIT:
-        if enrollment.state == State.WAITING:
-            # The wait is over (its run was recorded when it began).
-            return _advance(enrollment, step_after(steps, step), now)
-        run.save()
-        enrollment.state = State.WAITING
-        enrollment.due_at = wait_end(step, recipient.time_zone, now)
-        _finish_claim(enrollment)
-        return "waiting"
+        for enrollment in group:
+            if enrollment.state == State.WAITING:
+                # The wait is over (its run was recorded when it began).
+                outcomes[enrollment.pk] = _advance(enrollment, step_after(steps, step), now)
+                continue
+            runs.append(JourneyStepRun(enrollment=enrollment, step=step, created_at=now))
+            enrollment.state = State.WAITING
+            time_zone = recipients[enrollment.recipient_id].time_zone
+            enrollment.due_at = wait_end(step, time_zone, now)
+            outcomes[enrollment.pk] = _finish_claim(enrollment, "waiting")
+        return outcomes
+    mine = {e.pk: JourneyStepRun(enrollment=e, step=step, created_at=now) for e in group}
+    members = [recipients[e.recipient_id] for e in group]
     if step.kind == Kind.SEND:
-        run.delivery = delivery_automated_send(
-            recipient=recipient,
+        deliveries = deliveries_automated_send(
             template=step.template,
-            idempotency_key=f"journey:{enrollment.pk}:{step.pk}",
+            recipients={f"journey:{e.pk}:{step.pk}": recipients[e.recipient_id] for e in group},
             context={"journey": {"name": journey.name, "step": step.position}},
         )
+        for enrollment in group:
+            mine[enrollment.pk].delivery = deliveries[f"journey:{enrollment.pk}:{step.pk}"]
     elif step.kind == Kind.BRANCH:
-        run.outcome = _condition_holds(enrollment, recipient, step, steps)
-        target = step.then_position if run.outcome else step.else_position
+        holds = _condition_holds(group, recipients, step)
+        for enrollment in group:
+            mine[enrollment.pk].outcome = enrollment.pk in holds
     elif step.kind == Kind.SET_ATTRIBUTE:
-        recipient_attribute_set(recipient=recipient, name=step.attribute, value=step.value)
+        recipients_attribute_set(ids=[r.pk for r in members], name=step.attribute, value=step.value)
     elif step.kind == Kind.ADD_TO_LIST:
-        list_membership_add(contact_list=step.contact_list, recipient=recipient)
+        for recipient in members:
+            list_membership_add(contact_list=step.contact_list, recipient=recipient)
     elif step.kind == Kind.REMOVE_FROM_LIST:
-        list_membership_remove(contact_list=step.contact_list, recipient=recipient)
-    run.save()
-    if step.kind == Kind.EXIT:
-        return _exit(enrollment, ExitReason.EXIT_STEP, now)
-    return _advance(enrollment, step_after(steps, step, target), now)
+        for recipient in members:
+            list_membership_remove(contact_list=step.contact_list, recipient=recipient)
+    runs.extend(mine.values())
+    for enrollment in group:
+        if step.kind == Kind.EXIT:
+            outcomes[enrollment.pk] = _exit(enrollment, ExitReason.EXIT_STEP, now)
+            continue
+        run = mine[enrollment.pk]
+        target = None
+        if step.kind == Kind.BRANCH:
+            target = step.then_position if run.outcome else step.else_position
+        outcomes[enrollment.pk] = _advance(enrollment, step_after(steps, step, target), now)
+    return outcomes
 
 
-def _condition_holds(enrollment, recipient, step, steps) -> bool:
+def _condition_holds(group, recipients, step) -> set[int]:
+    """The enrollments of ``group`` for which the branch's condition holds."""
     if step.condition in (Condition.OPENED, Condition.CLICKED):
         # By position, not step id: a recipient moved to a newer version keeps
         # the runs of the version it came from.
-        run = (
-            JourneyStepRun.objects.filter(
-                enrollment=enrollment, step__position=step.condition_position
-            )
-            .select_related("delivery")
-            .first()
-        )
-        if run is None or run.delivery is None:
-            return False
-        counter = run.delivery.opens if step.condition == Condition.OPENED else run.delivery.clicks
+        counters = JourneyStepRun.objects.filter(
+            enrollment__in=group, step__position=step.condition_position, delivery__isnull=False
+        ).values_list("enrollment_id", "delivery__opens", "delivery__clicks")
         # A click proves the message was opened, even when the open pixel was blocked.
-        return counter > 0 or (step.condition == Condition.OPENED and run.delivery.clicks > 0)
+        return {
+            pk
+            for pk, opens, clicks in counters
+            if clicks > 0 or (step.condition == Condition.OPENED and opens > 0)
+        }
     if step.condition == Condition.ATTRIBUTE:
-        return str((recipient.attributes or {}).get(step.attribute)) == step.value
+        return {
+            e.pk
+            for e in group
+            if str((recipients[e.recipient_id].attributes or {}).get(step.attribute)) == step.value
+        }
     if step.condition == Condition.SEGMENT:
-        return Recipient.objects.filter(pk=recipient.pk).filter(segment_q(step.segment)).exists()
-    return False
+        inside = set(
+            Recipient.objects.filter(pk__in=[e.recipient_id for e in group])
+            .filter(segment_q(step.segment))
+            .values_list("pk", flat=True)
+        )
+        return {e.pk for e in group if e.recipient_id in inside}
+    return set()
 
 
 def wait_end(step: JourneyStep, time_zone: str, now: datetime) -> datetime:
@@ -290,11 +398,15 @@ def wait_end(step: JourneyStep, time_zone: str, now: datetime) -> datetime:
     return local.astimezone(UTC)  # unreachable: a week holds every weekday
 
 
-def _finish_claim(enrollment: JourneyEnrollment) -> None:
+# The helpers below change the row in memory; ``enrollments_step_run`` writes
+# every row of the round in one bulk update before its transaction commits.
+
+
+def _finish_claim(enrollment: JourneyEnrollment, outcome: str) -> str:
     enrollment.claim_token = None
     enrollment.lease_expires_at = None
     enrollment.dispatched_at = None
-    enrollment.save()
+    return outcome
 
 
 def _advance(enrollment: JourneyEnrollment, next_step: JourneyStep | None, now) -> str:
@@ -304,7 +416,6 @@ def _advance(enrollment: JourneyEnrollment, next_step: JourneyStep | None, now) 
     enrollment.state = State.ACTIVE
     enrollment.due_at = now
     # The claim is kept: the batch runs the next step at once.
-    enrollment.save()
     return "advanced"
 
 
@@ -312,8 +423,7 @@ def _done(enrollment: JourneyEnrollment, now) -> str:
     enrollment.state = State.DONE
     enrollment.due_at = None
     enrollment.finished_at = now
-    _finish_claim(enrollment)
-    return "done"
+    return _finish_claim(enrollment, "done")
 
 
 def _exit(enrollment: JourneyEnrollment, reason: str, now) -> str:
@@ -321,8 +431,7 @@ def _exit(enrollment: JourneyEnrollment, reason: str, now) -> str:
     enrollment.exit_reason = reason
     enrollment.due_at = None
     enrollment.finished_at = now
-    _finish_claim(enrollment)
-    return "exited"
+    return _finish_claim(enrollment, "exited")
 
 
 def journeys_tick(*, now: datetime | None = None) -> dict[str, int]:
