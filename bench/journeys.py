@@ -262,7 +262,7 @@ def journeys(stack, args) -> list[Row]:
     ensure_recipients(n)
     audience_list(n)
     rows: list[Row] = []
-    workers = stack.start_workers("campaigns", "campaigns,maintenance", args.w, nice=10)
+    workers = stack.start_workers("campaigns", "campaigns,maintenance", args.w)
     try:
         # Journeys alone.
         stack.esp_reset()
@@ -288,7 +288,12 @@ def journeys(stack, args) -> list[Row]:
             )
         )
 
-        # Together, with transactional mail on its own worker.
+    finally:
+        stack.stop(workers, "campaign worker (journeys part)")
+    # Together, transactional mail on its own worker; the campaign workers at
+    # a lower CPU priority, as the urgent part runs them (deploy/README.md).
+    workers = stack.start_workers("campaigns", "campaigns,maintenance", args.w, nice=10)
+    try:
         rows += _together(stack, args, n, launch_campaign, wait_run_done)
     finally:
         stack.stop(workers, "campaign worker (journeys part)")

@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from campaigns.models import ContactList, ListMembership
 from journeys.models import Journey, JourneyEnrollment, JourneyStep, JourneyStepRun
-from journeys.services import execution
+from journeys.services import steps as step_runs
 from journeys.services.enrollments import enrollments_remove, journey_enroll
 from journeys.services.execution import (
     enrollment_step_run,
@@ -108,17 +108,17 @@ def test_a_step_that_fails_rolls_back_whole_and_is_tried_again(monkeypatch):
     ListMembership.objects.create(contact_list=journey.trigger_list, recipient=person)
     now = timezone.now()
     triggers_poll(now=now)
-    real_advance = execution._advance
+    real_advance = step_runs._advance
 
     def crash(*args, **kwargs):
         raise RuntimeError("worker died after the write, before the advance")
 
-    monkeypatch.setattr(execution, "_advance", crash)
+    monkeypatch.setattr(step_runs, "_advance", crash)
     assert run_due(now)["failed"] == 1
     assert not Delivery.objects.exists() and not JourneyStepRun.objects.exists()
     (enrollment,) = JourneyEnrollment.objects.all()
     assert enrollment.claim_token is None and enrollment.step.position == 1
-    monkeypatch.setattr(execution, "_advance", real_advance)
+    monkeypatch.setattr(step_runs, "_advance", real_advance)
     run_due(now)
     assert Delivery.objects.filter(idempotency_key__startswith="journey:").count() == 1
     enrollment.refresh_from_db()
@@ -240,14 +240,14 @@ def test_one_failing_enrollment_does_not_hold_back_its_batch(monkeypatch):
     now = timezone.now()
     enrollments_create(journey=journey, entries={p.pk: "" for p in people}, now=now)
     bad = JourneyEnrollment.objects.get(recipient=people[2])
-    real_advance = execution._advance
+    real_advance = step_runs._advance
 
     def advance(enrollment, *args, **kwargs):
         if enrollment.pk == bad.pk:
             raise RuntimeError("this one breaks")
         return real_advance(enrollment, *args, **kwargs)
 
-    monkeypatch.setattr(execution, "_advance", advance)
+    monkeypatch.setattr(step_runs, "_advance", advance)
     counts = run_due(now)
     assert counts["failed"] == 1 and counts["done"] == 4
     # The failed one left nothing behind and is free for a later tick.
@@ -255,6 +255,30 @@ def test_one_failing_enrollment_does_not_hold_back_its_batch(monkeypatch):
     assert bad.claim_token is None and bad.step.position == 1
     assert not JourneyStepRun.objects.filter(enrollment=bad).exists()
     assert not Delivery.objects.filter(recipient=people[2]).exists()
-    monkeypatch.setattr(execution, "_advance", real_advance)
+    monkeypatch.setattr(step_runs, "_advance", real_advance)
     run_due(now)
     assert JourneyStepRun.objects.count() == 10
+
+
+def test_rows_of_a_dead_worker_are_published_again_once_its_lease_runs_out(settings):
+    """Published rows are not published again while their task may still come
+    (a queue behind a slow worker must not fill with copies), except those a
+    worker claimed and whose lease ran out: that worker died."""
+    from journeys.services.execution import enrollments_dispatch_due
+
+    settings.JOURNEYS_REDISPATCH_SECONDS = 300
+    journey = welcome_journey()
+    people = Recipient.objects.bulk_create(Recipient(email=f"d{i}@example.com") for i in range(3))
+    ListMembership.objects.bulk_create(
+        ListMembership(contact_list=journey.trigger_list, recipient=p) for p in people
+    )
+    now = timezone.now()
+    triggers_poll(now=now)
+    assert enrollments_dispatch_due(now=now) == 3
+    assert enrollments_dispatch_due(now=now) == 0  # their tasks are on the way
+    first = JourneyEnrollment.objects.order_by("id").first()
+    enrollments_claim(ids=[first.pk], now=now)
+    JourneyEnrollment.objects.filter(pk=first.pk).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert enrollments_dispatch_due(now=now) == 1
