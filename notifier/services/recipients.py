@@ -145,7 +145,10 @@ def recipients_attribute_set(*, ids: list[int], name: str, value) -> int:
     _check_attribute_name(name)
     with transaction.atomic():
         locked = list(
-            Recipient.objects.select_for_update().filter(pk__in=ids).only("id", "attributes")
+            Recipient.objects.select_for_update()
+            .filter(pk__in=ids)
+            .order_by("pk")  # one lock order: two writers never deadlock
+            .only("id", "attributes")
         )
         for recipient in locked:
             recipient.attributes = {**(recipient.attributes or {}), name: value}
