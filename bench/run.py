@@ -13,6 +13,10 @@ Each figure is checked against what the fake ESP / SMTP sink received and
 what the database says; a run that lost or duplicated messages is reported as
 such instead of a speed.
 
+* **journeys**: steps/s of a two-step journey over ``--journey-n``
+  recipients, beside a campaign's messages/s, and the transactional p99
+  while both run (see ``bench/journeys.py``).
+
 Run: ``make bench`` or ``make bench ARGS="--n 2000 --parts throughput"``.
 """
 
@@ -46,14 +50,17 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=500, help="deliveries per batch task")
     parser.add_argument(
         "--parts",
-        default="throughput,scale,urgent",
-        help="comma list of throughput, scale, urgent",
+        default="throughput,scale,urgent,journeys",
+        help="comma list of throughput, scale, urgent, journeys",
     )
     parser.add_argument("--transports", default="esp,smtp")
     parser.add_argument("--scale-sizes", default="10000,200000")
     parser.add_argument("--materialise", type=int, default=1_000_000)
     parser.add_argument("--urgent-campaign", type=int, default=100_000)
     parser.add_argument("--urgent-sends", type=int, default=200)
+    parser.add_argument(
+        "--journey-n", type=int, default=100_000, help="recipients entering the journey"
+    )
     args = parser.parse_args(argv)
 
     import django
@@ -81,6 +88,10 @@ def main(argv=None):
             rows += parts.scale(stack, args)
         if "urgent" in wanted:
             rows += parts.urgent(stack, args)
+        if "journeys" in wanted:
+            from bench.journeys import journeys
+
+            rows += journeys(stack, args)
         for label, mb in sorted(stack.memory.items()):
             rows.append(
                 Row(

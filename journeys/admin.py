@@ -27,19 +27,37 @@ from notifier.admin import ReadOnlyAdmin
 
 
 class JourneyStepInline(admin.StackedInline):
+    """A step's form: position, kind and template on one line; what only some
+    kinds use folded away (opened by a click, or by an error in it)."""
+
     model = JourneyStep
     extra = 0
     ordering = ["position"]
     fieldsets = [
-        (None, {"fields": [("position", "kind"), "template"]}),
-        ("Wait", {"fields": [("wait_seconds", "wait_until_time", "wait_weekday")]}),
+        (None, {"fields": [("position", "kind", "template")]}),
+        (
+            "Wait",
+            {
+                "fields": [("wait_seconds", "wait_until_time", "wait_weekday")],
+                "classes": ["collapse"],
+            },
+        ),
         (
             "Branch",
-            {"fields": [("condition", "condition_position"), ("then_position", "else_position")]},
+            {
+                "fields": [
+                    ("condition", "condition_position"),
+                    ("then_position", "else_position"),
+                ],
+                "classes": ["collapse"],
+            },
         ),
         (
             "Attribute, segment, list",
-            {"fields": [("attribute", "value"), ("segment", "contact_list")]},
+            {
+                "fields": [("attribute", "value"), ("segment", "contact_list")],
+                "classes": ["collapse"],
+            },
         ),
     ]
 
@@ -100,6 +118,15 @@ class JourneyAdmin(admin.ModelAdmin):
                 finished_count=Count("enrollments", filter=~live),
             )
         )
+
+    def get_inline_instances(self, request, obj=None):
+        inlines = super().get_inline_instances(request, obj)
+        if obj is not None and obj.status != Journey.Status.DRAFT:
+            # A journey that has run reads from the step table above; its
+            # steps' details (read-only) stay folded until asked for.
+            for inline in inlines:
+                inline.classes = ["collapse"]
+        return inlines
 
     def get_readonly_fields(self, request, obj=None):
         if obj is not None and obj.status != Journey.Status.DRAFT:

@@ -7,17 +7,22 @@ and ``POST /api/v1/events`` write for every event whatever the recipient's
 preference. A confirmed signup calls ``journey_enroll`` directly.
 """
 
-from datetime import date, datetime, time
+import calendar
+from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from django.db import transaction
+from django.db.models import Exists, OuterRef
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Substr
 from django.utils import timezone
 
 from campaigns.models import ListMembership
 from campaigns.segments import segment_q
-from journeys.models import Journey
+from journeys.models import Journey, JourneyEnrollment
 from journeys.services.enrollments import enrollments_create, journeys_accepting
 from notifier.models import Recipient, TopicEvent
+from notifier.services.suppressions import SUPPRESSED_RECIPIENT_STATUSES
 
 # Rows one poll of one journey reads (the next tick reads on).
 POLL_CHUNK = 5000
@@ -75,17 +80,43 @@ def _anniversary(value, year: int) -> date | None:
         return date(year, 2, 28)
 
 
+def _month_days_around(now: datetime) -> list[str]:
+    """The "MM-DD" a date attribute may end in to come round now somewhere:
+    every time zone's today lies within a day of UTC's. 29 February counts
+    on the 28th in other years (``_anniversary``)."""
+    days = [now.date() + timedelta(days=k) for k in (-1, 0, 1)]
+    month_days = {f"{d:%m-%d}" for d in days}
+    if "02-28" in month_days and not calendar.isleap(now.year):
+        month_days.add("02-29")
+    return sorted(month_days)
+
+
 def trigger_date_attribute(*, journey: Journey, now: datetime) -> int:
     """Enter recipients whose date attribute is today, in their time zone,
-    once the journey's local time has come (once a year each)."""
+    once the journey's local time has come (once a year each).
+
+    Set-based: the database returns only the recipients whose date's month
+    and day fall within a day of today's (a few per day of the year, not the
+    whole audience), who are mailable and have not entered this year; the
+    local day and time are then checked for those few."""
     at = journey.trigger_local_time or DEFAULT_DATE_TIME
-    entries = {}
-    recipients = (
-        Recipient.objects.filter(attributes__has_key=journey.trigger_attribute)
-        .values_list("id", "time_zone", "attributes")
-        .iterator(chunk_size=2000)
+    value = KeyTextTransform(journey.trigger_attribute, "attributes")
+    entered = JourneyEnrollment.objects.filter(
+        journey__lineage=journey.lineage, recipient_id=OuterRef("pk")
     )
-    for recipient_id, time_zone, attributes in recipients:
+    if journey.reentry:
+        # Once a year: this year's entry (around New Year a recipient's local
+        # year may differ; enrollments_create and the unique entry key decide).
+        entered = entered.filter(entry_key=f"d{now.year}")
+    candidates = (
+        Recipient.objects.annotate(month_day=Substr(value, 6, 5))
+        .filter(month_day__in=_month_days_around(now))
+        .exclude(status__in=SUPPRESSED_RECIPIENT_STATUSES)
+        .exclude(Exists(entered))
+        .values_list("id", "time_zone", "attributes")
+    )
+    entries = {}
+    for recipient_id, time_zone, attributes in candidates.iterator(chunk_size=2000):
         try:
             local = now.astimezone(ZoneInfo(time_zone))
         except Exception:

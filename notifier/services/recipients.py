@@ -131,6 +131,31 @@ def recipient_render_data(recipient: Recipient) -> dict:
     }
 
 
+def _check_attribute_name(name) -> None:
+    if not isinstance(name, str) or not name.strip() or len(name) > 64:
+        raise ValueError("An attribute name is 1 to 64 characters.")
+
+
+def recipients_attribute_set(*, ids: list[int], name: str, value) -> int:
+    """``recipient_attribute_set`` for many recipients at once: two queries
+    (read under row locks, one bulk write) whatever the count. Returns how
+    many were set."""
+    from django.db import transaction
+
+    _check_attribute_name(name)
+    with transaction.atomic():
+        locked = list(
+            Recipient.objects.select_for_update()
+            .filter(pk__in=ids)
+            .order_by("pk")  # one lock order: two writers never deadlock
+            .only("id", "attributes")
+        )
+        for recipient in locked:
+            recipient.attributes = {**(recipient.attributes or {}), name: value}
+        Recipient.objects.bulk_update(locked, ["attributes"], batch_size=500)
+    return len(locked)
+
+
 def recipient_attribute_set(*, recipient: Recipient, name: str, value) -> Recipient:
     """Set one attribute of ``recipient`` (other attributes are kept).
 
@@ -139,8 +164,7 @@ def recipient_attribute_set(*, recipient: Recipient, name: str, value) -> Recipi
     """
     from django.db import transaction
 
-    if not isinstance(name, str) or not name.strip() or len(name) > 64:
-        raise ValueError("An attribute name is 1 to 64 characters.")
+    _check_attribute_name(name)
     with transaction.atomic():
         locked = Recipient.objects.select_for_update().get(pk=recipient.pk)
         attributes = dict(locked.attributes or {})

@@ -23,9 +23,8 @@ from tests.conftest import wait_for
 from tests.journeys.factories import WAIT, welcome_journey
 from tests.notifier.esp_payloads import post_webhook, postmark_click
 
-# PostgreSQL: the acceptance is stated for it, and 1,000 recipients with two
-# worker kills under SQLite's one writer at a time is a different load test.
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker, pytest.mark.postgresql]
+# Both databases: under SQLite's one writer at a time it is the same test.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 
 QUEUE = "journeys-e2e"
 LEASE = 3
@@ -64,10 +63,14 @@ def test_welcome_journey_over_1000_recipients_survives_two_kills(
 ):
     settings.JOURNEYS_QUEUE = QUEUE
     settings.JOURNEYS_BATCH_SIZE = 25
-    settings.JOURNEYS_REDISPATCH_SECONDS = LEASE + 1
-    # A worker killed after marking an email dispatched and before publishing
-    # its task leaves it to the sweep after this long (300 s in production).
-    settings.NOTIFIER_REDISPATCH_SECONDS = LEASE + 1
+    # A killed worker's claimed rows are published again once their lease
+    # runs out. Rows (and emails) published but never run, say a worker
+    # killed after marking them dispatched and before publishing their task,
+    # wait for this (300 s in production). Not much shorter: a row whose task
+    # is merely queued behind others is published again after it too, and
+    # each copy is a batch that claims nothing (under SQLite, a write).
+    settings.JOURNEYS_REDISPATCH_SECONDS = 20
+    settings.NOTIFIER_REDISPATCH_SECONDS = 20
     journey = welcome_journey()
     people = Recipient.objects.bulk_create(
         Recipient(email=f"w{i:04d}@example.com") for i in range(N)

@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from campaigns.models import ContactList, ListMembership
 from journeys.models import Journey, JourneyEnrollment, JourneyStep, JourneyStepRun
-from journeys.services import execution
+from journeys.services import steps as step_runs
 from journeys.services.enrollments import enrollments_remove, journey_enroll
 from journeys.services.execution import (
     enrollment_step_run,
@@ -108,17 +108,17 @@ def test_a_step_that_fails_rolls_back_whole_and_is_tried_again(monkeypatch):
     ListMembership.objects.create(contact_list=journey.trigger_list, recipient=person)
     now = timezone.now()
     triggers_poll(now=now)
-    real_advance = execution._advance
+    real_advance = step_runs._advance
 
     def crash(*args, **kwargs):
         raise RuntimeError("worker died after the write, before the advance")
 
-    monkeypatch.setattr(execution, "_advance", crash)
+    monkeypatch.setattr(step_runs, "_advance", crash)
     assert run_due(now)["failed"] == 1
     assert not Delivery.objects.exists() and not JourneyStepRun.objects.exists()
     (enrollment,) = JourneyEnrollment.objects.all()
     assert enrollment.claim_token is None and enrollment.step.position == 1
-    monkeypatch.setattr(execution, "_advance", real_advance)
+    monkeypatch.setattr(step_runs, "_advance", real_advance)
     run_due(now)
     assert Delivery.objects.filter(idempotency_key__startswith="journey:").count() == 1
     enrollment.refresh_from_db()
@@ -197,3 +197,88 @@ def test_staff_removal_takes_a_waiting_recipient_out():
     assert enrollment.state == State.EXITED
     assert enrollment.exit_reason == JourneyEnrollment.ExitReason.REMOVED
     assert subjects(person) == ["Welcome"]
+
+
+def _two_step_journey() -> Journey:
+    """Send an email, then set an attribute (the benchmark's journey)."""
+    from journeys.services.versions import journey_activate
+
+    journey = Journey.objects.create(name="Two steps")
+    JourneyStep.objects.create(
+        journey=journey, position=1, kind="send", template=campaign_template("hi", "Hi")
+    )
+    JourneyStep.objects.create(
+        journey=journey, position=2, kind="set_attribute", attribute="greeted", value="yes"
+    )
+    return journey_activate(journey=journey)
+
+
+def test_a_batch_runs_its_steps_set_based(django_assert_max_num_queries):
+    """A batch of 60 enrollments through send + set attribute: a few queries
+    per round, not a few per enrollment; each step ran once for each."""
+    from journeys.services.enrollments import enrollments_create
+
+    journey = _two_step_journey()
+    people = Recipient.objects.bulk_create(Recipient(email=f"b{i}@example.com") for i in range(60))
+    now = timezone.now()
+    assert enrollments_create(journey=journey, entries={p.pk: "" for p in people}, now=now) == 60
+    ids = list(JourneyEnrollment.objects.values_list("id", flat=True))
+    with django_assert_max_num_queries(40):
+        counts = enrollments_run_batch(ids=ids, now=now)
+    assert counts == {"claimed": 60, "advanced": 60, "done": 60}
+    assert JourneyStepRun.objects.count() == 120
+    assert Delivery.objects.filter(idempotency_key__startswith="journey:").count() == 60
+    assert Recipient.objects.filter(attributes__greeted="yes").count() == 60
+    assert set(JourneyEnrollment.objects.values_list("state", flat=True)) == {State.DONE}
+
+
+def test_one_failing_enrollment_does_not_hold_back_its_batch(monkeypatch):
+    from journeys.services.enrollments import enrollments_create
+
+    journey = _two_step_journey()
+    people = Recipient.objects.bulk_create(Recipient(email=f"f{i}@example.com") for i in range(5))
+    now = timezone.now()
+    enrollments_create(journey=journey, entries={p.pk: "" for p in people}, now=now)
+    bad = JourneyEnrollment.objects.get(recipient=people[2])
+    real_advance = step_runs._advance
+
+    def advance(enrollment, *args, **kwargs):
+        if enrollment.pk == bad.pk:
+            raise RuntimeError("this one breaks")
+        return real_advance(enrollment, *args, **kwargs)
+
+    monkeypatch.setattr(step_runs, "_advance", advance)
+    counts = run_due(now)
+    assert counts["failed"] == 1 and counts["done"] == 4
+    # The failed one left nothing behind and is free for a later tick.
+    bad.refresh_from_db()
+    assert bad.claim_token is None and bad.step.position == 1
+    assert not JourneyStepRun.objects.filter(enrollment=bad).exists()
+    assert not Delivery.objects.filter(recipient=people[2]).exists()
+    monkeypatch.setattr(step_runs, "_advance", real_advance)
+    run_due(now)
+    assert JourneyStepRun.objects.count() == 10
+
+
+def test_rows_of_a_dead_worker_are_published_again_once_its_lease_runs_out(settings):
+    """Published rows are not published again while their task may still come
+    (a queue behind a slow worker must not fill with copies), except those a
+    worker claimed and whose lease ran out: that worker died."""
+    from journeys.services.execution import enrollments_dispatch_due
+
+    settings.JOURNEYS_REDISPATCH_SECONDS = 300
+    journey = welcome_journey()
+    people = Recipient.objects.bulk_create(Recipient(email=f"d{i}@example.com") for i in range(3))
+    ListMembership.objects.bulk_create(
+        ListMembership(contact_list=journey.trigger_list, recipient=p) for p in people
+    )
+    now = timezone.now()
+    triggers_poll(now=now)
+    assert enrollments_dispatch_due(now=now) == 3
+    assert enrollments_dispatch_due(now=now) == 0  # their tasks are on the way
+    first = JourneyEnrollment.objects.order_by("id").first()
+    enrollments_claim(ids=[first.pk], now=now)
+    JourneyEnrollment.objects.filter(pk=first.pk).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert enrollments_dispatch_due(now=now) == 1

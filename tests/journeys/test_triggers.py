@@ -130,3 +130,47 @@ def test_recipients_entering_a_segment_enter_the_journey():
     assert entered(journey) == {vip.email}
     triggers_poll(now=timezone.now())
     assert JourneyEnrollment.objects.filter(journey=journey).count() == 1
+
+
+def test_a_date_trigger_reads_only_the_recipients_whose_day_comes_round(monkeypatch):
+    """The database hands back only the recipients whose date falls within a
+    day of today; the whole audience is never walked in Python. Edges: the
+    local day differs from UTC's around midnight, 29 February counts on the
+    28th in other years, and with re-entry a recipient enters once a year."""
+    from journeys.services import triggers
+
+    journey = one_step_journey(
+        trigger=Journey.Trigger.DATE_ATTRIBUTE,
+        trigger_attribute="renewal",
+        trigger_local_time=time(9, 0),
+        reentry=True,
+    )
+    Recipient.objects.bulk_create(
+        Recipient(email=f"other{i}@example.com", attributes={"renewal": f"2020-{m:02d}-15"})
+        for i, m in enumerate([1, 4, 5, 6, 7, 8, 9, 10, 11, 12] * 20)
+    )
+    leap = Recipient.objects.create(email="leap@example.com", attributes={"renewal": "2024-02-29"})
+    honolulu = Recipient.objects.create(
+        email="hnl@example.com", time_zone="Pacific/Honolulu", attributes={"renewal": "2019-02-27"}
+    )
+    Recipient.objects.create(email="tomorrow@example.com", attributes={"renewal": "2021-03-01"})
+    examined = []
+    real = triggers._anniversary
+    monkeypatch.setattr(
+        triggers, "_anniversary", lambda value, year: examined.append(value) or real(value, year)
+    )
+    # 2027-02-28 08:00 UTC: 08:00 on the 28th in London (not yet 09:00; 2027
+    # is not a leap year), 22:00 on the 27th in Honolulu.
+    triggers_poll(now=datetime(2027, 2, 28, 8, 0, tzinfo=UTC))
+    assert entered(journey) == {honolulu.email}
+    assert sorted(examined) == ["2019-02-27", "2021-03-01", "2024-02-29"]
+    triggers_poll(now=datetime(2027, 2, 28, 10, 0, tzinfo=UTC))
+    assert entered(journey) == {leap.email, honolulu.email}
+    # Later ticks the same day enter nobody again; the next year they come back.
+    triggers_poll(now=datetime(2027, 2, 28, 23, 0, tzinfo=UTC))
+    assert JourneyEnrollment.objects.filter(journey=journey).count() == 2
+    JourneyEnrollment.objects.update(state=JourneyEnrollment.State.DONE)
+    triggers_poll(now=datetime(2028, 2, 29, 10, 0, tzinfo=UTC))
+    assert sorted(
+        JourneyEnrollment.objects.filter(recipient=leap).values_list("entry_key", flat=True)
+    ) == ["d2027", "d2028"]

@@ -122,7 +122,7 @@ def test_journey_page_shows_the_steps_as_a_diagram_with_statistics(staff):
     assert response.status_code == 200
     page = response.content.decode()
     assert 'id="journey-diagram"' in page
-    assert "1.</span>Send “welcome”" in page
+    assert "<br>Send “welcome”</td>" in page
     assert "Wait 2 days" in page
     assert "If clicked in the email of step 1: go to 4, else 6" in page
     stats = response.context["diagram"][0]["stats"]
