@@ -222,6 +222,10 @@ NOTIFIER_BATCH_SIZE = env.int("NOTIFIER_BATCH_SIZE", default=200)
 # ESP or SMTP server. A worker killed mid-batch leaves at most this many in
 # doubt. Mind your SMTP relay's limit on concurrent connections.
 NOTIFIER_SEND_THREADS = env.int("NOTIFIER_SEND_THREADS", default=4)
+# Before a message is handed over, it and the next ones (this many in all)
+# are marked in the database in one UPDATE (sending/handoff.py): what a claim
+# may have sent survives a Redis that lost its journal.
+NOTIFIER_HANDOFF_MARK_AHEAD = env.int("NOTIFIER_HANDOFF_MARK_AHEAD", default=50)
 # A pending row dispatched to Celery but not claimed after this many seconds
 # is dispatched again by the sweeper (its task was lost, e.g. Redis restarted
 # without persistence). Claims are conditional, so a second task is harmless.

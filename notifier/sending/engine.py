@@ -18,6 +18,7 @@ from notifier.errors import UnknownTransport
 from notifier.models import Delivery
 from notifier.sending import journal
 from notifier.sending.batch import Claim, GroupGuard, GroupVerdict
+from notifier.sending.handoff import HandoffMarks
 from notifier.sending.limits import domain_slot, quota_take
 from notifier.sending.message import delivery_build_message
 from notifier.sending.outcomes import DEFER, FAILED, RETRY, Outcome
@@ -49,6 +50,7 @@ class _Batch:
     def claim(self) -> None:
         self.held.claim()
         self.guard = GroupGuard(self.held.rows)
+        self.marks = HandoffMarks(self.token, self.held.rows, self.log.finished_ids)
 
     def renew_lease_if_due(self) -> None:
         if not self.held.lease_due():
@@ -145,7 +147,7 @@ class _Batch:
         rate_limit_wait(transport=self.wire.transport, per_second=self.wire.rate)
         while not self.wire.has_free_connection():
             self.collect(wait=True)
-        if not self.log.journal_handoff(delivery.id):
+        if not (self.marks.ensure(delivery) and self.log.journal_handoff(delivery.id)):
             self.stopped = True
             return
         self.wire.send(delivery, message)
