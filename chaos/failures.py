@@ -47,6 +47,18 @@ class PrivatePostgres:
     def url(self) -> str:
         return f"postgres://postgres@127.0.0.1:{self.port}/notifier_chaos"
 
+    @classmethod
+    def start_if_possible(cls) -> "PrivatePostgres | None":
+        """Start one and point the run at it (``CHAOS_DATABASE_URL``); None
+        without PostgreSQL's server binaries (scenario 9 is then skipped and
+        the run uses ``CHAOS_DATABASE_URL`` as given)."""
+        if not (PG_BIN / "initdb").exists():
+            return None
+        postgres = cls()
+        postgres.start()
+        os.environ["CHAOS_DATABASE_URL"] = postgres.url
+        return postgres
+
     @staticmethod
     def _run(*cmd: str) -> None:
         # PostgreSQL refuses to run as root: as root, run it as "postgres".
