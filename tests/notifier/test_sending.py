@@ -249,9 +249,10 @@ def test_batch_of_500_uses_a_bounded_number_of_queries(fake_esp, django_assert_m
         ]
     )
     ids = list(Delivery.objects.values_list("id", flat=True))
-    # claim + load + suppressions + one bulk write per 100 outcomes + one
-    # hand-off mark per NOTIFIER_HANDOFF_MARK_AHEAD (50) messages + slack
-    with django_assert_max_num_queries(25):
+    # claim + load + suppressions + one bulk write per 100 outcomes (or 2 s,
+    # more on a loaded machine) + one hand-off mark per
+    # NOTIFIER_HANDOFF_MARK_AHEAD (50) messages + slack
+    with django_assert_max_num_queries(30):
         counts = deliveries_send_batch(delivery_ids=ids)
     assert counts == {"sent": 500}
     assert len(fake_esp.messages) == 500
