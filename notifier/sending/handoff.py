@@ -12,9 +12,10 @@ the mark (``services.retries``):
 * the mark              -> it may have left: ``unknown``, then looked up at
                            the ESP where it can be (``services.indoubt``).
 
-The cost is one UPDATE per K hand-offs; the price of marking ahead is that,
-after a lost journal, up to K - 1 rows per live claim that had not left yet
-are in doubt too (a look-up at the ESP settles them). A row marked once keeps
+The cost is one UPDATE per K hand-offs. After a lost journal the rows in
+doubt are the claim's handed-over rows whose answers were not yet written to
+the database, plus up to K - 1 marked ahead that had not left (a look-up at
+the ESP settles both). A row marked once keeps
 its mark: it is never moved to another transport (``failover``).
 """
 
