@@ -11,6 +11,7 @@ from django.utils import timezone
 from campaigns.models import Campaign, CampaignRun
 from campaigns.selectors import run_status_counts, run_totals, runs_with_problems
 from notifier.models import Delivery, Suppression
+from notifier.sending.failover import transport_states
 
 ACTIVE_LIMIT = 10
 RECENT_RUNS = 8
@@ -31,6 +32,8 @@ class Dashboard:
     attention: dict[str, int] = field(default_factory=dict)
     suppressions: dict[str, int] = field(default_factory=dict)
     sent_24h: int | None = None
+    # Each transport's failover state (None: Redis could not be read).
+    transports: list | None = None
     can_campaigns: bool = False
     can_deliveries: bool = False
     can_suppressions: bool = False
@@ -116,6 +119,10 @@ def dashboard_for(user) -> Dashboard:
             failed=Count("id", filter=Q(status=Delivery.Status.FAILED)),
         )
         board.sent_24h = visible.filter(sent_at__gte=now - timedelta(days=1)).count()
+        try:
+            board.transports = list(transport_states().values())
+        except Exception:  # Redis down: the block says so instead
+            board.transports = None
     if board.can_suppressions:
         board.suppressions = dict(
             Suppression.objects.filter(created_at__gte=now - timedelta(days=7))

@@ -8,7 +8,11 @@ terminal, and compares, recipient by recipient, what the ESP received with
 what the Delivery rows say.
 
 Scenario 7 runs a journey instead (``chaos/journeys.py``): every step of each
-recipient's path once, every email of it once.
+recipient's path once, every email of it once. Scenarios 8-11 (Redis data
+loss, PostgreSQL restarted, the ESP down with SMTP as fallback, a slow ESP)
+live in ``chaos/failures.py``; the run uses a private PostgreSQL cluster so
+that one may be restarted. Every scenario ends by resolving its in-doubt rows
+at the ESP ("in doubt" shows before/after).
 
 Exit status 1 if any scenario lost or duplicated a message.
 
@@ -28,6 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from bench.stack import PY, ROOT, free_port, wait_port
+from chaos import failures
 
 VAR = ROOT / "var" / "chaos"
 
@@ -40,6 +45,7 @@ class Result:
     duplicates: int = 0
     missing: int = 0
     unknown: int = 0
+    unknown_before: int = 0  # before the in-doubt resolution (``unknown``: after)
     final: dict = field(default_factory=dict)
     seconds: float = 0.0
     note: str = ""
@@ -63,6 +69,8 @@ class ChaosStack:
         self.beats: list[subprocess.Popen] = []
         self.redis: subprocess.Popen | None = None
         self.esp: subprocess.Popen | None = None
+        self.smtp = failures.SmtpSink(self._spawn)
+        self.postgres: failures.PrivatePostgres | None = None
         self.env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "config.settings.test",
@@ -71,7 +79,8 @@ class ChaosStack:
             ),
             "REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
             "POSTMARK_API_URL": f"http://127.0.0.1:{self.esp_port}/",
-            "ESP_READ_TIMEOUT": "2",
+            # Above the slow ESP's 2 s (scenario 11), below scenario 4's hangs.
+            "ESP_READ_TIMEOUT": "3.5",
             "ESP_CONNECT_TIMEOUT": "1",
             "NOTIFIER_LEASE_SECONDS": "8",
             "NOTIFIER_REDISPATCH_SECONDS": "15",
@@ -85,6 +94,7 @@ class ChaosStack:
             "JOURNEYS_REDISPATCH_SECONDS": "8",
             "JOURNEYS_BATCH_SIZE": "50",
             "LOG_LEVEL": "WARNING",
+            **failures.failover_env(self.smtp.port),
         }
         os.environ.update(self.env)
 
@@ -215,12 +225,13 @@ class ChaosStack:
     def start_all(self):
         self.start_redis()
         self.start_esp()
+        self.smtp.start()
         for i in range(self.n_workers):
             self.start_worker(f"w{i}")
         self.start_beat()
 
     def stop_all(self):
-        procs = [*self.workers.values(), *self.beats, self.esp, self.redis]
+        procs = [*self.workers.values(), *self.beats, self.esp, self.redis, self.smtp.proc]
         for proc in procs:
             if proc is not None and proc.poll() is None:
                 try:
@@ -239,7 +250,7 @@ class ChaosStack:
                 except ValueError:
                     continue  # a line cut short by a killed ESP
                 counts[message.get("Metadata", {}).get("delivery")] += 1
-        return counts
+        return counts + self.smtp.accepted()
 
 
 def count_run(stack: ChaosStack, run_id: int, name: str, seconds: float) -> Result:
@@ -309,7 +320,10 @@ def run_scenario(stack, name, n, inject, timeout) -> Result:
         injector.start()
         injector.join()
         finished = wait_terminal(run.pk, timeout)
+        before, _after = failures.resolve_in_doubt(run.pk, wait_terminal)
         result = _query(lambda: count_run(stack, run.pk, name, time.monotonic() - started))
+        result.unknown_before = before
+        result.note = failures.smtp_note(run.pk)
         if not finished:
             result.note = "ERROR: rows still pending/sending at the deadline"
         closed = closed_with_totals(run.pk)
@@ -389,6 +403,36 @@ def scenarios(stack: ChaosStack, quick: bool, n: int):
     ]
     if quick:
         plan = [plan[0], plan[1]]
+    return plan + data_loss_and_provider_scenarios(stack, quick, n)
+
+
+def data_loss_and_provider_scenarios(stack: ChaosStack, quick: bool, n: int):
+    """Scenarios 8-11 (chaos/failures.py), in --quick too."""
+    outage = 20 if quick else 60
+    slow = 30 if quick else 60
+    plan = [
+        (
+            "8 Redis FLUSHALL + worker killed",
+            lambda run_id: failures.redis_flushall(stack, run_id, n, wait_progress),
+        ),
+        (
+            "9 PostgreSQL server restarted",
+            lambda run_id: failures.postgres_restart(stack, run_id, n, wait_progress),
+        ),
+        (
+            f"10 ESP down {outage}s, SMTP fallback",
+            lambda run_id: failures.esp_down_with_smtp_fallback(
+                stack, run_id, n, wait_progress, outage
+            ),
+        ),
+        (
+            f"11 ESP slow (2 s/request) {slow}s",
+            lambda run_id: failures.esp_slow(stack, run_id, n, wait_progress, slow),
+        ),
+    ]
+    if stack.postgres is None:  # no private server to restart: never the shared one
+        print("  9 skipped: PostgreSQL's initdb not found", flush=True)
+        plan = [p for p in plan if not p[0].startswith("9 ")]
     return plan
 
 
@@ -411,14 +455,14 @@ def two_beats(stack: ChaosStack, minutes: int) -> Result:
 def print_table(results: list[Result], elapsed: float) -> None:
     print()
     print(f"Notifier chaos run - {elapsed:.0f} s")
-    header = f"{'scenario':<34} {'recips':>7} {'once':>7} {'dupes':>6} {'missing':>8} {'unknown':>8} {'secs':>6}  final states"
+    header = f"{'scenario':<34} {'recips':>7} {'once':>7} {'dupes':>6} {'missing':>8} {'in doubt b/a':>12} {'secs':>6}  final states"
     print(header)
     print("-" * len(header))
     for r in results:
         states = " ".join(f"{k}={v}" for k, v in sorted(r.final.items()))
         print(
             f"{r.name:<34} {r.recipients:>7} {r.exactly_once:>7} {r.duplicates:>6} {r.missing:>8} "
-            f"{r.unknown:>8} {r.seconds:>6}  {states} {r.note}"
+            f"{f'{r.unknown_before}/{r.unknown}':>12} {r.seconds:>6}  {states} {r.note}"
         )
     bad = [r for r in results if not r.ok]
     print()
@@ -435,13 +479,15 @@ def main(argv=None) -> int:
     parser.add_argument("--beat-minutes", type=int, default=3)
     parser.add_argument(
         "--scenarios",
-        default="1,2,3,4,5,6,7",
-        help="comma list of scenario numbers to run (7: a journey; not in --quick)",
+        default="1,2,3,4,5,6,7,8,9,10,11",
+        help="comma list of scenario numbers to run (5, 7: not in --quick)",
     )
     args = parser.parse_args(argv)
     n = args.n or (2000 if args.quick else 20_000)
 
+    postgres = failures.PrivatePostgres.start_if_possible()
     stack = ChaosStack(args.workers)
+    stack.postgres = postgres
     import django
 
     django.setup()
@@ -474,6 +520,8 @@ def main(argv=None) -> int:
             print("  7 journey, workers SIGKILLed: done", flush=True)
     finally:
         stack.stop_all()
+        if postgres is not None:
+            postgres.stop()
     print_table(results, time.monotonic() - started)
     return 0 if all(r.ok for r in results) else 1
 

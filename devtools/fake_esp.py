@@ -24,10 +24,12 @@ at ``http://127.0.0.1:<port>/``. It implements
   ``DELETE /_fake/messages`` (forget messages and faults), ``GET /_fake/stats``.
 
 Accepted messages can also be appended to a JSON-lines file (``record_path``)
-so another process can count them.
+so another process can count them; a fake ESP started again with the same
+file finds them in its message search, as a real ESP does after an outage.
 """
 
 import json
+import os
 import random
 import threading
 import time
@@ -62,6 +64,21 @@ class FakeESPState:
         self.requests = 0
         self.errors_injected = 0
         self.faults = json.loads(json.dumps(DEFAULT_FAULTS))
+        self.messages.extend(self._recorded())
+
+    def _recorded(self) -> list[dict]:
+        """The messages an earlier run of this ESP recorded: a real ESP still
+        finds what it accepted before an outage (its message search)."""
+        if not self.record_path or not os.path.exists(self.record_path):
+            return []
+        messages = []
+        with open(self.record_path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    messages.append(json.loads(line))
+                except ValueError:
+                    continue  # a line cut short when the process was killed
+        return messages
 
     def reset(self) -> None:
         with self.lock:

@@ -1,5 +1,8 @@
-"""A local SMTP sink (aiosmtpd) that keeps every message it accepts."""
+"""A local SMTP sink (aiosmtpd) that keeps every message it accepts (and,
+given a file, appends one JSON line per message to it: its Message-ID and
+recipients, for a count that outlives the process)."""
 
+import json
 import threading
 from email import message_from_bytes, policy
 
@@ -8,7 +11,8 @@ from aiosmtpd.smtp import SMTP
 
 
 class SinkHandler:
-    def __init__(self):
+    def __init__(self, record_path: str | None = None):
+        self.record_path = record_path
         self.lock = threading.Lock()
         self.messages = []
         self.reject: dict[str, tuple[int, str]] = {}
@@ -32,6 +36,10 @@ class SinkHandler:
                     "message": message,
                 }
             )
+            if self.record_path:
+                line = {"message_id": message["Message-ID"], "rcpt_tos": list(envelope.rcpt_tos)}
+                with open(self.record_path, "a") as record:
+                    record.write(json.dumps(line) + "\n")
         return "250 Message accepted for delivery"
 
     def reset(self):
@@ -40,8 +48,10 @@ class SinkHandler:
             self.reject.clear()
 
 
-def start_sink(host: str = "127.0.0.1", port: int = 0) -> tuple[Controller, SinkHandler]:
-    handler = SinkHandler()
+def start_sink(
+    host: str = "127.0.0.1", port: int = 0, record_path: str | None = None
+) -> tuple[Controller, SinkHandler]:
+    handler = SinkHandler(record_path)
     controller = Controller(handler, hostname=host, port=port or _free_port(host))
     controller.start()
     return controller, handler

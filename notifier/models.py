@@ -492,6 +492,10 @@ class Delivery(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     # When a Celery task was last asked to send this row (null: nobody was).
     dispatched_at = models.DateTimeField(null=True, blank=True)
+    # The claim that last marked this row as about to leave (sending.handoff),
+    # written per chunk before the hand-off: the record of "may have left"
+    # that survives a Redis that lost the claim's journal. Null: it never left.
+    handoff_token = models.UUIDField(null=True, blank=True)
 
     opens = models.PositiveIntegerField(default=0)
     clicks = models.PositiveIntegerField(default=0)

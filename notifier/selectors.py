@@ -212,7 +212,9 @@ TIMELINE_EVENT_LABELS = {
 def delivery_timeline(*, delivery: Delivery) -> list[dict]:
     """What happened to ``delivery``, oldest first: when it was queued and
     sent, then every ESP event (delivered, opened, clicked, bounced, ...),
-    and how it ended when it did not go out. One query for the events."""
+    every look-up of it while it was in doubt (services.indoubt), and how it
+    ended when it did not go out. One query for the events, one for the
+    look-ups."""
     entries = [{"at": delivery.created_at, "kind": "created", "label": "Queued", "detail": ""}]
     if delivery.sent_at:
         entries.append(
@@ -230,6 +232,15 @@ def delivery_timeline(*, delivery: Delivery) -> list[dict]:
                 "kind": delivery.status,
                 "label": delivery.get_status_display(),
                 "detail": delivery.last_error or delivery.status_reason,
+            }
+        )
+    for resolution in delivery.resolutions.order_by("id"):
+        entries.append(
+            {
+                "at": resolution.created_at,
+                "kind": f"resolution-{resolution.verdict}",
+                "label": f"In doubt: {resolution.get_verdict_display().lower()}",
+                "detail": resolution.detail,
             }
         )
     for event in delivery.events.order_by("occurred_at", "id"):

@@ -11,6 +11,7 @@ from celery import shared_task
 from notifier.heartbeat import beat_heartbeat_record
 from notifier.models import Frequency
 from notifier.sending import deliveries_send_batch
+from notifier.sending.failover import transports_probe
 from notifier.services.digests import digests_build, digests_run
 from notifier.services.indoubt import deliveries_resolve_in_doubt
 from notifier.services.notifications import notifications_prune
@@ -67,6 +68,11 @@ def build_digests(recipient_ids: list[int], frequency: str, window: str, cutoff:
 @shared_task(name="notifier.prune_notifications", acks_late=True)
 def prune_notifications() -> int:
     return notifications_prune()
+
+
+@shared_task(name="notifier.probe_transports", acks_late=True, ignore_result=True)
+def probe_transports() -> dict[str, str]:
+    return transports_probe()
 
 
 @shared_task(name="notifier.resolve_in_doubt", acks_late=True, ignore_result=True)

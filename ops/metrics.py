@@ -25,6 +25,7 @@ from campaigns.models import CampaignRun
 from campaigns.selectors import runs_with_problems
 from notifier.heartbeat import beat_heartbeat_age
 from notifier.models import Delivery, DeliveryEvent, Suppression
+from notifier.sending.failover import transport_states
 from ops.access import has_metrics_token
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class NotifierCollector:
             ("database", self._database),
             ("broker", self._broker),
             ("redis", self._heartbeat),
+            ("transports", self._transports),
         ):
             try:
                 yield from read()
@@ -130,6 +132,22 @@ class NotifierCollector:
         if age is not None:
             heartbeat.add_metric([], age)
         return [heartbeat]
+
+    def _transports(self):
+        up = GaugeMetricFamily(
+            "notifier_transport_up",
+            "1 while a transport is up, 0 while it is marked down (failover), by transport.",
+            labels=["transport"],
+        )
+        changes = CounterMetricFamily(
+            "notifier_transport_state_changes",
+            "Times a transport was marked down or back up.",
+            labels=["transport"],
+        )
+        for name, state in transport_states().items():
+            up.add_metric([name], 1 if state.up else 0)
+            changes.add_metric([name], state.changes)
+        return [up, changes]
 
     def _broker(self):
         depth = GaugeMetricFamily(

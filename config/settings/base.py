@@ -178,6 +178,12 @@ NOTIFIER_TRANSPORTS = {
         # How to ask the ESP whether an in-doubt message was accepted (Postmark's
         # outbound message search); empty: in-doubt rows wait for staff.
         "LOOKUP": env("ESP_LOOKUP", default="notifier.sending.lookup.postmark_lookup"),
+        # Failover (sending/failover.py): the order transports take over each
+        # other's rows (lower first; unset: none), or an explicit FALLBACK
+        # chain, and how a down transport is probed to come back.
+        "PRIORITY": env.int("ESP_PRIORITY", default=None),
+        "FALLBACK": env.list("ESP_FALLBACK", default=[]),
+        "PROBE": env("ESP_PROBE", default="notifier.sending.failover.postmark_probe"),
     },
     "smtp": {
         "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
@@ -192,6 +198,9 @@ NOTIFIER_TRANSPORTS = {
         },
         "RATE_LIMIT": env.float("SMTP_RATE_LIMIT", default=0),
         "DAILY_QUOTA": env.int("SMTP_DAILY_QUOTA", default=0),
+        "PRIORITY": env.int("SMTP_PRIORITY", default=None),
+        "FALLBACK": env.list("SMTP_FALLBACK", default=[]),
+        # No PROBE: opening a connection (connect, EHLO, login) is the probe.
     },
 }
 # Messages per second per recipient domain, shared by every worker and
@@ -203,6 +212,12 @@ NOTIFIER_DOMAIN_RATES = {
         item.partition("=") for item in env.list("DOMAIN_RATE_LIMITS", default=[]) if item
     )
 }
+# A transport failing (connection refused, timeouts, 5xx) with no good answer
+# for this many seconds is marked down for every worker; its untried rows move
+# to the next transport that is up. A down transport is probed this often and
+# comes back up when a probe succeeds (sending/failover.py).
+NOTIFIER_FAILOVER_AFTER = env.float("NOTIFIER_FAILOVER_AFTER", default=30.0)
+NOTIFIER_FAILOVER_PROBE_SECONDS = env.float("NOTIFIER_FAILOVER_PROBE_SECONDS", default=15.0)
 # In-doubt rows are looked up at their ESP once they are this old (the ESP
 # indexes accepted messages with a delay: "not found" earlier proves nothing).
 NOTIFIER_INDOUBT_INDEX_DELAY = env.int("NOTIFIER_INDOUBT_INDEX_DELAY", default=300)
@@ -222,6 +237,10 @@ NOTIFIER_BATCH_SIZE = env.int("NOTIFIER_BATCH_SIZE", default=200)
 # ESP or SMTP server. A worker killed mid-batch leaves at most this many in
 # doubt. Mind your SMTP relay's limit on concurrent connections.
 NOTIFIER_SEND_THREADS = env.int("NOTIFIER_SEND_THREADS", default=4)
+# Before a message is handed over, it and the next ones (this many in all)
+# are marked in the database in one UPDATE (sending/handoff.py): what a claim
+# may have sent survives a Redis that lost its journal.
+NOTIFIER_HANDOFF_MARK_AHEAD = env.int("NOTIFIER_HANDOFF_MARK_AHEAD", default=50)
 # A pending row dispatched to Celery but not claimed after this many seconds
 # is dispatched again by the sweeper (its task was lost, e.g. Redis restarted
 # without persistence). Claims are conditional, so a second task is harmless.
@@ -285,6 +304,12 @@ CELERY_BEAT_SCHEDULE = {
     "notifier-sweep": {
         "task": "notifier.sweep",
         "schedule": env.float("NOTIFIER_SWEEP_SECONDS", default=10.0),
+        "options": {"queue": "maintenance", "expires": 60},
+    },
+    # Probes the transports that are down (see NOTIFIER_FAILOVER_AFTER).
+    "notifier-probe-transports": {
+        "task": "notifier.probe_transports",
+        "schedule": NOTIFIER_FAILOVER_PROBE_SECONDS,
         "options": {"queue": "maintenance", "expires": 60},
     },
     # Asks the ESP about in-doubt rows (see NOTIFIER_INDOUBT_INDEX_DELAY).

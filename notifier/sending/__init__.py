@@ -18,7 +18,9 @@ Modules: ``engine`` (one batch, ``deliveries_send_batch``), ``batch`` (claim,
 lease, guard, release), ``wire`` (connections and sender threads),
 ``message`` (the one render path), ``outcomes`` (what an answer means and how
 it changes a row), ``persist`` (bulk outcome writes per database),
-``journal``, ``ratelimit``.
+``journal``, ``handoff`` (the hand-off mark in the database, for a journal
+Redis lost), ``failover`` (transport health and routing), ``limits``,
+``lookup``, ``ratelimit``.
 """
 
 from notifier.sending.engine import deliveries_send_batch

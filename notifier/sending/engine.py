@@ -18,6 +18,8 @@ from notifier.errors import UnknownTransport
 from notifier.models import Delivery
 from notifier.sending import journal
 from notifier.sending.batch import Claim, GroupGuard, GroupVerdict
+from notifier.sending.failover import Failover
+from notifier.sending.handoff import HandoffMarks
 from notifier.sending.limits import domain_slot, quota_take
 from notifier.sending.message import delivery_build_message
 from notifier.sending.outcomes import DEFER, FAILED, RETRY, Outcome
@@ -34,6 +36,7 @@ class _Batch:
         self.held = Claim(delivery_ids)
         self.token = self.held.token
         self.log = OutcomeLog(self.token)
+        self.failover = Failover(self.token, self.log)
         self.guard: GroupGuard | None = None
         self.wire: Wire | None = None
         self.stopped = False
@@ -49,6 +52,7 @@ class _Batch:
     def claim(self) -> None:
         self.held.claim()
         self.guard = GroupGuard(self.held.rows)
+        self.marks = HandoffMarks(self.token, self.held.rows, self.log.finished_ids)
 
     def renew_lease_if_due(self) -> None:
         if not self.held.lease_due():
@@ -70,7 +74,7 @@ class _Batch:
         for delivery in self.rows:
             if delivery.id not in self.log.finished_ids:
                 by_transport.setdefault(delivery.transport, []).append(delivery)
-        for transport, rows in by_transport.items():
+        for transport, rows in self.failover.route(by_transport).items():
             if self.stopped:
                 break
             self.send_over(transport, rows)
@@ -88,7 +92,7 @@ class _Batch:
             return
         except Exception as exc:  # transport down: nothing was handed over
             error = f"Could not connect to transport {transport!r}: {exc}"
-            for delivery in rows:
+            for delivery in self.failover.connection_failed(transport, rows, exc):
                 self.log.finish_row(
                     delivery, Outcome(RETRY, error=error, attempts=delivery.attempts + 1)
                 )
@@ -145,7 +149,7 @@ class _Batch:
         rate_limit_wait(transport=self.wire.transport, per_second=self.wire.rate)
         while not self.wire.has_free_connection():
             self.collect(wait=True)
-        if not self.log.journal_handoff(delivery.id):
+        if not (self.marks.ensure(delivery) and self.log.journal_handoff(delivery.id)):
             self.stopped = True
             return
         self.wire.send(delivery, message)
@@ -169,6 +173,8 @@ class _Batch:
     def collect(self, *, wait: bool) -> None:
         """Record the answers that came back (waiting for one if ``wait``)."""
         for delivery, outcome in self.wire.received(wait=wait):
+            if self.failover.answered(self.wire.transport, outcome):
+                self.stopped = True  # hand nothing more to a failing transport
             self.log.answered(delivery, outcome)
 
     def finish(self) -> None:

@@ -15,7 +15,8 @@ expires (the worker died), the sweeper reads the journal:
 The sweeper first sets ``__recovered__`` atomically; from then on the batch
 (if it was only slow, not dead) can no longer mark a hand-off and stops, so a
 row is never sent by both. If the whole journal is missing (Redis lost its
-data) every row of the claim is treated as in doubt.
+data) the database's hand-off mark decides (``handoff``): rows marked by the
+claim are in doubt, the others never left and go back to ``pending``.
 """
 
 import json

@@ -52,6 +52,9 @@ class Outcome:
     # A Suppression.Reason to add for the address (blank: none), when the
     # answer says no mail can reach it, such as an ESP's inactive recipient.
     suppress: str = ""
+    # The transport itself failed ("connect", "timeout", "5xx"; blank: it
+    # answered): counted towards marking it down (failover.py).
+    fault: str = ""
 
     def as_journal(self) -> dict:
         return asdict(self)
@@ -102,14 +105,19 @@ def classify_exception(exc: BaseException) -> Outcome:
         status = getattr(exc, "status_code", None)
         response = getattr(exc, "response", None)
         if status in (408, 429) or status >= 500:
-            return Outcome(RETRY, error=_short(exc), retry_after=_retry_after(response))
+            fault = "5xx" if status >= 500 else ("timeout" if status == 408 else "")
+            return Outcome(
+                RETRY, error=_short(exc), retry_after=_retry_after(response), fault=fault
+            )
         return Outcome(FAILED, error=_short(exc))
     # No HTTP answer: requests errors reach us wrapped by Anymail (the wrapper
     # also subclasses the original requests exception type).
     if isinstance(exc, requests.exceptions.RequestException):
         if _never_reached_server(exc):
-            return Outcome(RETRY, error=_short(exc))
-        return Outcome(UNKNOWN, error=f"No answer from the ESP after sending: {_short(exc)}")
+            return Outcome(RETRY, error=_short(exc), fault="connect")
+        return Outcome(
+            UNKNOWN, error=f"No answer from the ESP after sending: {_short(exc)}", fault="timeout"
+        )
     if isinstance(exc, AnymailAPIError):
         return Outcome(RETRY, error=_short(exc))
     if isinstance(
@@ -126,15 +134,19 @@ def classify_exception(exc: BaseException) -> Outcome:
             return Outcome(RETRY, error=_short(exc))
         return Outcome(FAILED, error=_short(exc))
     if isinstance(exc, smtplib.SMTPServerDisconnected):
-        return Outcome(UNKNOWN, error=f"SMTP server closed the connection mid-send: {exc}")
+        return Outcome(
+            UNKNOWN, error=f"SMTP server closed the connection mid-send: {exc}", fault="timeout"
+        )
     if isinstance(exc, smtplib.SMTPResponseException):
         if 400 <= exc.smtp_code < 500:
             return Outcome(RETRY, error=_short(exc))
         return Outcome(FAILED, error=_short(exc))
     if isinstance(exc, ConnectionRefusedError | socket.gaierror | smtplib.SMTPConnectError):
-        return Outcome(RETRY, error=_short(exc))
+        return Outcome(RETRY, error=_short(exc), fault="connect")
     if isinstance(exc, TimeoutError | OSError):
-        return Outcome(UNKNOWN, error=f"Transport timed out or failed mid-send: {_short(exc)}")
+        return Outcome(
+            UNKNOWN, error=f"Transport timed out or failed mid-send: {_short(exc)}", fault="timeout"
+        )
     if isinstance(exc, AnymailError):
         return Outcome(FAILED, error=_short(exc))
     return Outcome(UNKNOWN, error=f"Unexpected error while sending: {_short(exc)}")

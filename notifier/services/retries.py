@@ -4,7 +4,8 @@ The sweeper (beat, every ``NOTIFIER_SWEEP_SECONDS``) keeps the promise that
 no Delivery stays ``sending`` forever and none waits forever in ``pending``:
 
 1. claims whose lease expired (the worker died) are recovered from their
-   hand-off journal (see ``notifier.sending.journal``);
+   hand-off journal (see ``notifier.sending.journal``), or, when Redis lost
+   it, from the hand-off mark in the database (``notifier.sending.handoff``);
 2. pending rows due at a time outside the stored range are failed (see
    ``unreadable.py``: such a row can only predate the range CHECK);
 3. pending rows that are due and have no live task (never dispatched, a
@@ -34,8 +35,8 @@ from notifier.services.unreadable import deliveries_fail_out_of_range, deliverie
 logger = logging.getLogger(__name__)
 
 JOURNAL_LOST = (
-    "The claim's hand-off journal was lost (Redis restarted without persistence?); "
-    "the message may or may not have been sent."
+    "The claim's hand-off journal was lost (Redis restarted without persistence?) after the "
+    "message was marked as leaving; it may or may not have been sent."
 )
 
 
@@ -44,6 +45,7 @@ def deliveries_recover_expired(*, max_claims: int = 200) -> dict[str, int]:
     now = timezone.now()
     tokens = list(
         Delivery.objects.filter(status=Delivery.Status.SENDING, lease_expires_at__lt=now)
+        .order_by()  # the model's ordering would make DISTINCT return a token per row
         .values_list("claim_token", flat=True)
         .distinct()[:max_claims]
     )
@@ -56,8 +58,10 @@ def deliveries_recover_expired(*, max_claims: int = 200) -> dict[str, int]:
         answered = []
         for delivery in rows:
             entry = None if entries is None else entries.get(delivery.id)
-            if entries is None:
-                outcome = Outcome(UNKNOWN, error=JOURNAL_LOST)
+            if entries is None and str(delivery.handoff_token) == str(token):
+                # The journal is lost; the database's hand-off mark says this
+                # row may have left (sending.handoff).
+                outcome = Outcome(UNKNOWN, error=JOURNAL_LOST, attempts=delivery.attempts + 1)
             elif entry is None:
                 # Never handed over: due again at once, by another worker.
                 delivery.status = Delivery.Status.PENDING
@@ -65,7 +69,12 @@ def deliveries_recover_expired(*, max_claims: int = 200) -> dict[str, int]:
                 delivery.lease_expires_at = None
                 delivery.dispatched_at = None
                 delivery.updated_at = now
-                delivery.status_reason = "Recovered after its worker stopped; it is sent again."
+                delivery.status_reason = (
+                    "Recovered after its worker stopped; it is sent again."
+                    if entries is not None
+                    else "Recovered after its worker stopped and its journal was lost; it had "
+                    "not been handed over, so it is sent again."
+                )
                 counts["pending"] = counts.get("pending", 0) + 1
                 continue
             elif entry == journal.HANDED:

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from notifier.models import Delivery, DeliveryEvent, DeliveryGroup
+from notifier.models import Delivery, DeliveryEvent, DeliveryGroup, DeliveryResolution
 from notifier.sending import deliveries_send_batch
 from tests.notifier.factories import DeliveryFactory, RecipientFactory, TemplateFactory
 
@@ -136,3 +136,20 @@ def test_delivery_events_are_read_only(admin_client, sent_campaign_delivery):
     event = sent_campaign_delivery.events.first()
     page = admin_client.get(f"/admin/notifier/deliveryevent/{event.pk}/change/")
     assert page.status_code == 200 and 'name="_save"' not in page.content.decode()
+
+
+def test_the_timeline_shows_how_an_in_doubt_delivery_was_resolved(admin_client):
+    delivery = DeliveryFactory(status=Delivery.Status.SENT, sent_at=timezone.now())
+    DeliveryResolution.objects.create(
+        delivery=delivery, verdict="unavailable", detail="Postmark's message search answered 503."
+    )
+    DeliveryResolution.objects.create(
+        delivery=delivery, verdict="found", detail="The provider has it as pm-42."
+    )
+    page = admin_client.get(f"{ADMIN}/{delivery.pk}/change/")
+    entries = [(e["label"], e["detail"]) for e in page.context["timeline"]]
+    assert entries[-2:] == [
+        ("In doubt: the provider could not answer", "Postmark's message search answered 503."),
+        ("In doubt: found at the provider: it was accepted", "The provider has it as pm-42."),
+    ]
+    assert "The provider has it as pm-42." in page.content.decode()

@@ -124,3 +124,14 @@ def test_the_fake_esp_search_speaks_postmarks_api(fake_esp_server, fake_esp):
         requests.get(url, params={"count": 0, "offset": 0}, headers=headers, timeout=5).status_code
         == 422
     )
+
+
+def test_a_restarted_fake_esp_still_finds_what_it_recorded(tmp_path):
+    from devtools.fake_esp import FakeESPState
+
+    record = str(tmp_path / "accepted.jsonl")
+    before = FakeESPState(token=None, record_path=record, light=True)
+    answer = before.accept({"To": "a@example.com", "Metadata": {"delivery": "d-1"}})
+    after = FakeESPState(token=None, record_path=record, light=True)  # the ESP restarted
+    status, body = after.search({"count": ["1"], "offset": ["0"], "metadata_delivery": ["d-1"]})
+    assert status == 200 and body["Messages"][0]["MessageID"] == answer["MessageID"]

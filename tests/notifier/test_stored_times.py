@@ -140,9 +140,10 @@ def test_the_sweep_recovers_a_claim_holding_an_unreadable_row(fake_esp):
 
     counts = deliveries_recover_expired()
 
-    assert counts == {"unknown": 1}  # no journal: the good row is in doubt, as before
+    # No journal and no hand-off mark: the good row never left, so it is due again.
+    assert counts == {"pending": 1}
     good.refresh_from_db()
-    assert good.status == Delivery.Status.UNKNOWN
+    assert good.status == Delivery.Status.PENDING
     _assert_failed_unreadable(bad)
     assert "too large" in bad.last_error
 

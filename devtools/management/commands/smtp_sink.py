@@ -11,9 +11,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=1025)
+        parser.add_argument("--record", default=None, help="append a JSON line per message here")
 
-    def handle(self, *args, host, port, **options):
-        controller, handler = start_sink(host, port)
+    def handle(self, *args, host, port, record, **options):
+        controller, handler = start_sink(host, port, record)
         self.stdout.write(f"SMTP sink on {host}:{port}")
         try:
             while True:
