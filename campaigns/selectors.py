@@ -281,6 +281,19 @@ def runs_to_maintain() -> QuerySet[CampaignRun]:
     )
 
 
+def runs_with_rows_in_doubt(*, within: timedelta = timedelta(days=7)) -> QuerySet[CampaignRun]:
+    """Runs closed in the last ``within`` whose written totals count rows in
+    doubt or still in flight (a resend of an in-doubt row): their totals may
+    change while the in-doubt resolver works (rows it leaves to staff keep
+    a run here until it is a week old)."""
+    return (
+        CampaignRun.objects.filter(finished_at__gte=timezone.now() - within)
+        .filter(Q(totals__unknown__gt=0) | Q(totals__in_flight__gt=0))
+        .only("pk", "totals")
+        .order_by("-pk")
+    )
+
+
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 

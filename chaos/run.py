@@ -52,7 +52,14 @@ class Result:
 
     @property
     def ok(self) -> bool:
-        return self.duplicates == 0 and self.missing == 0 and not self.note.startswith("ERROR")
+        return (
+            self.duplicates == 0
+            and self.missing == 0
+            and "ERROR" not in self.note
+            # The run closed, with totals equal to its rows.
+            and "!= rows" not in self.note
+            and "run not closed" not in self.note
+        )
 
 
 class ChaosStack:

@@ -50,6 +50,7 @@ from campaigns.selectors import (
     run_status_counts,
     run_totals,
     runs_to_maintain,
+    runs_with_rows_in_doubt,
 )
 from notifier.instruments import count_task_failure
 from notifier.models import Delivery
@@ -471,6 +472,7 @@ def campaign_runs_maintain(*, stale_after: float = 60.0) -> dict[str, int]:
     One run's error is recorded on that run and never stops the others.
     """
     result = {"closed": 0, "launched": 0, "released": 0, "failed": 0}
+    result["recounted"] = campaign_runs_recount_settled()
     now = timezone.now()
     stale = now - timedelta(seconds=stale_after)
     runs = runs_to_maintain().values_list("pk", "status", "created_at", "retry_at")
@@ -485,6 +487,21 @@ def campaign_runs_maintain(*, stale_after: float = 60.0) -> dict[str, int]:
             if status != CampaignRun.Status.QUEUED:  # a launch records its own problem
                 _record_problem(run_id, CampaignRun.Problem.STALLED, exc)
     return result
+
+
+def campaign_runs_recount_settled(*, limit: int = 100) -> int:
+    """Closed runs whose totals still count rows in doubt are counted again.
+
+    The in-doubt resolver settles ``unknown`` rows after a run has closed
+    (found at the ESP: ``sent``; certainly not: sent again), so a total
+    written at the close would stay stale. Returns runs whose totals changed."""
+    changed = 0
+    for run in runs_with_rows_in_doubt()[:limit]:
+        totals = run_totals(run_status_counts(run_id=run.pk))
+        if totals != run.totals:
+            CampaignRun.objects.filter(pk=run.pk).update(totals=totals)
+            changed += 1
+    return changed
 
 
 def _maintain_run(run_id: int, status: str, created_at, stale, result: dict[str, int]) -> None:

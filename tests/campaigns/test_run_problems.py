@@ -101,7 +101,13 @@ def test_maintenance_retries_a_failed_launch_with_a_backoff_and_logs_once_per_at
     assert campaign_runs_maintain()["failed"] == 1
     # Every tick before the backoff has passed leaves the run alone, silently.
     for _ in range(5):
-        assert campaign_runs_maintain() == {"closed": 0, "launched": 0, "released": 0, "failed": 0}
+        assert campaign_runs_maintain() == {
+            "recounted": 0,
+            "closed": 0,
+            "launched": 0,
+            "released": 0,
+            "failed": 0,
+        }
     run.refresh_from_db()
     assert run.problem_count == 1
     assert len([r for r in caplog.records if f"Run {run.pk}:" in r.getMessage()]) == 1

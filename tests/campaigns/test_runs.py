@@ -137,9 +137,35 @@ def test_pause_holds_and_resume_releases(campaign, fan_outs):
 def test_maintenance_closes_a_run_whose_callback_never_came(campaign, fan_outs):
     run = _launched(campaign)
     Delivery.objects.filter(run_id=run.pk).update(status="sent")  # the chord callback was lost
-    assert campaign_runs_maintain() == {"closed": 1, "launched": 0, "released": 0, "failed": 0}
+    assert campaign_runs_maintain() == {
+        "recounted": 0,
+        "closed": 1,
+        "launched": 0,
+        "released": 0,
+        "failed": 0,
+    }
     run.refresh_from_db()
     assert run.status == "done" and run.totals["sent"] == 5 and run.totals["total"] == 5
+
+
+def test_maintenance_recounts_a_closed_run_whose_rows_in_doubt_were_settled(campaign, fan_outs):
+    """The in-doubt resolver settles rows after their run closed: the run's
+    written totals follow (and a run without such rows is not rewritten)."""
+    run = _launched(campaign)
+    rows = Delivery.objects.filter(run_id=run.pk).order_by("id")
+    rows.update(status="sent")
+    Delivery.objects.filter(pk__in=list(rows.values_list("pk", flat=True)[:2])).update(
+        status="unknown"
+    )
+    assert campaign_run_finalise(run_id=run.pk)
+    run.refresh_from_db()
+    assert (run.totals["unknown"], run.totals["sent"]) == (2, 3)
+    assert campaign_runs_maintain()["recounted"] == 0  # nothing settled yet
+    rows.filter(status="unknown").update(status="sent")  # found at the ESP
+    assert campaign_runs_maintain()["recounted"] == 1
+    run.refresh_from_db()
+    assert (run.totals["unknown"], run.totals["sent"], run.totals["total"]) == (0, 5, 5)
+    assert campaign_runs_maintain()["recounted"] == 0  # no longer looked at
 
 
 def test_maintenance_launches_a_lost_queued_run_and_releases_stray_holds(campaign, fan_outs):
