@@ -26,13 +26,33 @@ def recipient_to(i: int) -> str:
     return formataddr((data["name"], data["email"]))
 
 
+def floor_message(i: int):
+    """Bench recipient ``i``'s message, rendered: the same as the campaign's
+    (same content, same From and To)."""
+    from django.core.mail import EmailMultiAlternatives
+
+    from notifier import templating
+
+    context = {"items": ITEMS, "recipient": recipient_data(i)}
+    subject, html, text = templating.render_message(
+        subject=SUBJECT, html_body=HTML, text_body=TEXT, context=context
+    )
+    message = EmailMultiAlternatives(
+        subject,
+        text,
+        "Bench <bench@bench.example>",
+        [recipient_to(i)],
+        headers={"Message-ID": f"<floor-{i}@bench.example>"},
+    )
+    message.attach_alternative(html, "text/html")
+    return message
+
+
 def floor_process(transport: str, indices: range, ready, go, queue) -> None:
     """A plain process: render and send, no queue, no database."""
     import django
 
     django.setup()
-    from django.core.mail import EmailMultiAlternatives
-
     from notifier import templating
     from notifier.sending.wire import transport_connection
 
@@ -43,21 +63,7 @@ def floor_process(transport: str, indices: range, ready, go, queue) -> None:
     go.wait()
     sent = 0
     for i in indices:
-        context = {"items": ITEMS, "recipient": recipient_data(i)}
-        subject, html, text = templating.render_message(
-            subject=SUBJECT, html_body=HTML, text_body=TEXT, context=context
-        )
-        # The same message as the campaign's: same content, same From and To.
-        message = EmailMultiAlternatives(
-            subject,
-            text,
-            "Bench <bench@bench.example>",
-            [recipient_to(i)],
-            headers={"Message-ID": f"<floor-{i}@bench.example>"},
-            connection=conn,
-        )
-        message.attach_alternative(html, "text/html")
-        sent += conn.send_messages([message])
+        sent += conn.send_messages([floor_message(i)])
     conn.close()
     queue.put(sent)
 
@@ -70,8 +76,6 @@ def batch_floor_process(transport: str, indices: range, ready, go, queue) -> Non
     import django
 
     django.setup()
-    from django.core.mail import EmailMultiAlternatives
-
     from notifier import templating
     from notifier.sending.wire import transport_batch_size, transport_connection
 
@@ -84,19 +88,7 @@ def batch_floor_process(transport: str, indices: range, ready, go, queue) -> Non
     sent = 0
     pending: list = []
     for i in indices:
-        context = {"items": ITEMS, "recipient": recipient_data(i)}
-        subject, html, text = templating.render_message(
-            subject=SUBJECT, html_body=HTML, text_body=TEXT, context=context
-        )
-        message = EmailMultiAlternatives(
-            subject,
-            text,
-            "Bench <bench@bench.example>",
-            [recipient_to(i)],
-            headers={"Message-ID": f"<floor-{i}@bench.example>"},
-        )
-        message.attach_alternative(html, "text/html")
-        pending.append(message)
+        pending.append(floor_message(i))
         if len(pending) >= size:
             sent += _send_batch(conn, pending)
             pending = []
