@@ -23,6 +23,7 @@ from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
 from opentelemetry import trace
 
+from config.logging import log_context
 from notifier.errors import UnknownTransport
 from notifier.instruments import observe_send, observe_sends
 from notifier.models import Delivery
@@ -109,12 +110,15 @@ def _transmit_batch(conn, items: list[Item], transport: str) -> list[Outcome]:
             outcomes = classify_batch(messages, emails, errors=errors)
     statuses = [outcome.status for outcome in outcomes]
     observe_sends(transport=transport, outcomes=statuses, seconds=time.monotonic() - started)
-    logger.info(
-        "Handed %d to %s in one request: %s",
-        len(items),
-        transport,
-        ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses))),
-    )
+    if logger.isEnabledFor(logging.INFO):  # one line per message, naming its row
+        for (delivery, _message), outcome in zip(items, outcomes, strict=True):
+            with log_context(
+                delivery_id=delivery.id,
+                delivery=str(delivery.uuid),
+                run_id=delivery.run_id,
+                request_messages=len(items),
+            ):
+                logger.info("Handed to %s: %s %s", transport, outcome.status, outcome.error or "")
     return outcomes
 
 
