@@ -5,7 +5,9 @@ at ``http://127.0.0.1:<port>/``. It implements
 
 * ``POST /email`` and ``POST /email/batch`` with Postmark's per-recipient
   results (``ErrorCode`` 0 = accepted, 406 = inactive recipient, 300 =
-  invalid address), authenticated by ``X-Postmark-Server-Token``;
+  invalid address), authenticated by ``X-Postmark-Server-Token``. A batch
+  (1-500 messages, else 422) answers 200 with one result per message, in
+  order; a fault (status, drop, hang) hits the request as a whole;
 * fault injection, set with ``POST /_fake/faults`` (JSON, merged):
   ``error_rate`` + ``error_status`` (random 5xx), ``script`` (a list of actions
   used by the next requests in order, e.g. ``{"status": 503}``,
@@ -38,6 +40,8 @@ from datetime import UTC, datetime
 from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+MAX_BATCH = 500  # messages per /email/batch request, as Postmark
 
 DEFAULT_FAULTS = {
     "error_rate": 0.0,
@@ -103,13 +107,36 @@ class FakeESPState:
 
     def accept(self, payload: dict) -> dict:
         """Record one Postmark message payload; return its Postmark result."""
-        to = payload.get("To", "")
+        return self.accept_batch([payload])[0]
+
+    def accept_batch(self, payloads: list) -> list[dict]:
+        """Record each message of ``payloads`` it accepts (in one write);
+        return one Postmark result per message, in order, as Postmark's
+        ``/email/batch`` does: a refused message does not stop the others."""
+        results, records = [], []
+        for payload in payloads:
+            result, record = self._result(payload)
+            results.append(result)
+            if record is not None:
+                records.append(record)
+        with self.lock:
+            self.messages.extend(records)
+            if self.record_path and records:
+                with open(self.record_path, "a", encoding="utf-8") as fh:
+                    fh.write("".join(json.dumps(record) + "\n" for record in records))
+        return results
+
+    def _result(self, payload) -> tuple[dict, dict | None]:
+        """Postmark's result for one message, and the record to keep if accepted."""
+        if not isinstance(payload, dict) or not payload.get("To"):
+            return {"ErrorCode": 300, "Message": "Invalid 'To' address: ''."}, None
+        to = payload["To"]
         addresses = [a.strip().lower() for a in _addr_specs(to)]
         with self.lock:
             rejected = [a for a in addresses if a in self.faults["reject"]]
             invalid = [a for a in addresses if a in self.faults["invalid"]]
         if invalid:
-            return {"ErrorCode": 300, "Message": f"Invalid 'To' address: '{invalid[0]}'."}
+            return {"ErrorCode": 300, "Message": f"Invalid 'To' address: '{invalid[0]}'."}, None
         if rejected and len(rejected) == len(addresses):
             return {
                 "ErrorCode": 406,
@@ -119,7 +146,7 @@ class FakeESPState:
                     "Inactive recipients are ones that have generated a hard bounce or a spam "
                     "complaint. "
                 ),
-            }
+            }, None
         message_id = str(uuid.uuid4())
         headers = {h.get("Name"): h.get("Value") for h in payload.get("Headers") or []}
         record = {
@@ -136,18 +163,14 @@ class FakeESPState:
                 TextBody=payload.get("TextBody"),
                 Headers=headers,
             )
-        with self.lock:
-            self.messages.append(record)
-            if self.record_path:
-                with open(self.record_path, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(record) + "\n")
-        return {
+        result = {
             "To": to,
             "SubmittedAt": record["ReceivedAt"],
             "MessageID": message_id,
             "ErrorCode": 0,
             "Message": "OK",
         }
+        return result, record
 
     def search(self, query: dict[str, list[str]]) -> tuple[int, dict]:
         """Postmark's ``GET /messages/outbound``: (status, body)."""
@@ -401,7 +424,18 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         if self.path.rstrip("/") == "/email/batch":
-            result = [state.accept(item) for item in payload or []]
+            # Postmark checks the request as a whole first (422), then
+            # answers 200 with one result per message.
+            if not isinstance(payload, list) or not 0 < len(payload) <= MAX_BATCH:
+                self._json(
+                    422,
+                    {
+                        "ErrorCode": 300,
+                        "Message": f"A batch is a list of 1 to {MAX_BATCH} messages.",
+                    },
+                )
+                return
+            result = state.accept_batch(payload)
             status = 200
         else:
             result = state.accept(payload or {})

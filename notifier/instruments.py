@@ -10,7 +10,7 @@ from prometheus_client import Counter, Histogram
 
 SEND_SECONDS = Histogram(
     "notifier_send_seconds",
-    "Time the transport took to accept (or refuse) one message.",
+    "Time the transport took to accept (or refuse) one request: one message, or one batch.",
     ["transport"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
@@ -22,8 +22,14 @@ SEND_OUTCOMES = Counter(
 
 
 def observe_send(*, transport: str, outcome: str, seconds: float) -> None:
+    observe_sends(transport=transport, outcomes=[outcome], seconds=seconds)
+
+
+def observe_sends(*, transport: str, outcomes: list[str], seconds: float) -> None:
+    """One request to ``transport`` (``seconds``) and the outcome of each of its messages."""
     SEND_SECONDS.labels(transport=transport).observe(seconds)
-    SEND_OUTCOMES.labels(transport=transport, outcome=outcome).inc()
+    for outcome in set(outcomes):
+        SEND_OUTCOMES.labels(transport=transport, outcome=outcome).inc(outcomes.count(outcome))
 
 
 TASK_FAILURES = Counter(

@@ -163,8 +163,13 @@ ANYMAIL = {
 # 0 = unlimited) shared by all workers through Redis.
 NOTIFIER_TRANSPORTS = {
     "esp": {
-        "BACKEND": env("ESP_BACKEND", default="anymail.backends.postmark.EmailBackend"),
+        # Anymail's Postmark backend plus Postmark's batch API (/email/batch).
+        "BACKEND": env("ESP_BACKEND", default="notifier.sending.postmark.EmailBackend"),
         "OPTIONS": {},
+        # Messages per request where the backend has a batch API (1: one
+        # message per request). At most one request per batch is in flight,
+        # so a worker killed mid-send leaves at most this many in doubt.
+        "BATCH_SIZE": env.int("ESP_BATCH_SIZE", default=100),
         "RATE_LIMIT": env.float("ESP_RATE_LIMIT", default=0),
         # Messages per UTC day (0: none), and a warm-up ramp for a new sending
         # domain: daily caps from WARMUP_START on, then DAILY_QUOTA (limits.py).

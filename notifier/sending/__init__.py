@@ -4,8 +4,12 @@ Invariants, in the order a batch meets them:
 
 1. **Claim.** ``pending -> sending`` is one conditional UPDATE carrying a fresh
    claim token and a lease (``batch``).
-2. **Hand-off.** Before a message is handed to the transport its id is marked
-   in the claim's Redis journal (``journal``); the answer replaces the mark.
+2. **Hand-off.** Messages go over in requests: many per request on a
+   transport with a batch API (``postmark``), one otherwise (``wire``).
+   Before a request is handed over its ids are marked in the claim's Redis
+   journal (``journal``; one round trip per request, carrying the answers of
+   the request before); each answer replaces its mark. At most one batch
+   request is in flight: a crash leaves at most one request in doubt.
    The database is written in bulk every ``FLUSH_EVERY`` outcomes
    (``persist``), so a batch of 500 costs a few queries, and a crash loses
    nothing: the sweeper replays the journal.
@@ -20,7 +24,7 @@ lease, guard, release), ``wire`` (connections and sender threads),
 it changes a row), ``persist`` (bulk outcome writes per database),
 ``journal``, ``handoff`` (the hand-off mark in the database, for a journal
 Redis lost), ``failover`` (transport health and routing), ``limits``,
-``lookup``, ``ratelimit``.
+``lookup``, ``ratelimit``, ``postmark`` (Postmark's batch API).
 """
 
 from notifier.sending.engine import deliveries_send_batch

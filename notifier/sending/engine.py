@@ -1,5 +1,6 @@
 """One batch: claim the rows, skip the suppressed, render each message, hand
-it to a sender thread, record the answers, release what was not sent.
+the messages to a sender thread (one request each, or many per request on a
+transport with a batch API), record the answers, release what was not sent.
 
 The parts live in their own modules: the claim, lease, guard and release in
 ``batch``, connections and sender threads in ``wire``, rendering in
@@ -11,6 +12,7 @@ import logging
 import time
 from collections.abc import Iterable
 
+from django.core.mail import EmailMultiAlternatives
 from django.utils import timezone
 
 from config.logging import log_context
@@ -25,10 +27,14 @@ from notifier.sending.message import delivery_build_message
 from notifier.sending.outcomes import DEFER, FAILED, RETRY, Outcome
 from notifier.sending.persist import OutcomeLog
 from notifier.sending.ratelimit import rate_limit_wait
-from notifier.sending.wire import Wire
+from notifier.sending.wire import Item, Wire
 from notifier.services.suppressions import suppression_reasons
 
 logger = logging.getLogger(__name__)
+
+
+def _row_log_context(delivery: Delivery):
+    return log_context(delivery_id=delivery.id, delivery=str(delivery.uuid), run_id=delivery.run_id)
 
 
 class _Batch:
@@ -80,10 +86,12 @@ class _Batch:
             self.send_over(transport, rows)
 
     def send_over(self, transport: str, rows: list[Delivery]) -> None:
-        """Render each row here and hand it to the transport on one of
-        ``NOTIFIER_SEND_THREADS`` sender threads (each with its own
-        connection), so the next message renders while the previous ones are
-        on the wire. Database and journal writes stay on this thread."""
+        """Render each row here and hand the messages to the transport in
+        requests of ``wire.batch_size`` (``wire``: one batch request in flight
+        where the transport has a batch API, else one message per request on
+        up to ``NOTIFIER_SEND_THREADS`` sender threads), so the next request
+        renders while the previous ones are on the wire. Database and journal
+        writes stay on this thread."""
         try:
             self.wire = Wire(transport, messages=len(rows))
         except UnknownTransport as exc:
@@ -97,28 +105,26 @@ class _Batch:
                     delivery, Outcome(RETRY, error=error, attempts=delivery.attempts + 1)
                 )
             return
+        ready: list[Item] = []  # rendered, not yet handed over (released if we stop)
         try:
             for delivery in rows:
                 self.collect(wait=False)
                 self.renew_lease_if_due()
                 if self.stopped:
                     return
-                verdict = self.guard.verdict_for(delivery)
-                if verdict == GroupVerdict.CANCEL:
-                    self.log.finish_row(
-                        delivery,
-                        Outcome(
-                            Delivery.Status.CANCELLED, error="Not sent: the run was cancelled."
-                        ),
-                    )
+                if not self.group_allows(delivery):
                     continue
-                if verdict == GroupVerdict.PAUSE:
-                    self.held.held_ids.add(delivery.id)  # released at the end of the batch
-                    continue
-                with log_context(
-                    delivery_id=delivery.id, delivery=str(delivery.uuid), run_id=delivery.run_id
-                ):
-                    self.hand_over(delivery)
+                with _row_log_context(delivery):
+                    message = self.prepare(delivery)
+                if message is not None:
+                    ready.append((delivery, message))
+                if len(ready) >= self.wire.batch_size:
+                    self.hand_over(ready)
+                    ready = []
+                    if self.stopped:
+                        return
+            if ready:
+                self.hand_over(ready)
         finally:
             # Every message handed over gets its answer recorded before the
             # batch ends: a row on the wire is never released for a resend.
@@ -129,7 +135,24 @@ class _Batch:
                 self.log.journal_answers()
             self.wire.close()
 
-    def hand_over(self, delivery: Delivery) -> None:
+    def group_allows(self, delivery: Delivery) -> bool:
+        """False for a row of a cancelled run (cancelled here) or a paused one
+        (held, released at the end of the batch)."""
+        verdict = self.guard.verdict_for(delivery)
+        if verdict == GroupVerdict.CANCEL:
+            self.log.finish_row(
+                delivery,
+                Outcome(Delivery.Status.CANCELLED, error="Not sent: the run was cancelled."),
+            )
+            return False
+        if verdict == GroupVerdict.PAUSE:
+            self.held.held_ids.add(delivery.id)
+            return False
+        return True
+
+    def prepare(self, delivery: Delivery) -> EmailMultiAlternatives | None:
+        """The rendered message, or None when the row is finished here (a
+        broken render) or waits in the database (a provider limit)."""
         try:
             message = delivery_build_message(
                 delivery, run_context=self.held.group_contexts.get(delivery.run_id, {})
@@ -143,16 +166,33 @@ class _Batch:
                     failure_kind=Delivery.FailureKind.RENDER,
                 ),
             )
-            return
+            return None
         if self.deferred_by_limits(delivery):
+            return None
+        return message
+
+    def hand_over(self, ready: list[Item]) -> None:
+        """Hand one request over: its rows are marked handed in the journal
+        (with the answers that came back since the last request) in one round
+        trip first. A run paused or cancelled while the request was rendered
+        keeps its rows."""
+        items = [item for item in ready if self.group_allows(item[0])]
+        if not items:
             return
-        rate_limit_wait(transport=self.wire.transport, per_second=self.wire.rate)
+        rate_limit_wait(
+            transport=self.wire.transport, per_second=self.wire.rate, messages=len(items)
+        )
         while not self.wire.has_free_connection():
             self.collect(wait=True)
-        if not (self.marks.ensure(delivery) and self.log.journal_handoff(delivery.id)):
+        handed = [delivery for delivery, _message in items]
+        if not (self.marks.ensure(handed) and self.log.journal_handoff([d.id for d in handed])):
             self.stopped = True
             return
-        self.wire.send(delivery, message)
+        if len(items) == 1:
+            with _row_log_context(items[0][0]):
+                self.wire.send(items)
+        else:
+            self.wire.send(items)
 
     def deferred_by_limits(self, delivery: Delivery) -> bool:
         """Apply the recipient domain's rate and the transport's daily quota

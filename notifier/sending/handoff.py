@@ -40,20 +40,24 @@ class HandoffMarks:
         self.position = {row.id: i for i, row in enumerate(rows)}
         self.marked: set[int] = set()
 
-    def ensure(self, delivery: Delivery) -> bool:
-        """Make sure ``delivery`` carries the mark before it is handed over;
-        False if it could not be written (the batch must stop)."""
-        if delivery.id in self.marked:
+    def ensure(self, deliveries: list[Delivery]) -> bool:
+        """Make sure every row of ``deliveries`` (one request) carries the
+        mark before it is handed over, marking the rows that follow with them
+        (``NOTIFIER_HANDOFF_MARK_AHEAD`` in all, at least the request); False
+        if it could not be written (the batch must stop)."""
+        missing = [row for row in deliveries if row.id not in self.marked]
+        if not missing:
             return True
-        ahead = max(1, settings.NOTIFIER_HANDOFF_MARK_AHEAD)
+        first = missing[0]
+        ahead = max(1, settings.NOTIFIER_HANDOFF_MARK_AHEAD, len(missing))
         upcoming = (
             row.id
-            for row in self.rows[self.position[delivery.id] :]
-            if row.transport == delivery.transport
+            for row in self.rows[self.position[first.id] :]
+            if row.transport == first.transport
             and row.id not in self.finished_ids
             and row.id not in self.marked
         )
-        ids = list(islice(upcoming, ahead))
+        ids = set(islice(upcoming, ahead)) | {row.id for row in missing}
         try:
             written = with_reconnect(
                 lambda: Delivery.objects.filter(

@@ -3,8 +3,10 @@
 A batch writes to the database in bulk (a few queries per batch, not one per
 message), so after a crash the database alone cannot tell which claimed rows
 had already been handed to the ESP. The journal, one Redis hash per claim,
-can: before a message is handed over its row id is marked ``h``; when the
-transport answers, the mark is replaced by the outcome. When a claim's lease
+can: before a request is handed over the ids of its rows are marked ``h``
+(one message, or all the messages of one batch request, in one round trip
+that also records the answers that came back since); when the transport
+answers, each mark is replaced by its row's outcome. When a claim's lease
 expires (the worker died), the sweeper reads the journal:
 
 * no entry          -> never handed over: back to ``pending``, sent later;
@@ -26,10 +28,19 @@ from notifier.redis import get_redis
 
 JOURNAL_TTL_SECONDS = 7 * 24 * 3600
 
+# ARGV: the answers as (row id, outcome) pairs, then the ids to mark handed.
+# Pairs go first (the ids last) so no call needs more than one unpack().
 _HANDOFF = """
 if redis.call('HEXISTS', KEYS[1], '__open__') == 1
    and redis.call('HEXISTS', KEYS[1], '__recovered__') == 0 then
-  redis.call('HSET', KEYS[1], ARGV[1], 'h', unpack(ARGV, 2))
+  local fields = {}
+  local n = tonumber(ARGV[1])
+  for i = 2, 2 * n + 1 do fields[#fields + 1] = ARGV[i] end
+  for i = 2 * n + 2, #ARGV do
+    fields[#fields + 1] = ARGV[i]
+    fields[#fields + 1] = 'h'
+  end
+  redis.call('HSET', KEYS[1], unpack(fields))
   return 1
 end
 return 0
@@ -70,17 +81,20 @@ def journal_open(token) -> None:
         pipe.execute()
 
 
-def journal_handoff(token, delivery_id: int, outcomes: Sequence[tuple[int, dict]] = ()) -> bool:
-    """Record that ``delivery_id`` is about to be handed over, and the
-    ``outcomes`` that came back since the last call with it (one round trip
-    per message).
+def journal_handoff(
+    token, delivery_ids: Sequence[int], outcomes: Sequence[tuple[int, dict]] = ()
+) -> bool:
+    """Record that ``delivery_ids`` (one request) are about to be handed
+    over, and the ``outcomes`` that came back since the last call (one round
+    trip per request).
 
     False means the claim was recovered by the sweeper or the journal is gone:
     the batch must stop handing anything over.
     """
-    args = [str(delivery_id)]
+    args = [str(len(outcomes))]
     for row_id, outcome in outcomes:
         args += [str(row_id), json.dumps(outcome)]
+    args += [str(delivery_id) for delivery_id in delivery_ids]
     return bool(_run(_HANDOFF, token, args))
 
 

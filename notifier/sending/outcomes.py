@@ -17,7 +17,7 @@ then ``failed`` with ``failure_kind = transient_exhausted``.
 import random
 import smtplib
 import socket
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timedelta
 
 import requests
@@ -174,6 +174,26 @@ def classify_sent_message(message, email: str) -> Outcome:
     if recipient.status == "failed":
         return Outcome(FAILED, error=f"The ESP could not send to {email}.")
     return Outcome(SENT, esp_message_id=recipient.message_id or status.message_id or "")
+
+
+def classify_batch(
+    messages: list, emails: list[str], *, errors: list | None, exc: BaseException | None = None
+) -> list[Outcome]:
+    """The outcome of each message of one batch request, in order.
+
+    A request that failed as a whole (``exc``) gives every message the same
+    outcome: retry when nothing was accepted (HTTP 429/5xx, refused
+    connection), in doubt when the request may have been accepted (a timeout
+    or a connection lost after sending). Otherwise each message has its own
+    answer: its recipient's status, or the error its result carried.
+    """
+    if exc is not None:
+        outcome = classify_exception(exc)
+        return [replace(outcome) for _ in messages]
+    return [
+        classify_exception(error) if error is not None else classify_sent_message(message, email)
+        for message, email, error in zip(messages, emails, errors, strict=True)
+    ]
 
 
 def backoff_seconds(attempts: int, retry_after: float | None = None) -> float:

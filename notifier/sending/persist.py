@@ -192,7 +192,7 @@ def outcomes_suppress(rows: list[tuple[Delivery, Outcome]]) -> None:
 
 class OutcomeLog:
     """The outcomes of one claim: applied in memory, written in bulk, and
-    journaled with the next hand-off (one Redis round trip per message)."""
+    journaled with the next hand-off (one Redis round trip per request)."""
 
     def __init__(self, token):
         self.token = token
@@ -232,11 +232,12 @@ class OutcomeLog:
         self.unjournaled.append((delivery.id, outcome.as_journal()))
         self.finish_row(delivery, outcome)
 
-    def journal_handoff(self, delivery_id: int) -> bool:
-        """Mark ``delivery_id`` handed over, with the answers waiting; False
-        if the claim was recovered (or the journal is unreachable): stop."""
+    def journal_handoff(self, delivery_ids: list[int]) -> bool:
+        """Mark ``delivery_ids`` (one request) handed over, with the answers
+        waiting; False if the claim was recovered (or the journal is
+        unreachable): stop."""
         try:
-            may_send = journal.journal_handoff(self.token, delivery_id, self.unjournaled)
+            may_send = journal.journal_handoff(self.token, delivery_ids, self.unjournaled)
             self.unjournaled = []
         except Exception:
             logger.exception("Journal unavailable; stopping batch before hand-off")

@@ -1,10 +1,15 @@
 """Connections to a transport and the sender threads that use them.
 
-A batch opens up to ``NOTIFIER_SEND_THREADS`` connections to one transport
-(Anymail for ESPs, Django's SMTP backend) and hands each message to a sender
-thread holding one of them, so the next message renders while earlier ones
-wait for the ESP. Answers come back on a queue and are recorded on the batch's
-own thread: database and journal writes never happen on a sender thread.
+A transport whose backend has a batch API (``send_batch``, such as
+``notifier.sending.postmark.EmailBackend``) and a ``BATCH_SIZE`` above 1 takes
+its messages in requests of that many, over one connection on one sender
+thread: the next request renders while the previous one is on the wire, and
+at most one request is ever in flight (the in-doubt bound, see README).
+Other transports (SMTP) take one message per request, over up to
+``NOTIFIER_SEND_THREADS`` connections, each on its own sender thread.
+Answers come back on a queue, one per message, and are recorded on the
+batch's own thread: database and journal writes never happen on a sender
+thread.
 """
 
 import contextvars
@@ -18,12 +23,14 @@ from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
 from opentelemetry import trace
 
+from config.logging import log_context
 from notifier.errors import UnknownTransport
-from notifier.instruments import observe_send
+from notifier.instruments import observe_send, observe_sends
 from notifier.models import Delivery
 from notifier.sending.outcomes import (
     UNKNOWN,
     Outcome,
+    classify_batch,
     classify_exception,
     classify_sent_message,
 )
@@ -41,6 +48,15 @@ def transport_connection(name: str):
             f"Unknown transport {name!r}; configured: {', '.join(settings.NOTIFIER_TRANSPORTS)}"
         ) from None
     return get_connection(config["BACKEND"], fail_silently=False, **config.get("OPTIONS", {}))
+
+
+def transport_batch_size(name: str, connection) -> int:
+    """Messages per request on ``name``: its ``BATCH_SIZE`` (capped by the
+    backend's own limit) where its backend has a batch API, else 1."""
+    wanted = settings.NOTIFIER_TRANSPORTS[name].get("BATCH_SIZE") or 1
+    if wanted <= 1 or not hasattr(connection, "send_batch"):
+        return 1
+    return max(1, min(int(wanted), getattr(connection, "batch_size", wanted)))
 
 
 def transport_rate(name: str) -> float:
@@ -72,15 +88,56 @@ def _transmit(conn, message: EmailMultiAlternatives, delivery: Delivery, transpo
     return outcome
 
 
+Item = tuple[Delivery, EmailMultiAlternatives]
+
+
+def _transmit_batch(conn, items: list[Item], transport: str) -> list[Outcome]:
+    """Hand ``items`` over in one batch request (on the sender thread) and
+    classify each message's answer."""
+    messages = [message for _delivery, message in items]
+    emails = [delivery.recipient.email for delivery, _message in items]
+    started = time.monotonic()
+    with _tracer.start_as_current_span(
+        "notifier.transport.send_batch",
+        kind=trace.SpanKind.CLIENT,
+        attributes={"notifier.transport": transport, "notifier.messages": len(items)},
+    ):
+        try:
+            errors = conn.send_batch(messages)
+        except Exception as exc:
+            outcomes = classify_batch(messages, emails, errors=None, exc=exc)
+        else:
+            outcomes = classify_batch(messages, emails, errors=errors)
+    statuses = [outcome.status for outcome in outcomes]
+    observe_sends(transport=transport, outcomes=statuses, seconds=time.monotonic() - started)
+    if logger.isEnabledFor(logging.INFO):  # one line per message, naming its row
+        for (delivery, _message), outcome in zip(items, outcomes, strict=True):
+            with log_context(
+                delivery_id=delivery.id,
+                delivery=str(delivery.uuid),
+                run_id=delivery.run_id,
+                request_messages=len(items),
+            ):
+                logger.info("Handed to %s: %s %s", transport, outcome.status, outcome.error or "")
+    return outcomes
+
+
 class Wire:
     """Open connections to one transport (raises if one cannot be opened:
     ``UnknownTransport``, or the transport is down) and the sender threads
-    (none with a single connection: messages are then sent inline)."""
+    (none for one connection sending one message per request: messages are
+    then sent inline)."""
 
     def __init__(self, transport: str, *, messages: int):
-        threads = max(1, settings.NOTIFIER_SEND_THREADS)
         self.transport = transport
-        self.connections = [transport_connection(transport) for _ in range(min(threads, messages))]
+        first = transport_connection(transport)
+        self.batch_size = transport_batch_size(transport, first)
+        # A batch transport keeps one request in flight: the in-doubt bound.
+        threads = 1 if self.batch_size > 1 else max(1, settings.NOTIFIER_SEND_THREADS)
+        self.connections = [first]
+        self.connections += [
+            transport_connection(transport) for _ in range(min(threads, messages) - 1)
+        ]
         for conn in self.connections:
             conn.open()
         self.rate = transport_rate(transport)
@@ -91,27 +148,33 @@ class Wire:
             self.free.put(conn)
         self.pool = (
             ThreadPoolExecutor(max_workers=len(self.connections), thread_name_prefix="sender")
-            if len(self.connections) > 1
+            if len(self.connections) > 1 or self.batch_size > 1
             else None
         )
 
     def has_free_connection(self) -> bool:
         return not self.free.empty()
 
-    def send(self, delivery: Delivery, message: EmailMultiAlternatives) -> None:
-        """Hand ``message`` to a free connection (there must be one)."""
+    def send(self, items: list[Item]) -> None:
+        """Hand ``items`` (at most ``batch_size``) to a free connection (there
+        must be one) in one request."""
         conn = self.free.get()
-        self.in_flight += 1
+        self.in_flight += len(items)
         context = contextvars.copy_context()  # the sender thread logs with it
         free, answers, transport = self.free, self.answers, self.transport
 
         def transmit() -> None:
             try:
-                outcome = context.run(_transmit, conn, message, delivery, transport)
+                if self.batch_size > 1:
+                    outcomes = context.run(_transmit_batch, conn, items, transport)
+                else:
+                    ((delivery, message),) = items
+                    outcomes = [context.run(_transmit, conn, message, delivery, transport)]
             except BaseException as exc:  # never leave the batch waiting
-                outcome = Outcome(UNKNOWN, error=f"Sender thread failed: {exc!r}")
+                outcomes = [Outcome(UNKNOWN, error=f"Sender thread failed: {exc!r}") for _ in items]
             free.put(conn)
-            answers.put((delivery, outcome))
+            for (delivery, _message), outcome in zip(items, outcomes, strict=True):
+                answers.put((delivery, outcome))
 
         if self.pool is None:
             transmit()

@@ -26,6 +26,8 @@ Scopes:
 """
 
 import functools
+import hashlib
+import hmac
 import logging
 import re
 import uuid
@@ -37,6 +39,7 @@ from urllib.parse import quote
 from django.conf import settings
 from django.core import signing
 from django.urls import reverse
+from django.utils.encoding import force_bytes
 
 from notifier.errors import InvalidAddress, NotifierError
 from notifier.models import Delivery, Frequency, Recipient, Suppression, Topic
@@ -100,8 +103,35 @@ def register_scope_handler(
 # --- Tokens ---------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=32)
+def _hmac_for(key_salt: str, secret: str | bytes, algorithm: str) -> hmac.HMAC:
+    """Django's ``salted_hmac`` keyed once per process for each (salt, secret):
+    the derived key and the HMAC's keyed state, copied for each value."""
+    hasher = getattr(hashlib, algorithm)
+    return hmac.new(hasher(force_bytes(key_salt) + force_bytes(secret)).digest(), digestmod=hasher)
+
+
+class _KeyedOnce:
+    """The signature Django's signers make (so every link made before still
+    verifies, and the other way round), without deriving the key again for
+    every message."""
+
+    def signature(self, value, key=None):
+        mac = _hmac_for(self.salt + "signer", key or self.key, self.algorithm).copy()
+        mac.update(force_bytes(value))
+        return signing.b64_encode(mac.digest()).decode()
+
+
+class _Signer(_KeyedOnce, signing.Signer):
+    pass
+
+
+class _TimestampSigner(_KeyedOnce, signing.TimestampSigner):
+    pass
+
+
 def _signer(salt: str) -> signing.Signer:
-    return signing.Signer(salt=salt)
+    return _Signer(salt=salt)
 
 
 def unsubscribe_token(*, recipient: Recipient, scope: str = SCOPE_ALL) -> str:
@@ -112,9 +142,7 @@ def unsubscribe_token(*, recipient: Recipient, scope: str = SCOPE_ALL) -> str:
 
 def preferences_token(*, recipient: Recipient) -> str:
     """A preference link's token: the recipient's public id and the time it was made."""
-    return signing.TimestampSigner(salt=PREFERENCES_SALT).sign_object(
-        {"p": recipient.public_id.hex}
-    )
+    return _TimestampSigner(salt=PREFERENCES_SALT).sign_object({"p": recipient.public_id.hex})
 
 
 def _unsign(token: str, signer: signing.Signer, **kwargs):
@@ -161,7 +189,7 @@ def preferences_token_read(token: str) -> Recipient:
     """The recipient of a preference token; LinkExpired for a genuine old one."""
     max_age = timedelta(days=settings.NOTIFIER_PREFERENCE_LINK_DAYS)
     try:
-        data = _unsign(token, signing.TimestampSigner(salt=PREFERENCES_SALT), max_age=max_age)
+        data = _unsign(token, _TimestampSigner(salt=PREFERENCES_SALT), max_age=max_age)
     except LinkExpired:
         raise
     except InvalidLink:

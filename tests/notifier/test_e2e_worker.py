@@ -101,10 +101,13 @@ def test_smtp_transport_end_to_end(celery_worker_process, smtp_sink):
     assert received["message"]["Message-ID"] == delivery.message_id
 
 
-def _kill_mid_batch(start_worker, fake_esp, *, threads: int, arrived: int) -> tuple[list, dict]:
-    """Send 12 messages; the ESP accepts the 4th request and never answers;
-    SIGKILL the worker once ``arrived`` messages reached the ESP, let the
-    lease expire and a second worker recover. Returns (ids, rows by status)."""
+def _kill_mid_batch(
+    start_worker, fake_esp, *, threads: int, arrived: int, batch_size: int = 1, hang_at: int = 4
+) -> tuple[list, dict]:
+    """Send 12 messages (``batch_size`` per request); the ESP accepts request
+    ``hang_at`` and never answers; SIGKILL the worker once ``arrived``
+    messages reached the ESP, let the lease expire and a second worker
+    recover. Returns (ids, rows by status)."""
     template = TemplateFactory()
     later = timezone.now() + timezone.timedelta(days=1)
     deliveries = [
@@ -113,20 +116,21 @@ def _kill_mid_batch(start_worker, fake_esp, *, threads: int, arrived: int) -> tu
     ]
     ids = [d.id for d in deliveries]
     Delivery.objects.filter(id__in=ids).update(next_attempt_at=timezone.now())
-    fake_esp.faults["script"] = [{}, {}, {}, {"hang_after_accept": 30}]
+    fake_esp.faults["script"] = [{}] * (hang_at - 1) + [{"hang_after_accept": 30}]
     doomed = start_worker(
         "doomed",
         queues="kill-test",
         NOTIFIER_LEASE_SECONDS=3,
         ESP_READ_TIMEOUT=60,
         NOTIFIER_SEND_THREADS=threads,
+        ESP_BATCH_SIZE=batch_size,
     )
     send_deliveries.apply_async(args=[ids], queue="kill-test")
     wait_for(lambda: len(fake_esp.messages) == arrived, timeout=30)
     time.sleep(0.5)
     doomed.kill()
 
-    assert Delivery.objects.filter(id__in=ids, status="sending").count() >= 9
+    assert Delivery.objects.filter(id__in=ids, status="sending").count() >= 12 - arrived + 1
     time.sleep(3.5)  # the lease expires
     start_worker("rescuer", queues="transactional,maintenance")
     _sweep_until(
@@ -162,3 +166,19 @@ def test_killed_worker_with_sender_threads_leaves_only_the_unanswered_in_doubt(
     assert len(by_status["sent"]) == 11
     (in_doubt,) = by_status["unknown"]
     assert "before the answer was recorded" in in_doubt.last_error
+
+
+def test_killed_worker_with_batch_requests_leaves_at_most_one_request_in_doubt(
+    start_worker, fake_esp
+):
+    """Requests of 5 (5, 5, 2): the first is answered, the second accepted
+    and never answered when the worker dies. Its 5 rows (one request, at
+    most the batch size) are in doubt; the answered 5 are not sent again and
+    the 2 never handed over are sent by the worker that recovers the claim."""
+    ids, by_status = _kill_mid_batch(
+        start_worker, fake_esp, threads=4, arrived=10, batch_size=5, hang_at=2
+    )
+    assert len(by_status["sent"]) == 7
+    assert [d.id for d in by_status["unknown"]] == ids[5:10]
+    assert all("before the answer was recorded" in d.last_error for d in by_status["unknown"])
+    assert fake_esp.requests == 3

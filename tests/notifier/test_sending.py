@@ -147,7 +147,7 @@ def test_an_inactive_recipient_answer_found_in_the_journal_suppresses_too(fake_e
     outcome = Outcome(
         FAILED, error="The ESP refused to send to user0@example.com.", suppress="hard_bounce"
     )
-    journal.journal_handoff(token, delivery.id, [])
+    journal.journal_handoff(token, [delivery.id], [])
     journal.journal_record(token, [(delivery.id, outcome.as_journal())])
     deliveries_recover_expired()
     delivery.refresh_from_db()
@@ -265,7 +265,7 @@ def _claim_by_dead_worker(deliveries, journal_entries):
     journal.journal_open(token)
     for delivery_id, value in journal_entries.items():
         if value == "h":
-            journal.journal_handoff(token, delivery_id)
+            journal.journal_handoff(token, [delivery_id])
         else:
             journal.journal_record(token, [(delivery_id, value)])
     Delivery.objects.filter(id__in=[d.id for d in deliveries]).update(
@@ -291,7 +291,7 @@ def test_recovery_uses_the_journal(fake_esp):
     assert handed.status == "unknown" and handed.attempts == 1
     assert untouched.status == "pending" and untouched.claim_token is None
     # A worker that was only slow can no longer hand anything over.
-    assert journal.journal_handoff(token, untouched.id) is False
+    assert journal.journal_handoff(token, [untouched.id]) is False
 
 
 def test_recovery_with_lost_journal_marks_rows_marked_as_leaving_in_doubt(fake_esp):

@@ -347,3 +347,28 @@ def test_worker_sends_headers_then_one_click_stops_the_next_mail(
     deliveries_dispatch(ids_by_kind={"campaign": [second.id]})
     wait_for(lambda: Delivery.objects.get(pk=second.pk).status == Delivery.Status.SUPPRESSED)
     assert len(fake_esp.messages) == 1
+
+
+def test_tokens_are_signed_exactly_as_django_signs_them(settings):
+    """Keys are derived once per process, yet a token is the one Django's
+    signers make: links made before still verify, and the other way round;
+    a rotated key (in SECRET_KEY_FALLBACKS) keeps verifying."""
+    recipient = RecipientFactory()
+    token = unsubscribe_service.unsubscribe_token(recipient=recipient, scope="topics")
+    django_token = signing.Signer(salt=unsubscribe_service.UNSUBSCRIBE_SALT).sign_object(
+        {"p": recipient.public_id.hex, "s": "topics"}
+    )
+    assert token == django_token
+    preferences = unsubscribe_service.preferences_token(recipient=recipient)
+    signer = signing.TimestampSigner(salt=unsubscribe_service.PREFERENCES_SALT)
+    assert signer.unsign_object(preferences) == {"p": recipient.public_id.hex}
+    old_key = settings.SECRET_KEY
+    settings.SECRET_KEY, settings.SECRET_KEY_FALLBACKS = "a-new-key-" + "x" * 50, [old_key]
+    assert unsubscribe_service.unsubscribe_token(recipient=recipient, scope="topics") != token
+    with pytest.raises(signing.BadSignature):
+        signing.Signer(salt=unsubscribe_service.UNSUBSCRIBE_SALT, fallback_keys=[]).unsign_object(
+            token
+        )
+    assert unsubscribe_service._signer(unsubscribe_service.UNSUBSCRIBE_SALT).unsign_object(
+        token
+    ) == {"p": recipient.public_id.hex, "s": "topics"}

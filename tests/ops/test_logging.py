@@ -46,7 +46,15 @@ def test_json_lines_carry_the_bound_ids(json_log):
 
 
 @pytest.mark.django_db
-def test_every_line_about_a_send_names_its_delivery_and_run(json_log, fake_esp):
+@pytest.mark.parametrize("batch_size, outcomes", [(1, {"retry", "sent"}), (10, {"retry"})])
+def test_every_line_about_a_send_names_its_delivery_and_run(
+    json_log, fake_esp, settings, batch_size, outcomes
+):
+    """One message per request, or both in one batch request: either way
+    each message's line names its delivery and run."""
+    transports = {name: dict(config) for name, config in settings.NOTIFIER_TRANSPORTS.items()}
+    transports["esp"]["BATCH_SIZE"] = batch_size
+    settings.NOTIFIER_TRANSPORTS = transports
     recipients = [RecipientFactory() for _ in range(2)]
     DeliveryGroup.objects.create(pk=41, owner="test")
     deliveries = [
@@ -60,7 +68,7 @@ def test_every_line_about_a_send_names_its_delivery_and_run(json_log, fake_esp):
         )
         for r in recipients
     ]
-    fake_esp.faults["script"] = [{"status": 503}]  # the first send fails, transiently
+    fake_esp.faults["script"] = [{"status": 503}]  # the first request fails, transiently
     deliveries_send_batch(delivery_ids=[d.id for d in deliveries])
 
     lines = [line for line in _lines(json_log) if line["logger"].startswith("notifier")]
@@ -69,7 +77,7 @@ def test_every_line_about_a_send_names_its_delivery_and_run(json_log, fake_esp):
     assert {line["delivery_id"] for line in sends} == {d.id for d in deliveries}
     assert {line["delivery"] for line in sends} == {str(d.uuid) for d in deliveries}
     assert all(line["run_id"] == 41 and line["claim"] for line in lines)
-    assert {line["message"].split(": ")[1].split()[0] for line in sends} == {"retry", "sent"}
+    assert {line["message"].split(": ")[1].split()[0] for line in sends} == outcomes
 
 
 def test_plain_format_shows_the_ids(capsys):
