@@ -108,6 +108,9 @@ def test_an_esp_refusing_connections_goes_down_and_comes_back_after_a_probe(
     fake_esp, esp_falls_back_to_smtp, settings
 ):
     settings.NOTIFIER_FAILOVER_AFTER = 0
+    # One message per request: the first request is refused, the rest untried.
+    esp = settings.NOTIFIER_TRANSPORTS["esp"]
+    settings.NOTIFIER_TRANSPORTS = {**settings.NOTIFIER_TRANSPORTS, "esp": {**esp, "BATCH_SIZE": 1}}
     working = settings.ANYMAIL
     settings.ANYMAIL = {**working, "POSTMARK_API_URL": "http://127.0.0.1:9/"}
     first, *rest = _rows(3)

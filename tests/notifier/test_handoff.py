@@ -37,13 +37,15 @@ class WorkerDied(BaseException):
 def test_after_a_lost_journal_only_marked_rows_are_in_doubt(fake_esp, settings, monkeypatch):
     settings.NOTIFIER_HANDOFF_MARK_AHEAD = 3
     settings.NOTIFIER_INDOUBT_INDEX_DELAY = 0
+    esp = settings.NOTIFIER_TRANSPORTS["esp"]
+    settings.NOTIFIER_TRANSPORTS = {**settings.NOTIFIER_TRANSPORTS, "esp": {**esp, "BATCH_SIZE": 1}}
     rows = _rows(6)
     hand_over = engine._Batch.hand_over
 
-    def dies_at_the_third(batch, delivery):
-        if delivery.pk == rows[2].pk:
+    def dies_at_the_third(batch, ready):
+        if any(delivery.pk == rows[2].pk for delivery, _message in ready):
             raise WorkerDied
-        hand_over(batch, delivery)
+        hand_over(batch, ready)
 
     # The worker hands two messages over, then dies before writing anything.
     monkeypatch.setattr(engine._Batch, "hand_over", dies_at_the_third)
