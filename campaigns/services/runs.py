@@ -11,6 +11,9 @@ same id, whose state the batches read and whose context they render with.
   ``CASE`` over the zone in the insert); rows not yet due are not
   dispatched: the sweeper hands them out when they are, and the run closes
   when the last zone is done.
+* **A/B tests.** A campaign with an A/B test materialises only its test
+  share at the launch (``campaigns.services.abtests``); the run stays open
+  until the winner's rows for the rest are written and sent.
 * **Materialise once.** A run's Deliveries are written by the outbox's one
   ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` inside the transaction
   that moves the run ``queued -> running`` under a row lock, so a second
@@ -50,6 +53,11 @@ from campaigns.selectors import (
     run_status_counts,
     run_totals,
     runs_to_maintain,
+)
+from campaigns.services.abtests import (
+    run_ab_materialise_test,
+    run_ab_test_open,
+    run_ab_test_pending,
 )
 from notifier.instruments import count_task_failure
 from notifier.models import Delivery
@@ -110,6 +118,9 @@ def run_materialise(*, run: CampaignRun) -> int:
         label=f"Run {run.pk} of campaign {campaign.pk}",
         context=campaign.context or {},
     )
+    ab_test = run_ab_test_open(run=run, launched_at=run.started_at or timezone.now())
+    if ab_test is not None:  # only the test share now; the winner goes to the rest later
+        return run_ab_materialise_test(run=run, test=ab_test)
     return deliveries_materialise(
         group=group,
         audience=campaign_audience(campaign=campaign),
@@ -332,6 +343,8 @@ def campaign_run_finalise(*, run_id: int) -> bool:
         counts = run_status_counts(run_id=run_id)
         if any(counts.get(status) for status in IN_FLIGHT):
             return False
+        if run.status == CampaignRun.Status.RUNNING and run_ab_test_pending(run_id=run_id):
+            return False  # the A/B winner is still to go to the rest
         if run.status == CampaignRun.Status.RUNNING:
             run.status = CampaignRun.Status.DONE
         run.finished_at = timezone.now()
