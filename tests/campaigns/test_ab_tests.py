@@ -252,3 +252,26 @@ def test_the_report_states_sample_sizes_and_confidence(clock, fan_outs):
     assert all(row.sent > 150 for row in report.variants)
     assert report.statement("opens").startswith("B's open rate is higher than A's with 99")
     assert report.rest.total == 0
+
+
+@pytest.mark.django_db
+def test_a_decision_that_dies_before_its_commit_leaves_the_test_to_the_next_tick(
+    clock, fan_outs, monkeypatch
+):
+    campaign = ab_campaign(people=600)
+    run = launched(campaign)
+    before = Delivery.objects.filter(run_id=run.pk).count()
+    clock(LAUNCH + timedelta(hours=1))
+
+    def die(*args, **kwargs):
+        raise SystemExit("worker killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RunABTest, "save", die)
+        with pytest.raises(SystemExit):
+            run_ab_send_winner(run_id=run.pk)
+    # Rolled back with it: no rows for the rest, no winner.
+    assert Delivery.objects.filter(run_id=run.pk).count() == before
+    assert RunABTest.objects.get(run=run).winner == ""
+    assert run_ab_tests_decide_due()["decided"] == 1
+    assert Delivery.objects.filter(run_id=run.pk).count() == 600
