@@ -12,7 +12,7 @@ from django import forms
 from django.conf import settings
 from django.utils import timezone
 
-from campaigns.models import Campaign
+from campaigns.models import AB_WAIT_MIN, Campaign, WinnerMetric
 from campaigns.services.campaigns import campaign_problems
 
 # Plain words for the configured transports; another name shows as itself.
@@ -83,9 +83,26 @@ CAMPAIGN_FIELDSETS = (
             "get the default zone.",
         },
     ),
+    (
+        "A/B test",
+        {
+            "fields": ("ab_test_share", "ab_winner_metric", "ab_wait_minutes", "ab_test_summary"),
+            "description": "Optional: try 2 to 4 variants (below, under “A/B variants”) on a "
+            "share of the audience, then send the winner to everyone else. Each recipient "
+            "gets exactly one version.",
+        },
+    ),
     ("History", {"fields": ("created_by", "created_at", "updated_at"), "classes": ("collapse",)}),
 )
-READONLY = ("status", "audience_size", "next_sends", "created_by", "created_at", "updated_at")
+READONLY = (
+    "status",
+    "audience_size",
+    "next_sends",
+    "ab_test_summary",
+    "created_by",
+    "created_at",
+    "updated_at",
+)
 
 
 def _flatten(fieldsets) -> list[str]:
@@ -155,6 +172,9 @@ class CampaignForm(forms.ModelForm):
             "cron_day_of_month": "Day of month",
             "cron_month_of_year": "Month",
             "cron_day_of_week": "Day of week",
+            "ab_test_share": "Test share (%)",
+            "ab_winner_metric": "Winner by",
+            "ab_wait_minutes": "Wait (minutes)",
         }
         help_texts = {
             "name": "For you and your colleagues; recipients never see it.",
@@ -217,6 +237,10 @@ class CampaignForm(forms.ModelForm):
             context=cleaned.get("context") or {},
             schedule=schedule,
             send_at=send_at,
+            local_send_time=cleaned.get("local_send_time"),
+            ab_test_share=cleaned.get("ab_test_share"),
+            ab_winner_metric=cleaned.get("ab_winner_metric") or WinnerMetric.OPENS,
+            ab_wait_minutes=cleaned.get("ab_wait_minutes") or AB_WAIT_MIN,
         )
         for field, problem in campaign_problems(campaign=probe, check_audience=False).items():
             if field in self.fields and field not in self.errors:

@@ -239,6 +239,14 @@ class GroupResult:
     def click_rate(self) -> float:
         return self.clicked / self.sent if self.sent else 0.0
 
+    @property
+    def open_rate_text(self) -> str:
+        return f"{self.open_rate:.1%}" if self.sent else "-"
+
+    @property
+    def click_rate_text(self) -> str:
+        return f"{self.click_rate:.1%}" if self.sent else "-"
+
 
 def run_ab_group_results(*, run_id: int) -> dict[str, GroupResult]:
     """Per A/B group of the run (a variant's label, or ``AB_REST``): rows,

@@ -22,8 +22,8 @@ class Migration(migrations.Migration):
                 help_text="Percent of the audience (1-50) split evenly between the variants; the winner goes to everyone else. Empty: no A/B test.",
                 null=True,
                 validators=[
-                    django.core.validators.MinValueValidator(1, "The test share is at least 1 %."),
-                    django.core.validators.MaxValueValidator(50, "The test share is at most 50 %."),
+                    django.core.validators.MinValueValidator(1),
+                    django.core.validators.MaxValueValidator(50),
                 ],
                 verbose_name="test share (%)",
             ),
@@ -35,10 +35,8 @@ class Migration(migrations.Migration):
                 default=240,
                 help_text="How long after the launch the winner is chosen (15 minutes to 7 days; 240 is 4 hours).",
                 validators=[
-                    django.core.validators.MinValueValidator(15, "Wait at least 15 minutes."),
-                    django.core.validators.MaxValueValidator(
-                        10080, "Wait at most 10080 minutes (7 days)."
-                    ),
+                    django.core.validators.MinValueValidator(15),
+                    django.core.validators.MaxValueValidator(10080),
                 ],
                 verbose_name="wait (minutes)",
             ),

@@ -68,7 +68,7 @@ def campaign_ab_problems(*, campaign: Campaign, variant_count: int | None = None
         )
     if not AB_WAIT_MIN <= (campaign.ab_wait_minutes or 0) <= AB_WAIT_MAX:
         problems["ab_wait_minutes"] = (
-            f"Wait between {AB_WAIT_MIN} minutes and {AB_WAIT_MAX} minutes (7 days)."
+            f"Wait between {AB_WAIT_MIN} minutes and 7 days ({AB_WAIT_MAX} minutes)."
         )
     if campaign.ab_winner_metric not in WinnerMetric.values:
         problems["ab_winner_metric"] = "Choose how the winner is picked."
