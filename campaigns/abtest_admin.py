@@ -149,14 +149,17 @@ def campaign_ab_summary(campaign: Campaign | None) -> str:
     return format_html('{}<p id="ab-decision">{}</p>', text, run_ab_decision_html(test))
 
 
-def run_ab_decision_html(test: RunABTest) -> str:
+def run_ab_decision_html(test: RunABTest, *, on_results_page: bool = False) -> str:
     """Where a run's test stands: decided (what, when, why) or waiting."""
     run = test.run
-    results = reverse("admin:campaigns_campaignrun_results", args=[run.pk])
+    results = format_html(
+        '<a href="{}">Results</a>', reverse("admin:campaigns_campaignrun_results", args=[run.pk])
+    )
+    if on_results_page:
+        results = ""
     if test.winner:
         return format_html(
-            "Run {}: variant <strong>{}</strong> won on {} and went to {} more recipients. "
-            '{} <a href="{}">Results</a>',
+            "Run {}: variant <strong>{}</strong> won on {} and went to {} more recipients. {} {}",
             run.pk,
             test.winner,
             timezone.localtime(test.decided_at).strftime("%Y-%m-%d %H:%M"),
@@ -166,7 +169,7 @@ def run_ab_decision_html(test: RunABTest) -> str:
         )
     if run.status not in CampaignRun.ACTIVE:
         return format_html(
-            'Run {}: {} before a winner was chosen. <a href="{}">Results</a>',
+            "Run {}: {} before a winner was chosen. {}",
             run.pk,
             run.get_status_display().lower(),
             results,
@@ -178,7 +181,7 @@ def run_ab_decision_html(test: RunABTest) -> str:
             "%Y-%m-%d %H:%M"
         )
     return format_html(
-        'Run {}: testing; {}. <a href="{}">Results</a> · <a href="{}">Choose the winner now…</a>',
+        'Run {}: testing; {}. {} <a href="{}">Choose the winner now…</a>',
         run.pk,
         waiting,
         results,
@@ -195,7 +198,7 @@ def run_ab_context(run: CampaignRun) -> dict:
     return {
         "ab": report,
         "ab_statements": [report.statement("opens"), report.statement("clicks")],
-        "ab_decision": run_ab_decision_html(test),
+        "ab_decision": run_ab_decision_html(test, on_results_page=True),
         "ab_metric": test.get_metric_display().lower(),
     }
 

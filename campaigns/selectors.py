@@ -241,11 +241,11 @@ class GroupResult:
 
     @property
     def open_rate_text(self) -> str:
-        return f"{self.open_rate:.1%}" if self.sent else "-"
+        return f"{self.open_rate * 100:.1f} %" if self.sent else "-"
 
     @property
     def click_rate_text(self) -> str:
-        return f"{self.click_rate:.1%}" if self.sent else "-"
+        return f"{self.click_rate * 100:.1f} %" if self.sent else "-"
 
 
 def run_ab_group_results(*, run_id: int) -> dict[str, GroupResult]:

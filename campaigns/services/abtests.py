@@ -189,7 +189,7 @@ def run_ab_winner_pick(*, test: RunABTest) -> tuple[str, str]:
     ranked = report.ranked(test.metric)
     leader = ranked[0]
     words = f"{leader.label} had the highest {report.rate_name(test.metric)}"
-    words += f" ({leader.rate(test.metric):.1%} of {leader.sent} sent)."
+    words += f" ({leader.rate(test.metric) * 100:.1f} % of {leader.sent} sent)."
     statement = report.statement(test.metric)
     return leader.label, f"{words} {statement}" if statement else words
 
