@@ -202,6 +202,8 @@ class CampaignForm(forms.ModelForm):
         self.fields["schedule_time_zone"].initial = settings.TIME_ZONE
         self.fields["transport"].initial = settings.NOTIFIER_DEFAULT_TRANSPORT
         self.fields["context"].initial = {}
+        self.fields["ab_winner_metric"].required = False
+        self.fields["ab_wait_minutes"].required = False
         self.fields["send_at"].help_text = "In the time zone below; it must be in the future."
         self.fields["sender"].empty_label = f"Default sender ({settings.DEFAULT_FROM_EMAIL})"
         self.fields["sender"].error_messages["invalid_choice"] = (
@@ -212,6 +214,17 @@ class CampaignForm(forms.ModelForm):
         if self.instance.send_at is not None and not self.is_bound:
             zone = zoneinfo.ZoneInfo(self.instance.schedule_time_zone)
             self.initial["send_at"] = timezone.make_naive(self.instance.send_at, zone)
+
+    def _kept(self, name: str):
+        """An A/B setting left out of the post keeps its current value."""
+        value = self.cleaned_data.get(name)
+        return getattr(self.instance, name) if value in (None, "") else value
+
+    def clean_ab_winner_metric(self):
+        return self._kept("ab_winner_metric")
+
+    def clean_ab_wait_minutes(self):
+        return self._kept("ab_wait_minutes")
 
     def clean_context(self):
         return self.cleaned_data.get("context") or {}

@@ -144,7 +144,7 @@ def run_ab_test_open(*, run: CampaignRun, launched_at: datetime) -> RunABTest | 
 
 def _materialise(*, run: CampaignRun, group_id: int, audience, variant: dict, group: str) -> int:
     return deliveries_materialise(
-        group=DeliveryGroup(pk=group_id),
+        group=DeliveryGroup.objects.get(pk=group_id),
         audience=audience,
         kind=Delivery.Kind.CAMPAIGN,
         template_id=variant["template_id"],

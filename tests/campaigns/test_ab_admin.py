@@ -91,7 +91,7 @@ def _refused(client, data, *, where: str, text: str):
         ({"ab_test_share": "99999999999"}, "The test share is a percentage from 1 to 50."),
         ({"ab_wait_minutes": "5"}, "Wait between 15 minutes and 7 days (10080 minutes)."),
         ({"ab_wait_minutes": "20000"}, "Wait between 15 minutes and 7 days (10080 minutes)."),
-        ({"ab_wait_minutes": ""}, "This field is required."),
+        ({"ab_wait_minutes": "-1"}, "greater than or equal to 0"),
         ({"ab_winner_metric": "revenue"}, "Select a valid choice."),
         ({"local_send_time": "09:00"}, "cannot be combined with a recipient-local send time"),
         ({"variants-0-subject": "{% if %}"}, "This subject does not work as a template"),
