@@ -409,7 +409,13 @@ class CampaignVariant(models.Model):
         verbose_name = "A/B variant"
 
     def __str__(self) -> str:
-        return f"Variant {self.position + 1} of {self.campaign_id}"
+        if self.pk is None:
+            return "New variant"
+        before = CampaignVariant.objects.filter(campaign_id=self.campaign_id).filter(
+            models.Q(position__lt=self.position) | models.Q(position=self.position, id__lt=self.pk)
+        )
+        index = before.count()
+        return f"Variant {AB_LABELS[index] if index < len(AB_LABELS) else index + 1}"
 
 
 class RunABTest(models.Model):

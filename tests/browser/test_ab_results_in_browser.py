@@ -70,3 +70,11 @@ def test_the_results_page_shows_both_variants_and_the_confidence(
     page.screenshot(path=screenshot_path("ab-results-decided"), full_page=True)
     assert RunABTest.objects.get(run=run).winner == "B"
     assert rows.count() == 2000
+
+    page.goto(f"{admin}campaigns/campaign/{campaign.pk}/change/")
+    expect(page.locator("#ab-summary")).to_contain_text(
+        "20 % of the audience get one of 2 variants (10 % each)"
+    )
+    expect(page.locator("#ab-summary")).to_contain_text("variant B won on")
+    page.locator("#ab-summary").scroll_into_view_if_needed()
+    page.screenshot(path=screenshot_path("ab-campaign-page"), full_page=True)

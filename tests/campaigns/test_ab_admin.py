@@ -71,6 +71,7 @@ def test_a_marketer_sets_up_a_test_and_reads_it_in_words(marketer, template):
         "with the highest open rate goes to the other 80 %." in page
     )
     assert "A/B variants" in page
+    assert [str(v) for v in campaign.variants.all()] == ["Variant A", "Variant B"]
 
 
 def _refused(client, data, *, where: str, text: str):
