@@ -24,6 +24,12 @@ from django.utils.html import escape, format_html, format_html_join
 from django.utils.text import slugify
 from django.views.decorators.http import require_POST
 
+from campaigns.abtest_admin import (
+    CampaignVariantInline,
+    campaign_ab_summary,
+    choose_winner_view,
+    run_ab_context,
+)
 from campaigns.charts import results_chart
 from campaigns.errors import CampaignError, ImportFileError
 from campaigns.forms import CAMPAIGN_FIELDSETS, CRON_FIELDS, READONLY, CampaignForm
@@ -309,6 +315,11 @@ class CampaignAdmin(admin.ModelAdmin):
     readonly_fields = READONLY
     change_form_template = "admin/campaigns/campaign/change_form.html"
     fieldsets = CAMPAIGN_FIELDSETS
+    inlines = [CampaignVariantInline]
+
+    @admin.display(description="The test in words")
+    def ab_test_summary(self, obj):
+        return format_html('<div id="ab-summary">{}</div>', campaign_ab_summary(obj))
 
     @admin.display(description="Schedule")
     def schedule_summary(self, obj):
@@ -800,7 +811,12 @@ class CampaignRunAdmin(ReadOnlyAdmin):
         results = path(
             "<int:pk>/results/", view(self.results_view), name="campaigns_campaignrun_results"
         )
-        return [results, *super().get_urls()]
+        winner = path(
+            "<int:pk>/winner/",
+            view(lambda request, pk: choose_winner_view(self, request, pk)),
+            name="campaigns_campaignrun_winner",
+        )
+        return [results, winner, *super().get_urls()]
 
     def results_view(self, request, pk):
         run = get_object_or_404(CampaignRun.objects.select_related("campaign"), pk=pk)
@@ -821,6 +837,8 @@ class CampaignRunAdmin(ReadOnlyAdmin):
                 "totals": totals,
                 "events": delivery_event_totals(run_id=run.pk),
                 "time_zone": timezone.get_current_timezone_name(),
+                "can_choose": request.user.has_perm("campaigns.change_campaign"),
+                **run_ab_context(run),
             },
         )
 

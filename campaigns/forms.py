@@ -12,7 +12,7 @@ from django import forms
 from django.conf import settings
 from django.utils import timezone
 
-from campaigns.models import Campaign
+from campaigns.models import AB_WAIT_MIN, Campaign, WinnerMetric
 from campaigns.services.campaigns import campaign_problems
 
 # Plain words for the configured transports; another name shows as itself.
@@ -83,9 +83,26 @@ CAMPAIGN_FIELDSETS = (
             "get the default zone.",
         },
     ),
+    (
+        "A/B test",
+        {
+            "fields": ("ab_test_share", "ab_winner_metric", "ab_wait_minutes", "ab_test_summary"),
+            "description": "Optional: try 2 to 4 variants (below, under “A/B variants”) on a "
+            "share of the audience, then send the winner to everyone else. Each recipient "
+            "gets exactly one version.",
+        },
+    ),
     ("History", {"fields": ("created_by", "created_at", "updated_at"), "classes": ("collapse",)}),
 )
-READONLY = ("status", "audience_size", "next_sends", "created_by", "created_at", "updated_at")
+READONLY = (
+    "status",
+    "audience_size",
+    "next_sends",
+    "ab_test_summary",
+    "created_by",
+    "created_at",
+    "updated_at",
+)
 
 
 def _flatten(fieldsets) -> list[str]:
@@ -155,6 +172,9 @@ class CampaignForm(forms.ModelForm):
             "cron_day_of_month": "Day of month",
             "cron_month_of_year": "Month",
             "cron_day_of_week": "Day of week",
+            "ab_test_share": "Test share (%)",
+            "ab_winner_metric": "Winner by",
+            "ab_wait_minutes": "Wait (minutes)",
         }
         help_texts = {
             "name": "For you and your colleagues; recipients never see it.",
@@ -182,6 +202,8 @@ class CampaignForm(forms.ModelForm):
         self.fields["schedule_time_zone"].initial = settings.TIME_ZONE
         self.fields["transport"].initial = settings.NOTIFIER_DEFAULT_TRANSPORT
         self.fields["context"].initial = {}
+        self.fields["ab_winner_metric"].required = False
+        self.fields["ab_wait_minutes"].required = False
         self.fields["send_at"].help_text = "In the time zone below; it must be in the future."
         self.fields["sender"].empty_label = f"Default sender ({settings.DEFAULT_FROM_EMAIL})"
         self.fields["sender"].error_messages["invalid_choice"] = (
@@ -192,6 +214,17 @@ class CampaignForm(forms.ModelForm):
         if self.instance.send_at is not None and not self.is_bound:
             zone = zoneinfo.ZoneInfo(self.instance.schedule_time_zone)
             self.initial["send_at"] = timezone.make_naive(self.instance.send_at, zone)
+
+    def _kept(self, name: str):
+        """An A/B setting left out of the post keeps its current value."""
+        value = self.cleaned_data.get(name)
+        return getattr(self.instance, name) if value in (None, "") else value
+
+    def clean_ab_winner_metric(self):
+        return self._kept("ab_winner_metric")
+
+    def clean_ab_wait_minutes(self):
+        return self._kept("ab_wait_minutes")
 
     def clean_context(self):
         return self.cleaned_data.get("context") or {}
@@ -223,6 +256,10 @@ class CampaignForm(forms.ModelForm):
             context=cleaned.get("context") or {},
             schedule=schedule,
             send_at=send_at,
+            local_send_time=cleaned.get("local_send_time"),
+            ab_test_share=cleaned.get("ab_test_share"),
+            ab_winner_metric=cleaned.get("ab_winner_metric") or WinnerMetric.OPENS,
+            ab_wait_minutes=cleaned.get("ab_wait_minutes") or AB_WAIT_MIN,
         )
         for field, problem in campaign_problems(campaign=probe, check_audience=False).items():
             if field in self.fields and field not in self.errors:

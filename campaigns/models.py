@@ -9,6 +9,7 @@ through ``Delivery.run_id`` (notifier never imports this app). Services in
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django_celery_beat.validators import (
     day_of_month_validator,
@@ -130,6 +131,18 @@ class SegmentCondition(models.Model):
             raise ValidationError(str(exc)) from exc
 
 
+AB_SHARE_MIN, AB_SHARE_MAX = 1, 50
+AB_WAIT_MIN, AB_WAIT_MAX = 15, 7 * 24 * 60
+AB_VARIANTS_MIN, AB_VARIANTS_MAX = 2, 4
+AB_LABELS = "ABCD"
+
+
+class WinnerMetric(models.TextChoices):
+    OPENS = "opens", "Highest open rate"
+    CLICKS = "clicks", "Highest click rate"
+    MANUAL = "manual", "I choose (manually)"
+
+
 class Campaign(models.Model):
     """What to send, to whom, through which transport, and when.
 
@@ -229,6 +242,35 @@ class Campaign(models.Model):
         help_text="Each recipient gets the message at the hour of their day at which they "
         "opened and clicked most over the last 90 days; recipients with too little history "
         "get the local send time above. Needs a local send time.",
+    )
+    # An A/B test (see ``CampaignVariant`` and ``RunABTest``): a share of each
+    # run's audience gets one of the variants; the winner goes to the rest.
+    ab_test_share = models.PositiveSmallIntegerField(
+        "test share (%)",
+        null=True,
+        blank=True,
+        validators=[
+            MinValueValidator(AB_SHARE_MIN),
+            MaxValueValidator(AB_SHARE_MAX),
+        ],
+        help_text=f"Percent of the audience ({AB_SHARE_MIN}-{AB_SHARE_MAX}) split evenly "
+        "between the variants; the winner goes to everyone else. Empty: no A/B test.",
+    )
+    ab_winner_metric = models.CharField(
+        "winner by",
+        max_length=8,
+        choices=WinnerMetric.choices,
+        default=WinnerMetric.OPENS,
+    )
+    ab_wait_minutes = models.PositiveIntegerField(
+        "wait (minutes)",
+        default=240,
+        validators=[
+            MinValueValidator(AB_WAIT_MIN),
+            MaxValueValidator(AB_WAIT_MAX),
+        ],
+        help_text=f"How long after the launch the winner is chosen ({AB_WAIT_MIN} minutes "
+        "to 7 days; 240 is 4 hours).",
     )
     # The beat entry this campaign owns (one at most; see services.schedules).
     periodic_task = models.OneToOneField(
@@ -338,6 +380,92 @@ class CampaignRun(models.Model):
 
     def __str__(self) -> str:
         return f"Run {self.pk} of {self.campaign_id} ({self.status})"
+
+
+class CampaignVariant(models.Model):
+    """One version of an A/B-tested campaign: what it changes from the
+    campaign (an empty field keeps the campaign's own). Labelled A, B, ...
+    in ``position`` order."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="variants")
+    position = models.PositiveSmallIntegerField(default=0)
+    subject = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="Empty: the template's subject. Template tags work as in the template.",
+    )
+    sender = models.ForeignKey(
+        SenderIdentity,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        limit_choices_to={"domain": ""},
+        help_text="Empty: the campaign's sender.",
+    )
+    template = models.ForeignKey(
+        Template,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        limit_choices_to={"kind": "campaign"},
+        help_text="Empty: the campaign's template.",
+    )
+
+    class Meta:
+        ordering = ["position", "id"]
+        verbose_name = "A/B variant"
+
+    def __str__(self) -> str:
+        if self.pk is None:
+            return "New variant"
+        before = CampaignVariant.objects.filter(campaign_id=self.campaign_id).filter(
+            models.Q(position__lt=self.position) | models.Q(position=self.position, id__lt=self.pk)
+        )
+        index = before.count()
+        return f"Variant {AB_LABELS[index] if index < len(AB_LABELS) else index + 1}"
+
+
+class RunABTest(models.Model):
+    """A run's A/B test: its variants as they were at the launch, when the
+    winner is due, and the decision.
+
+    Undecided while ``winner`` is empty; the run does not close then. The
+    decision and the rows of the rest of the audience commit together
+    (``campaigns.services.abtests``), so a second trigger finds it decided.
+    """
+
+    run = models.OneToOneField(
+        CampaignRun, on_delete=models.CASCADE, primary_key=True, related_name="ab_test"
+    )
+    share = models.PositiveSmallIntegerField("test share (%)")
+    metric = models.CharField("winner by", max_length=8, choices=WinnerMetric.choices)
+    # [{"label": "A", "subject": ..., "template_id": ..., "from_email": ...,
+    #   "description": ...}, ...]
+    variants = models.JSONField(default=list)
+    decide_at = models.DateTimeField("winner due at")
+    winner = models.CharField(max_length=1, blank=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decision = models.TextField(blank=True, help_text="Why this variant won, in words.")
+    rest = models.PositiveIntegerField("rest of the audience", default=0)
+
+    class Meta:
+        verbose_name = "A/B test of a run"
+        indexes = [
+            models.Index(
+                fields=["decide_at"], condition=models.Q(winner=""), name="run_abtest_due_idx"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"A/B test of run {self.run_id}"
+
+    def variant(self, label: str) -> dict | None:
+        return next((v for v in self.variants if v["label"] == label), None)
 
 
 class SignupForm(models.Model):

@@ -10,10 +10,19 @@ import cron_descriptor
 from celery.schedules import crontab
 from django.db import connection
 from django.db.models import Count, Exists, Max, Min, OuterRef, Q, QuerySet
+from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Coalesce, Trunc
 from django.utils import timezone
 
-from campaigns.models import Campaign, CampaignRun, ContactList, ListMembership, Segment
+from campaigns.abstats import Comparison, compare, comparison_in_words
+from campaigns.models import (
+    Campaign,
+    CampaignRun,
+    ContactList,
+    ListMembership,
+    RunABTest,
+    Segment,
+)
 from campaigns.segments import segment_q
 from notifier.models import Delivery, DeliveryEvent, Recipient, Suppression
 from notifier.services.local_times import known_zones
@@ -205,6 +214,125 @@ def run_results(*, run_id: int) -> RunResults:
     # One empty bucket before the first, so the first rise is visible.
     results.start, results.end = min(buckets) - results.step, max(buckets) + results.step
     return results
+
+
+# The key of a Delivery's own context naming its A/B group: a variant's
+# label for the test share, ``AB_REST`` for the winner sent to the rest.
+AB_GROUP_KEY = "ab_group"
+AB_REST = "rest"
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    """One A/B group's messages: how many, sent, opened and clicked."""
+
+    group: str
+    total: int = 0
+    sent: int = 0
+    opened: int = 0
+    clicked: int = 0
+
+    @property
+    def open_rate(self) -> float:
+        return self.opened / self.sent if self.sent else 0.0
+
+    @property
+    def click_rate(self) -> float:
+        return self.clicked / self.sent if self.sent else 0.0
+
+    @property
+    def open_rate_text(self) -> str:
+        return f"{self.open_rate * 100:.1f} %" if self.sent else "-"
+
+    @property
+    def click_rate_text(self) -> str:
+        return f"{self.click_rate * 100:.1f} %" if self.sent else "-"
+
+
+def run_ab_group_results(*, run_id: int) -> dict[str, GroupResult]:
+    """Per A/B group of the run (a variant's label, or ``AB_REST``): rows,
+    sent, opened (at least once) and clicked. One grouped query."""
+    sent = Q(status__in=SENT_STATUSES)
+    rows = (
+        Delivery.objects.filter(run_id=run_id)
+        .annotate(group=KeyTextTransform(AB_GROUP_KEY, "context"))
+        .order_by()
+        .values("group")
+        .annotate(
+            total=Count("id"),
+            sent=Count("id", filter=sent),
+            opened=Count("id", filter=sent & Q(opens__gt=0)),
+            clicked=Count("id", filter=sent & Q(clicks__gt=0)),
+        )
+    )
+    return {row["group"]: GroupResult(**row) for row in rows if row["group"]}
+
+
+@dataclass(frozen=True)
+class VariantRow:
+    label: str
+    description: str
+    result: GroupResult
+
+    @property
+    def sent(self) -> int:
+        return self.result.sent
+
+    def rate(self, metric: str) -> float:
+        return self.result.click_rate if metric == "clicks" else self.result.open_rate
+
+
+@dataclass
+class ABReport:
+    """A run's A/B test as staff read it: each variant's figures, the rest,
+    and whether the differences are meaningful (``campaigns.abstats``)."""
+
+    test: RunABTest
+    variants: list[VariantRow]
+    rest: GroupResult
+
+    @staticmethod
+    def rate_name(metric: str) -> str:
+        return "click rate" if metric == "clicks" else "open rate"
+
+    def ranked(self, metric: str) -> list[VariantRow]:
+        """Best rate first; a tie keeps the label order."""
+        return sorted(self.variants, key=lambda row: -row.rate(metric))
+
+    def comparisons(self, metric: str) -> list[Comparison]:
+        """The leader against each other variant."""
+        ranked = self.ranked(metric)
+        counted = "clicked" if metric == "clicks" else "opened"
+
+        def figures(row: VariantRow) -> tuple[str, int, int]:
+            return row.label, getattr(row.result, counted), row.sent
+
+        return [compare(figures(ranked[0]), figures(other)) for other in ranked[1:]]
+
+    def statement(self, metric: str) -> str:
+        name = self.rate_name(metric)
+        return " ".join(comparison_in_words(c, rate_name=name) for c in self.comparisons(metric))
+
+    @property
+    def winner_row(self) -> VariantRow | None:
+        return next((row for row in self.variants if row.label == self.test.winner), None)
+
+
+def run_ab_report(*, test: RunABTest) -> ABReport:
+    """The A/B report of a run's test (one grouped query)."""
+    groups = run_ab_group_results(run_id=test.run_id)
+    return ABReport(
+        test=test,
+        variants=[
+            VariantRow(
+                label=v["label"],
+                description=v["description"],
+                result=groups.get(v["label"], GroupResult(group=v["label"])),
+            )
+            for v in test.variants
+        ],
+        rest=groups.get(AB_REST, GroupResult(group=AB_REST)),
+    )
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ safe to run twice (launches lock the run, claims are conditional).
 from celery import shared_task
 
 from campaigns.models import CampaignRun
+from campaigns.services.abtests import run_ab_tests_decide_due
 from campaigns.services.campaigns import campaign_run_create
 from campaigns.services.runs import (
     campaign_run_finalise,
@@ -46,3 +47,9 @@ def finish_run(run_id: int) -> bool:
 @shared_task(name="campaigns.maintain_runs", acks_late=True, ignore_result=True)
 def maintain_runs() -> dict[str, int]:
     return campaign_runs_maintain()
+
+
+@shared_task(name="campaigns.decide_ab_tests", acks_late=True, ignore_result=True)
+def decide_ab_tests() -> dict[str, int]:
+    """Beat: send the winners of A/B tests whose wait is over."""
+    return run_ab_tests_decide_due()

@@ -96,6 +96,9 @@ def marketing_group(db):
         importlib.import_module("campaigns.migrations.0002_marketing_group"),
         importlib.import_module("journeys.migrations.0002_marketing_permissions"),
     ]
+    campaign_permissions = [
+        importlib.import_module("campaigns.migrations.0013_ab_test_permissions"),
+    ]
     group, created = Group.objects.get_or_create(name=migrations[0].GROUP)
     if created:
         signups = importlib.import_module("campaigns.migrations.0009_signup_forms_consents")
@@ -105,6 +108,13 @@ def marketing_group(db):
         }
         for migration in migrations:
             wanted.update(migration.PERMISSIONS)
+        for migration in campaign_permissions:
+            wanted.update(
+                {
+                    ("campaigns", model): actions
+                    for model, actions in migration.MARKETING_PERMISSIONS.items()
+                }
+            )
         for (app_label, model), actions in wanted.items():
             group.permissions.add(
                 *Permission.objects.filter(

@@ -2,7 +2,7 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    dependencies = [("campaigns", "0011_local_send_times")]
+    dependencies = [("campaigns", "0013_ab_test_permissions")]
 
     operations = [
         migrations.AddField(

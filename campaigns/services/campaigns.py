@@ -10,6 +10,7 @@ from django.utils import timezone
 from campaigns.errors import CampaignError
 from campaigns.models import Campaign, CampaignRun
 from campaigns.selectors import campaign_active_run
+from campaigns.services.abtests import campaign_ab_problems
 from campaigns.services.runs import campaign_run_cancel
 from campaigns.services.schedules import campaign_schedule_remove, campaign_schedule_sync
 from notifier import templating
@@ -23,8 +24,11 @@ from notifier.services.templates import template_sent_html
 logger = logging.getLogger(__name__)
 
 
-def campaign_problems(*, campaign: Campaign, check_audience: bool = True) -> dict[str, str]:
-    """What is wrong with the campaign's settings, per field ({} when fine)."""
+def campaign_problems(
+    *, campaign: Campaign, check_audience: bool = True, variant_count: int | None = None
+) -> dict[str, str]:
+    """What is wrong with the campaign's settings, per field ({} when fine).
+    ``variant_count``: the A/B variants being entered (default: the saved ones)."""
     problems = {}
     if campaign.transport not in settings.NOTIFIER_TRANSPORTS:
         problems["transport"] = (
@@ -52,6 +56,7 @@ def campaign_problems(*, campaign: Campaign, check_audience: bool = True) -> dic
             problems["template"] = f"With this context, the template breaks a render limit: {exc}"
         except Exception:  # other errors depend on the recipient; each send reports its own
             pass
+    problems.update(campaign_ab_problems(campaign=campaign, variant_count=variant_count))
     if campaign.schedule == Campaign.Schedule.ONCE and campaign.send_at is None:
         problems["send_at"] = "Give the time to send at."
     if (

@@ -11,6 +11,9 @@ same id, whose state the batches read and whose context they render with.
   ``CASE`` over the zone in the insert); rows not yet due are not
   dispatched: the sweeper hands them out when they are, and the run closes
   when the last zone is done.
+* **A/B tests.** A campaign with an A/B test materialises only its test
+  share at the launch (``campaigns.services.abtests``); the run stays open
+  until the winner's rows for the rest are written and sent.
 * **Materialise once.** A run's Deliveries are written by the outbox's one
   ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` inside the transaction
   that moves the run ``queued -> running`` under a row lock, so a second
@@ -51,6 +54,11 @@ from campaigns.selectors import (
     run_totals,
     runs_to_maintain,
     runs_with_rows_in_doubt,
+)
+from campaigns.services.abtests import (
+    run_ab_materialise_test,
+    run_ab_test_open,
+    run_ab_test_pending,
 )
 from notifier.instruments import count_task_failure
 from notifier.models import Delivery
@@ -113,6 +121,9 @@ def run_materialise(*, run: CampaignRun) -> int:
         context=campaign.context or {},
     )
     launched_at = run.started_at or timezone.now()
+    ab_test = run_ab_test_open(run=run, launched_at=launched_at)
+    if ab_test is not None:  # only the test share now; the winner goes to the rest later
+        return run_ab_materialise_test(run=run, test=ab_test)
     added = deliveries_materialise(
         group=group,
         audience=campaign_audience(campaign=campaign),
@@ -349,6 +360,8 @@ def campaign_run_finalise(*, run_id: int) -> bool:
         counts = run_status_counts(run_id=run_id)
         if any(counts.get(status) for status in IN_FLIGHT):
             return False
+        if run.status == CampaignRun.Status.RUNNING and run_ab_test_pending(run_id=run_id):
+            return False  # the A/B winner is still to go to the rest
         if run.status == CampaignRun.Status.RUNNING:
             run.status = CampaignRun.Status.DONE
         run.finished_at = timezone.now()

@@ -420,6 +420,14 @@ CELERY_BEAT_SCHEDULE["campaigns-maintain-runs"] = {
     "options": {"queue": "maintenance", "expires": 60},
 }
 
+# Sends the winner of each A/B test whose wait is over (a due time in the
+# database): the winner goes out at most this late.
+CELERY_BEAT_SCHEDULE["campaigns-decide-ab-tests"] = {
+    "task": "campaigns.decide_ab_tests",
+    "schedule": CELERY_BEAT_SCHEDULE["campaigns-maintain-runs"]["schedule"],
+    "options": {"queue": "maintenance", "expires": 60},
+}
+
 # --- Journeys (automations) ---------------------------------------------------------
 # Enrollments per step batch task.
 JOURNEYS_BATCH_SIZE = env.int("JOURNEYS_BATCH_SIZE", default=100)

@@ -87,7 +87,8 @@ def inline_html_document(html: str) -> str:
 def _content(delivery: Delivery) -> tuple[str, str, str]:
     if delivery.template_id:
         t = delivery.template
-        return t.subject, template_sent_html(t), t.text_body
+        # A row's own subject wins (an A/B variant's).
+        return delivery.subject or t.subject, template_sent_html(t), t.text_body
     return delivery.subject, inline_html_document(delivery.html_body), delivery.text_body
 
 

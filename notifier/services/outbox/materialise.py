@@ -149,6 +149,8 @@ def deliveries_materialise(
     from_email: str,
     transport: str,
     due: DueByZone | None = None,
+    subject: str = "",
+    context: dict | None = None,
 ) -> int:
     """Write one Delivery of ``group`` per member of ``audience`` (a Recipient
     queryset) in one set-based statement; suppressed members get a
@@ -157,7 +159,9 @@ def deliveries_materialise(
     recipient) constraint makes a second call add nothing. Returns rows added.
 
     With ``due``, each row is due when its recipient's time zone says (one
-    ``CASE`` over the zone in the same statement)."""
+    ``CASE`` over the zone in the same statement). ``subject`` (a subject
+    source that wins over the template's) and ``context`` (the row's own
+    layer of context) are the same for every row written: an A/B variant's."""
     # The audience query yields what the reason and the due time need:
     # recipients are read once.
     audience = audience.values("id", "email", "status", "time_zone")
@@ -172,6 +176,8 @@ def deliveries_materialise(
             "template": ("%s", [template_id]),
             "from_email": ("%s", [from_email]),
             "transport": ("%s", [transport]),
+            "subject": ("%s", [subject]),
+            "context": ("%s", [_prep("context", context or {})]),
             "run": ("%s", [group.pk]),
             **_timing_sql(due=due, now=now),
             "created_at": ("%s", [_prep("created_at", now)]),
