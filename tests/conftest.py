@@ -255,6 +255,9 @@ def worker_env(django_db_setup, django_db_blocker, fake_esp_server, smtp_sink_se
         "SMTP_HOST": controller.hostname,
         "SMTP_PORT": str(controller.port),
         "ESP_READ_TIMEOUT": "1.5",
+        # Batch requests of five: the batch path with requests small enough
+        # that a run is still going when a test presses Pause.
+        "ESP_BATCH_SIZE": "5",
         "NOTIFIER_BACKOFF_BASE": "0.2",
         "NOTIFIER_BACKOFF_CAP": "1",
         "DB_CONN_MAX_AGE": "0",

@@ -100,14 +100,19 @@ def _transmit_batch(conn, items: list[Item], transport: str) -> list[Outcome]:
     with _tracer.start_as_current_span(
         "notifier.transport.send_batch",
         kind=trace.SpanKind.CLIENT,
-        attributes={"notifier.transport": transport, "notifier.messages": len(items)},
-    ):
+        attributes={
+            "notifier.transport": transport,
+            "notifier.messages": len(items),
+            "notifier.deliveries": [str(delivery.uuid) for delivery, _message in items],
+        },
+    ) as span:
         try:
             errors = conn.send_batch(messages)
         except Exception as exc:
             outcomes = classify_batch(messages, emails, errors=None, exc=exc)
         else:
             outcomes = classify_batch(messages, emails, errors=errors)
+        span.set_attribute("notifier.outcomes", [outcome.status for outcome in outcomes])
     statuses = [outcome.status for outcome in outcomes]
     observe_sends(transport=transport, outcomes=statuses, seconds=time.monotonic() - started)
     if logger.isEnabledFor(logging.INFO):  # one line per message, naming its row

@@ -81,14 +81,14 @@ def test_one_trace_from_the_api_request_to_the_transport_call(
             lambda: [
                 s
                 for s in _worker_spans(worker.log_path, start)
-                if s["name"] == "notifier.transport.send"
+                if s["name"] == "notifier.transport.send_batch"  # the ESP's batch request
             ],
             timeout=15,
         )
         (send,) = sends
         assert send["context"]["trace_id"] == trace_id
-        assert send["attributes"]["notifier.delivery"] == str(delivery.uuid)
-        assert send["attributes"]["notifier.outcome"] == "sent"
+        assert list(send["attributes"]["notifier.deliveries"]) == [str(delivery.uuid)]
+        assert list(send["attributes"]["notifier.outcomes"]) == ["sent"]
         assert send["resource"]["attributes"]["service.name"] == "notifier-worker"
         task = [
             s

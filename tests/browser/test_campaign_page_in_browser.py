@@ -160,7 +160,7 @@ def test_the_run_panel_follows_the_run_without_reload(
         sender=SenderIdentity.objects.create(name="Shop", email="news@shop.example"),
     )
     campaign.contact_lists.set([contact_list])
-    fake_esp.faults["delay"] = 0.4  # slow enough to press the buttons mid-run
+    fake_esp.faults["delay"] = 1.0  # per request of five: slow enough to press the buttons
     page.goto(f"{admin}campaigns/campaign/{campaign.pk}/change/")
     expect(page.locator("form[data-action=pause]")).to_be_hidden()
 
@@ -213,7 +213,7 @@ def test_the_run_panel_follows_the_run_without_reload(
     assert page.evaluate("window.stillThisPage") is True
 
     # A second run, cancelled: the message's figures add up to the run.
-    fake_esp.faults["delay"] = 0.6
+    fake_esp.faults["delay"] = 1.5
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Launch now").click()
     expect(page.locator("form[data-action=pause]")).to_be_visible()

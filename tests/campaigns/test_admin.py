@@ -285,7 +285,7 @@ def test_marketing_user_runs_a_campaign_from_the_admin(
     # Launch; two addresses are rejected by the ESP; pause and resume part-way.
     # (refused as invalid: an inactive-recipient answer would suppress them)
     fake_esp.faults["invalid"] = ["c3@example.com", "c4@example.com"]
-    fake_esp.faults["delay"] = 0.02
+    fake_esp.faults["delay"] = 0.15  # per request of five messages
     _action(marketer, campaign.pk, "launch")
     run = wait_for(lambda: CampaignRun.objects.filter(campaign=campaign).first())
     wait_for(lambda: len(fake_esp.messages) >= 30, timeout=60)
