@@ -44,6 +44,26 @@ class CampaignFactory(factory.django.DjangoModelFactory):
     sender = factory.SubFactory(SenderIdentityFactory)
 
 
+def campaign_form_data(**overrides) -> dict:
+    """What the admin's campaign form posts for a campaign sent by hand."""
+    data = {
+        "name": "Spring sale",
+        "context": '{"offer": "10% off"}',
+        "transport": "esp",
+        "schedule": "none",
+        "send_at_0": "",
+        "send_at_1": "",
+        "cron_minute": "0",
+        "cron_hour": "*",
+        "cron_day_of_month": "*",
+        "cron_month_of_year": "*",
+        "cron_day_of_week": "*",
+        "schedule_time_zone": "Europe/Paris",
+    }
+    data.update(overrides)
+    return data
+
+
 def add_members(contact_list: ContactList, recipients) -> None:
     ListMembership.objects.bulk_create(
         [ListMembership(contact_list=contact_list, recipient=r) for r in recipients]
@@ -57,4 +77,5 @@ __all__ = [
     "SegmentConditionFactory",
     "SegmentFactory",
     "add_members",
+    "campaign_form_data",
 ]

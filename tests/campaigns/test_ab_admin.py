@@ -12,7 +12,7 @@ from campaigns.errors import CampaignError
 from campaigns.models import Campaign, CampaignVariant, RunABTest
 from campaigns.services.campaigns import campaign_run_create
 from notifier.models import Delivery
-from tests.campaigns.factories import CampaignFactory, ContactListFactory
+from tests.campaigns.factories import CampaignFactory, ContactListFactory, campaign_form_data
 from tests.campaigns.test_ab_tests import ab_campaign, launched
 from tests.notifier.factories import TemplateFactory
 
@@ -26,29 +26,22 @@ def template():
 
 
 def _form(template, contact_list, variants=(), **overrides):
-    data = {
-        "name": "Spring test",
-        "context": "{}",
-        "transport": "esp",
-        "schedule": "none",
-        "send_at_0": "",
-        "send_at_1": "",
-        "cron_minute": "0",
-        "cron_hour": "*",
-        "cron_day_of_month": "*",
-        "cron_month_of_year": "*",
-        "cron_day_of_week": "*",
-        "schedule_time_zone": "UTC",
-        "template": template.pk,
-        "contact_lists": [contact_list.pk],
-        "ab_test_share": "20",
-        "ab_winner_metric": "opens",
-        "ab_wait_minutes": "240",
-        "variants-TOTAL_FORMS": str(len(variants)),
-        "variants-INITIAL_FORMS": "0",
-        "variants-MIN_NUM_FORMS": "0",
-        "variants-MAX_NUM_FORMS": "4",
-    }
+    data = campaign_form_data(
+        name="Spring test",
+        context="{}",
+        schedule_time_zone="UTC",
+        template=template.pk,
+        contact_lists=[contact_list.pk],
+        ab_test_share="20",
+        ab_winner_metric="opens",
+        ab_wait_minutes="240",
+        **{
+            "variants-TOTAL_FORMS": str(len(variants)),
+            "variants-INITIAL_FORMS": "0",
+            "variants-MIN_NUM_FORMS": "0",
+            "variants-MAX_NUM_FORMS": "4",
+        },
+    )
     for n, variant in enumerate(variants):
         data.update({f"variants-{n}-{key}": value for key, value in variant.items()})
     data.update(overrides)

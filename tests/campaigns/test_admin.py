@@ -13,7 +13,12 @@ from django_celery_beat.models import ClockedSchedule, PeriodicTask
 from campaigns.models import Campaign, CampaignRun, ContactList, Segment
 from campaigns.selectors import run_status_counts
 from notifier.models import Delivery, Recipient, Template
-from tests.campaigns.factories import CampaignFactory, ContactListFactory, add_members
+from tests.campaigns.factories import (
+    CampaignFactory,
+    ContactListFactory,
+    add_members,
+    campaign_form_data,
+)
 from tests.conftest import wait_for
 from tests.notifier.factories import RecipientFactory
 
@@ -37,23 +42,7 @@ def _action(client, campaign_id, action, **data):
     return [str(m) for m in response.context["messages"]]
 
 
-def _campaign_form(**overrides):
-    data = {
-        "name": "Spring sale",
-        "context": '{"offer": "10% off"}',
-        "transport": "esp",
-        "schedule": "none",
-        "send_at_0": "",
-        "send_at_1": "",
-        "cron_minute": "0",
-        "cron_hour": "*",
-        "cron_day_of_month": "*",
-        "cron_month_of_year": "*",
-        "cron_day_of_week": "*",
-        "schedule_time_zone": "Europe/Paris",
-    }
-    data.update(overrides)
-    return data
+_campaign_form = campaign_form_data
 
 
 @pytest.mark.django_db

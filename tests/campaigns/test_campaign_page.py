@@ -16,7 +16,12 @@ from campaigns.services.runs import campaign_run_launch
 from notifier.models import Delivery, Recipient, Suppression
 from notifier.services.previews import TEST_HEADER
 from notifier.services.unsubscribe import unsubscribe_token_read
-from tests.campaigns.factories import CampaignFactory, ContactListFactory, add_members
+from tests.campaigns.factories import (
+    CampaignFactory,
+    ContactListFactory,
+    add_members,
+    campaign_form_data,
+)
 from tests.notifier.factories import RecipientFactory, TemplateFactory
 
 ADMIN = "/admin/campaigns/campaign"
@@ -25,23 +30,7 @@ PARIS = ZoneInfo("Europe/Paris")
 pytestmark = pytest.mark.django_db
 
 
-def _form(**overrides):
-    data = {
-        "name": "Spring sale",
-        "context": '{"offer": "10% off"}',
-        "transport": "esp",
-        "schedule": "none",
-        "send_at_0": "",
-        "send_at_1": "",
-        "cron_minute": "0",
-        "cron_hour": "*",
-        "cron_day_of_month": "*",
-        "cron_month_of_year": "*",
-        "cron_day_of_week": "*",
-        "schedule_time_zone": "Europe/Paris",
-    }
-    data.update(overrides)
-    return data
+_form = campaign_form_data
 
 
 @pytest.fixture

@@ -14,7 +14,12 @@ from notifier.engagement import MIN_EVENTS, best_hours, engagement_insight
 from notifier.engagement import recipient_engagement_hours as hours_of
 from notifier.models import Delivery, DeliveryEvent, Recipient
 from notifier.services.local_times import next_local_time, zone_info
-from tests.campaigns.factories import CampaignFactory, ContactListFactory, add_members
+from tests.campaigns.factories import (
+    CampaignFactory,
+    ContactListFactory,
+    add_members,
+    campaign_form_data,
+)
 from tests.notifier.factories import DeliveryFactory, RecipientFactory
 
 pytestmark = pytest.mark.django_db
@@ -163,10 +168,8 @@ def test_a_campaign_sends_each_recipient_at_their_best_hour_once():
 
 
 def test_best_hour_needs_a_local_send_time(marketer):
-    from tests.campaigns.test_admin import _campaign_form
-
     response = marketer.post(
-        "/admin/campaigns/campaign/add/", _campaign_form(send_at_best_hour="on")
+        "/admin/campaigns/campaign/add/", campaign_form_data(send_at_best_hour="on")
     )
     assert response.status_code == 200
     errors = response.context["adminform"].form.errors
