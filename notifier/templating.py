@@ -14,12 +14,21 @@ callers, so the engine can reach nothing but that data:
   (nodes rendered and loop iterations), wall-clock time, output size, and the
   width arguments of the filters that can multiply output. The budget is
   counted as the render proceeds, so it holds in any thread (no signals).
+
+A campaign's messages share a layer of context (the run's, see
+``shared_layer``). The parts of a template that read nothing else (a product
+list, an article block) render once per run and process, and every message
+reuses their output; see ``_SharedParts``.
 """
 
+import copy
 import functools
+import hashlib
 import json
 import re
+import threading
 import time
+from collections import OrderedDict
 
 import html2text
 from django.conf import settings
@@ -31,7 +40,18 @@ from django.template import (
     defaultfilters,
     defaulttags,
 )
-from django.template.base import Lexer, Node, TokenType
+from django.template.base import (
+    FilterExpression,
+    Lexer,
+    Node,
+    NodeList,
+    TextNode,
+    TokenType,
+    Variable,
+    VariableNode,
+)
+from django.template.defaulttags import TemplateLiteral
+from django.template.smartif import TokenBase
 
 ALLOWED_TAGS = (
     "autoescape",
@@ -314,10 +334,176 @@ def freeze(value):
     return value
 
 
-def render(source: str, context: dict, *, autoescape: bool = True) -> str:
-    """Render ``source`` with a read-only ``context`` under a fresh budget."""
+# --- Parts shared by every message of a run ----------------------------------------------
+
+
+class SharedContext(FrozenDict):
+    """A read-only context layer every message of a run shares, with a
+    fingerprint of its content: rendered parts are reused per fingerprint."""
+
+    fingerprint = ""
+
+
+def shared_layer(context: dict | None) -> SharedContext:
+    """``context`` (plain data) as the shared layer of a run's messages."""
+    layer = SharedContext((key, freeze(value)) for key, value in (context or {}).items())
+    encoded = json.dumps(context or {}, sort_keys=True, default=str).encode()
+    layer.fingerprint = hashlib.sha256(encoded).hexdigest()
+    return layer
+
+
+# A name no context binds: the node it is found in renders per message.
+_PER_MESSAGE = "\0per-message"
+# Filters whose output changes from one call to the next.
+_UNSHAREABLE_FILTERS = frozenset({"random", "timesince_filter", "timeuntil_filter"})
+
+
+def _variable_names(var) -> set[str]:
+    if not isinstance(var, Variable) or var.lookups is None:
+        return set()  # a literal
+    if var.lookups[:2] == ("forloop", "parentloop"):
+        return {_PER_MESSAGE}  # an enclosing loop's state
+    return {var.lookups[0]}
+
+
+def _expression_names(expression) -> set[str]:
+    """The top-level context names a filter expression reads."""
+    if not isinstance(expression, FilterExpression):
+        return {_PER_MESSAGE}
+    names = _variable_names(expression.var)
+    for func, args in expression.filters:
+        if getattr(func, "__name__", "") in _UNSHAREABLE_FILTERS:
+            names.add(_PER_MESSAGE)
+        for is_lookup, arg in args:
+            if is_lookup:
+                names |= _variable_names(arg)
+    return names
+
+
+def _condition_names(condition) -> set[str]:
+    if condition is None:  # {% else %}
+        return set()
+    if isinstance(condition, TemplateLiteral):
+        return _expression_names(condition.value)
+    if isinstance(condition, TokenBase):  # an operator: and, or, not, ==, in, ...
+        return _condition_names(condition.first) | _condition_names(condition.second)
+    return {_PER_MESSAGE}
+
+
+def _nodelist_names(nodelist) -> set[str]:
+    names: set[str] = set()
+    for node in nodelist or ():
+        names |= _free_names(node)
+    return names
+
+
+def _free_names(node) -> set[str]:
+    """The top-level context names ``node`` reads (names its own loops bind
+    excluded); ``_PER_MESSAGE`` for anything else than text, variables,
+    ``for`` and ``if``, whose output may differ between two renders."""
+    if isinstance(node, TextNode):
+        return set()
+    if isinstance(node, VariableNode):
+        return _expression_names(node.filter_expression)
+    if isinstance(node, defaulttags.ForNode):
+        body = _nodelist_names(node.nodelist_loop) - {*node.loopvars, "forloop"}
+        return _expression_names(node.sequence) | body | _nodelist_names(node.nodelist_empty)
+    if isinstance(node, defaulttags.IfNode):
+        names = set()
+        for condition, nodelist in node.conditions_nodelists:
+            names |= _condition_names(condition) | _nodelist_names(nodelist)
+        return names
+    return {_PER_MESSAGE}
+
+
+class _SharedParts:
+    """A template whose top-level nodes that read only shared names are
+    rendered once (``steps``: what that render spent, charged again to every
+    message's budget, so a message's budget counts what it would have spent)."""
+
+    __slots__ = ("steps", "template")
+
+    def __init__(self, template, steps: int):
+        self.template = template
+        self.steps = steps
+
+
+_SHARED_PARTS_MAX = 256
+_shared_parts: OrderedDict = OrderedDict()
+_shared_parts_lock = threading.Lock()
+
+
+def _render_shared_parts(
+    source: str, shared: SharedContext, names: frozenset, autoescape: bool
+) -> _SharedParts:
     template = _compile(source)
-    metered = _MeteredContext(freeze(context), autoescape=autoescape, budget=_Budget())
+    budget = _Budget()
+    context = _MeteredContext(
+        {name: shared[name] for name in names}, autoescape=autoescape, budget=budget
+    )
+    nodes, rendered = NodeList(), False
+    for node in template.nodelist:
+        if isinstance(node, TextNode) or not _free_names(node) <= names:
+            nodes.append(node)
+            continue
+        single = copy.copy(template)
+        single.nodelist = NodeList([node])
+        try:
+            with context.push():
+                output = single.render(context)
+        except Exception:  # rendered per message instead, and fails there as before
+            nodes.append(node)
+            continue
+        text = TextNode(output)
+        text.token, text.origin = node.token, node.origin
+        text.render_annotated = functools.partial(_metered_render, text.render_annotated, True)
+        nodes.append(text)
+        rendered = True
+    if not rendered:
+        return _SharedParts(template, 0)
+    specialised = copy.copy(template)
+    specialised.nodelist = nodes
+    # Output is counted again per message (the text nodes are metered).
+    return _SharedParts(specialised, budget.steps)
+
+
+def _shared_parts_for(source: str, shared: SharedContext, names: frozenset, autoescape: bool):
+    key = (source, autoescape, shared.fingerprint, names)
+    with _shared_parts_lock:
+        parts = _shared_parts.get(key)
+        if parts is not None:
+            _shared_parts.move_to_end(key)
+            return parts
+    parts = _render_shared_parts(source, shared, names, autoescape)
+    with _shared_parts_lock:
+        _shared_parts[key] = parts
+        while len(_shared_parts) > _SHARED_PARTS_MAX:
+            _shared_parts.popitem(last=False)
+    return parts
+
+
+def render(
+    source: str,
+    context: dict,
+    *,
+    autoescape: bool = True,
+    shared: SharedContext | None = None,
+    shared_names: frozenset = frozenset(),
+) -> str:
+    """Render ``source`` with a read-only ``context`` under a fresh budget.
+
+    With ``shared`` (the run's layer) and ``shared_names`` (the names whose
+    value in ``context`` is the shared one), the parts reading only those
+    names are rendered once and reused: the output is the same.
+    """
+    budget = _Budget()
+    if shared is not None and shared_names and shared.fingerprint:
+        parts = _shared_parts_for(source, shared, shared_names, autoescape)
+        template = parts.template
+        budget.steps = parts.steps
+    else:
+        template = _compile(source)
+    metered = _MeteredContext(freeze(context), autoescape=autoescape, budget=budget)
     # Names a template sets ({% cycle ... as x %}, {% regroup %}) land in this
     # layer of its own, never in the data.
     with metered.push():
@@ -338,18 +524,29 @@ def html_to_text(html: str) -> str:
 
 
 def render_message(
-    *, subject: str, html_body: str, text_body: str, context: dict
+    *,
+    subject: str,
+    html_body: str,
+    text_body: str,
+    context: dict,
+    shared: SharedContext | None = None,
 ) -> tuple[str, str, str]:
     """Render (subject, html, text); text is derived from HTML when empty.
 
     ``context`` must already be plain data (see ``plain_data``); every part
     renders from the same read-only copy of it, each under its own budget.
+    ``shared``: the layer of ``context`` every message of a run shares (see
+    ``render``).
     """
     context = freeze(context)
-    rendered_subject = " ".join(render(subject, context, autoescape=False).split())
-    html = render(html_body, context) if html_body else ""
+    names = frozenset()
+    if shared is not None:
+        names = frozenset(key for key, value in shared.items() if context.get(key) is value)
+    parts = {"shared": shared, "shared_names": names}
+    rendered_subject = " ".join(render(subject, context, autoescape=False, **parts).split())
+    html = render(html_body, context, **parts) if html_body else ""
     if text_body:
-        text = render(text_body, context, autoescape=False)
+        text = render(text_body, context, autoescape=False, **parts)
     else:
         text = html_to_text(html) if html else ""
     return rendered_subject, html, text

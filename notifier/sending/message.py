@@ -31,11 +31,13 @@ def register_message_hook(hook: MessageHook) -> None:
 
 def group_contexts(group_ids: set[int]) -> dict[int, dict]:
     """The shared context of each group among ``group_ids`` (one query),
-    frozen once here: every message of the batch shares one read-only copy."""
+    frozen once here: every message of the batch shares one read-only copy,
+    and the template parts that read only it render once (see
+    ``templating.shared_layer``)."""
     if not group_ids:
         return {}
     rows = DeliveryGroup.objects.filter(pk__in=group_ids).values_list("pk", "context")
-    return {pk: templating.freeze(context) for pk, context in rows}
+    return {pk: templating.shared_layer(context) for pk, context in rows}
 
 
 def message_context(*layers: dict | None, recipient: Recipient) -> dict:
@@ -51,12 +53,18 @@ def message_context(*layers: dict | None, recipient: Recipient) -> dict:
 
 
 def message_render(
-    *, subject: str, html_body: str, text_body: str, context: dict
+    *,
+    subject: str,
+    html_body: str,
+    text_body: str,
+    context: dict,
+    shared: templating.SharedContext | None = None,
 ) -> tuple[str, str, str]:
-    """(subject, html, text) of a message, ``context`` from ``message_context``.
-    Raises on a template that does not compile or render."""
+    """(subject, html, text) of a message, ``context`` from ``message_context``
+    (``shared``: its group's layer, see ``group_contexts``). Raises on a
+    template that does not compile or render."""
     return templating.render_message(
-        subject=subject, html_body=html_body, text_body=text_body, context=context
+        subject=subject, html_body=html_body, text_body=text_body, context=context, shared=shared
     )
 
 
@@ -115,7 +123,11 @@ def delivery_build_message(
         hook(delivery, context, headers)
     subject_src, html_src, text_src = _content(delivery)
     subject, html, text = message_render(
-        subject=subject_src, html_body=html_src, text_body=text_src, context=context
+        subject=subject_src,
+        html_body=html_src,
+        text_body=text_src,
+        context=context,
+        shared=run_context if isinstance(run_context, templating.SharedContext) else None,
     )
     recipient = delivery.recipient
     message = EmailMultiAlternatives(
