@@ -86,12 +86,13 @@ class _Batch:
             self.send_over(transport, rows)
 
     def send_over(self, transport: str, rows: list[Delivery]) -> None:
-        """Render each row here and hand the messages to the transport in
-        requests of ``wire.batch_size`` (``wire``: one batch request in flight
-        where the transport has a batch API, else one message per request on
-        up to ``NOTIFIER_SEND_THREADS`` sender threads), so the next request
-        renders while the previous ones are on the wire. Database and journal
-        writes stay on this thread."""
+        """Render each row here and hand the messages to the transport
+        ``wire.request_size()`` at a time (``wire``: one batch request in
+        flight where the transport has a batch API, else one message per
+        request on up to ``NOTIFIER_SEND_THREADS`` sender threads, a hand-over
+        taking one per free connection), so the next messages render while
+        the previous ones are on the wire. Database and journal writes stay
+        on this thread."""
         try:
             self.wire = Wire(transport, messages=len(rows))
         except UnknownTransport as exc:
@@ -118,7 +119,7 @@ class _Batch:
                     message = self.prepare(delivery)
                 if message is not None:
                     ready.append((delivery, message))
-                if len(ready) >= self.wire.batch_size:
+                if len(ready) >= self.wire.request_size():
                     self.hand_over(ready)
                     ready = []
                     if self.stopped:
@@ -182,7 +183,7 @@ class _Batch:
         rate_limit_wait(
             transport=self.wire.transport, per_second=self.wire.rate, messages=len(items)
         )
-        while not self.wire.has_free_connection():
+        while self.wire.free_connections() < self.wire.connections_for(len(items)):
             self.collect(wait=True)
         handed = [delivery for delivery, _message in items]
         if not (self.marks.ensure(handed) and self.log.journal_handoff([d.id for d in handed])):

@@ -6,7 +6,9 @@ its messages in requests of that many, over one connection on one sender
 thread: the next request renders while the previous one is on the wire, and
 at most one request is ever in flight (the in-doubt bound, see README).
 Other transports (SMTP) take one message per request, over up to
-``NOTIFIER_SEND_THREADS`` connections, each on its own sender thread.
+``NOTIFIER_SEND_THREADS`` connections, each on its own sender thread; a
+hand-over takes one message per free connection, so the journal marks them
+in one round trip.
 Answers come back on a queue, one per message, and are recorded on the
 batch's own thread: database and journal writes never happen on a sender
 thread.
@@ -157,12 +159,33 @@ class Wire:
             else None
         )
 
-    def has_free_connection(self) -> bool:
-        return not self.free.empty()
+    def free_connections(self) -> int:
+        return self.free.qsize()
+
+    def request_size(self) -> int:
+        """How many messages the next hand-over takes: a batch request's
+        ``batch_size``; else one per free connection (at least one), so the
+        journal marks them all handed in one round trip and each leaves at
+        once on its own connection (never more in flight than connections)."""
+        if self.batch_size > 1:
+            return self.batch_size
+        return max(1, self.free_connections())
+
+    def connections_for(self, messages: int) -> int:
+        """Free connections ``messages`` need: one request, or one each."""
+        return 1 if self.batch_size > 1 else messages
 
     def send(self, items: list[Item]) -> None:
-        """Hand ``items`` (at most ``batch_size``) to a free connection (there
-        must be one) in one request."""
+        """Hand ``items`` over: one request on a batch transport (at most
+        ``batch_size``), else one request each; there must be a free
+        connection for each request (``connections_for``)."""
+        if self.batch_size > 1:
+            self._send_request(items)
+        else:
+            for item in items:
+                self._send_request([item])
+
+    def _send_request(self, items: list[Item]) -> None:
         conn = self.free.get()
         self.in_flight += len(items)
         context = contextvars.copy_context()  # the sender thread logs with it

@@ -7,7 +7,7 @@ from django.core.mail import EmailMultiAlternatives, get_connection
 
 from notifier import send
 from notifier.models import Delivery, Suppression
-from notifier.sending import deliveries_send_batch, journal
+from notifier.sending import deliveries_send_batch, journal, wire
 from notifier.sending.outcomes import FAILED, RETRY, SENT, UNKNOWN, classify_batch
 from notifier.sending.postmark import EmailBackend, PostmarkEntryError
 from tests.notifier.factories import TemplateFactory
@@ -212,3 +212,36 @@ def test_smtp_keeps_one_message_per_request(smtp_sink, batch_of, settings):
     deliveries = _queue(3, transport="smtp")
     assert deliveries_send_batch(delivery_ids=[d.id for d in deliveries]) == {"sent": 3}
     assert len(smtp_sink.messages) == 3
+
+
+def test_smtp_hands_one_message_per_free_connection_in_one_journal_trip(
+    smtp_sink, settings, monkeypatch
+):
+    settings.NOTIFIER_SEND_THREADS = 3
+    handoffs = []
+    in_flight = []
+    real_handoff = journal.journal_handoff
+    monkeypatch.setattr(
+        journal,
+        "journal_handoff",
+        lambda token, ids, outcomes=(): (
+            handoffs.append(list(ids)) or real_handoff(token, ids, outcomes)
+        ),
+    )
+    real_send = wire.Wire._send_request
+
+    def counting(self, items):
+        in_flight.append(len(self.connections) - self.free_connections() + 1)
+        real_send(self, items)
+
+    monkeypatch.setattr(wire.Wire, "_send_request", counting)
+    deliveries = _queue(12, transport="smtp")
+    assert deliveries_send_batch(delivery_ids=[d.id for d in deliveries]) == {"sent": 12}
+    assert len(smtp_sink.messages) == 12
+    # The first hand-over takes one message per connection (all free), in
+    # one round trip; no hand-over ever takes more than the connections, and
+    # no more messages are ever on the wire than connections.
+    assert len(handoffs[0]) == 3
+    assert max(len(ids) for ids in handoffs) <= 3 and sum(map(len, handoffs)) == 12
+    assert len(handoffs) < 12
+    assert max(in_flight) <= 3
