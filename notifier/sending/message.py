@@ -9,6 +9,7 @@ engine of ``notifier.templating``.
 
 from collections.abc import Callable
 from email.utils import formataddr
+from uuid import uuid4
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
@@ -92,6 +93,20 @@ def inline_html_document(html: str) -> str:
         return html
 
 
+class OutboundMessage(EmailMultiAlternatives):
+    """A message whose MIME parts get random 128-bit boundaries up front:
+    the standard library would otherwise make one per part and compile a
+    regular expression to search the body for it (a fifth of the MIME cost
+    of an SMTP send). A random boundary of that size is never in a body."""
+
+    def message(self, **kwargs):
+        mime = super().message(**kwargs)
+        for part in mime.walk():
+            if part.is_multipart() and part.get_boundary() is None:
+                part.set_boundary(f"=_{uuid4().hex}")
+        return mime
+
+
 def _content(delivery: Delivery) -> tuple[str, str, str]:
     if delivery.template_id:
         t = delivery.template
@@ -130,7 +145,7 @@ def delivery_build_message(
         shared=run_context if isinstance(run_context, templating.SharedContext) else None,
     )
     recipient = delivery.recipient
-    message = EmailMultiAlternatives(
+    message = OutboundMessage(
         subject=subject,
         body=text,
         from_email=delivery.from_email or settings.DEFAULT_FROM_EMAIL,

@@ -245,3 +245,18 @@ def test_smtp_hands_one_message_per_free_connection_in_one_journal_trip(
     assert max(len(ids) for ids in handoffs) <= 3 and sum(map(len, handoffs)) == 12
     assert len(handoffs) < 12
     assert max(in_flight) <= 3
+
+
+def test_smtp_messages_carry_random_boundaries_and_both_parts(smtp_sink):
+    deliveries = _queue(2, transport="smtp")
+    assert deliveries_send_batch(delivery_ids=[d.id for d in deliveries]) == {"sent": 2}
+    boundaries = set()
+    for received in smtp_sink.messages:
+        message = received["message"]
+        assert message.get_content_type() == "multipart/alternative"
+        boundary = message.get_boundary()
+        assert boundary.startswith("=_") and len(boundary) == 34
+        boundaries.add(boundary)
+        parts = [part.get_content_type() for part in message.iter_parts()]
+        assert parts == ["text/plain", "text/html"]
+    assert len(boundaries) == 2
