@@ -244,6 +244,10 @@ class Failover:
         self.token = token
         self.log = log
         self.failing: set[str] = set()  # streaks a good answer should end
+        # The last fault recorded and what it decided: the rows of one failed
+        # request all carry it, and it is recorded once (one Redis call).
+        self.last_fault: tuple | None = None
+        self.last_verdict = False
 
     def route(self, by_transport: dict[str, list[Delivery]]) -> dict[str, list[Delivery]]:
         """The rows to send now, by transport; the rest are moved or wait."""
@@ -284,9 +288,14 @@ class Failover:
         nothing more over to it (it refused the connection, or is now down)."""
         try:
             if outcome.fault:
+                fault = (transport, outcome.fault, outcome.error)
+                if fault == self.last_fault:
+                    return self.last_verdict
                 self.failing.add(transport)
                 went_down = transport_failed(transport, outcome.error or outcome.fault)
-                return went_down or outcome.fault == "connect"
+                self.last_fault, self.last_verdict = fault, went_down or outcome.fault == "connect"
+                return self.last_verdict
+            self.last_fault = None
             if outcome.status in (SENT, FAILED) and transport in self.failing:
                 self.failing.discard(transport)
                 transport_ok(transport, "It answered a message again.")

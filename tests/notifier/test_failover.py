@@ -188,3 +188,22 @@ def test_rows_waiting_for_a_down_transport_are_due_at_the_next_probe(fake_esp, s
     row.refresh_from_db()
     assert timezone.now() + timedelta(seconds=20) < row.next_attempt_at
     assert row.next_attempt_at < timezone.now() + timedelta(seconds=31)
+
+
+def test_a_failed_batch_request_records_its_fault_once(fake_esp, settings, monkeypatch):
+    from notifier.sending import failover
+
+    transports = {name: dict(config) for name, config in settings.NOTIFIER_TRANSPORTS.items()}
+    transports["esp"]["BATCH_SIZE"] = 5
+    settings.NOTIFIER_TRANSPORTS = transports
+    settings.NOTIFIER_FAILOVER_AFTER = 60
+    calls = []
+    real = failover.transport_failed
+    monkeypatch.setattr(
+        failover, "transport_failed", lambda name, why: calls.append(name) or real(name, why)
+    )
+    fake_esp.faults["script"] = [{"status": 503}]
+    rows = _rows(5)
+    assert deliveries_send_batch(delivery_ids=[r.pk for r in rows]) == {"pending": 5}
+    assert calls == ["esp"]  # one request failed: one Redis call, not one per row
+    assert transport_states()["esp"].failing_since is not None
