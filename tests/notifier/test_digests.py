@@ -471,3 +471,14 @@ def test_entry_text_is_strip_tags_of_its_html(rendered):
     from notifier.services.digests.entries import _strip_tags
 
     assert _strip_tags(rendered) == strip_tags(rendered)
+
+
+def test_entry_text_takes_linear_time_on_long_unclosed_markup():
+    import time
+
+    from notifier.services.digests.entries import _strip_tags
+
+    started = time.monotonic()
+    for hostile in ("a" * 100_000 + "<", "<b x" + ' y="1"' * 20_000 + "<", "&amp;" * 20_000 + "<"):
+        _strip_tags(hostile)
+    assert time.monotonic() - started < 5  # was exponential: 26 characters took 10 s

@@ -56,9 +56,10 @@ def _readable(data) -> str:
 # A rendered entry made only of text, entities and plain tags (``<b>``,
 # ``<a href="...">``): removing the tags is exactly what ``strip_tags`` does
 # to it, without its HTML parser. Anything else goes through ``strip_tags``.
+# Possessive quantifiers: no backtracking, linear time on any input.
 _PLAIN_MARKUP = re.compile(
-    r"(?:[^<>&]+|&(?:[A-Za-z][A-Za-z0-9]*|#[0-9]+|#[xX][0-9A-Fa-f]+);"
-    r"|</?[A-Za-z][A-Za-z0-9]*(?:\s+[A-Za-z_:][-A-Za-z0-9_:.]*(?:=\"[^\"<>&]*\")?)*\s*/?>)*"
+    r"(?:[^<>&]++|&(?:[A-Za-z][A-Za-z0-9]*|#[0-9]+|#[xX][0-9A-Fa-f]+);"
+    r"|</?[A-Za-z][A-Za-z0-9]*+(?:\s++[A-Za-z_:][-A-Za-z0-9_:.]*+(?:=\"[^\"<>&]*+\")?)*+\s*+/?>)*+"
 )
 _TAG = re.compile(r"<[^<>]*>")
 
