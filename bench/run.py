@@ -16,6 +16,9 @@ such instead of a speed.
 * **journeys**: steps/s of a two-step journey over ``--journey-n``
   recipients, beside a campaign's messages/s, and the transactional p99
   while both run (see ``bench/journeys.py``).
+* **digests**: an hourly digest run over ``--digest-recipients`` recipients
+  and ``--digest-notifications`` notifications, digests accepted per second
+  beside a campaign's on the same workers (see ``bench/digests.py``).
 
 Run: ``make bench`` or ``make bench ARGS="--n 2000 --parts throughput"``.
 """
@@ -50,8 +53,8 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=500, help="deliveries per batch task")
     parser.add_argument(
         "--parts",
-        default="throughput,scale,urgent,journeys",
-        help="comma list of throughput, scale, urgent, journeys",
+        default="throughput,scale,urgent,journeys,digests",
+        help="comma list of throughput, scale, urgent, journeys, digests",
     )
     parser.add_argument("--transports", default="esp,smtp")
     parser.add_argument("--scale-sizes", default="10000,200000")
@@ -60,6 +63,10 @@ def main(argv=None):
     parser.add_argument("--urgent-sends", type=int, default=200)
     parser.add_argument(
         "--journey-n", type=int, default=100_000, help="recipients entering the journey"
+    )
+    parser.add_argument("--digest-recipients", type=int, default=100_000)
+    parser.add_argument(
+        "--digest-notifications", type=int, default=1_000_000, help="pending before the hour"
     )
     args = parser.parse_args(argv)
 
@@ -92,6 +99,10 @@ def main(argv=None):
             from bench.journeys import journeys
 
             rows += journeys(stack, args)
+        if "digests" in wanted:
+            from bench.digests import digests
+
+            rows += digests(stack, args)
         for label, mb in sorted(stack.memory.items()):
             rows.append(
                 Row(

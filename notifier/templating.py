@@ -513,6 +513,34 @@ def render(
     return output
 
 
+def render_each(source: str, contexts: list[dict], *, autoescape: bool = True) -> list:
+    """``render(source, context)`` for each of ``contexts``: the rendered
+    string, or the exception that render raised.
+
+    The same outputs as separate calls, at a fraction of the cost for many
+    small renders (digest entries): the template is looked up once and one
+    context object serves every render, each with a fresh budget, its data
+    in a layer of its own and its own render state (``{% cycle %}``).
+    """
+    try:
+        template = _compile(source)
+    except Exception as exc:  # every render raises this
+        return [exc] * len(contexts)
+    metered = _MeteredContext({}, autoescape=autoescape, budget=_Budget())
+    results: list = []
+    for context in contexts:
+        metered.budget = _Budget()
+        try:
+            with metered.push(freeze(context)), metered.push():
+                output = template.render(metered)
+            if len(output) > metered.budget.max_chars:
+                raise _output_too_long(len(output))
+            results.append(output)
+        except Exception as exc:  # the caller decides, per render
+            results.append(exc)
+    return results
+
+
 _html_to_text = html2text.HTML2Text()
 _html_to_text.body_width = 0
 _html_to_text.ignore_images = True

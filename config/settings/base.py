@@ -460,8 +460,9 @@ try:
         NOTIFIER_QUIET_HOURS = (_start, _end)
 except ValueError:
     raise ValueError(f"NOTIFIER_QUIET_HOURS={_QUIET_HOURS!r} is not HH:MM-HH:MM.") from None
-# Recipients per digest-building task: small, so a redelivered task redoes little.
-NOTIFIER_DIGEST_BATCH_SIZE = env.int("NOTIFIER_DIGEST_BATCH_SIZE", default=50)
+# Recipients per digest-building task: one send batch of digests each (NOTIFIER_BATCH_SIZE
+# at most 500), a few thousand notifications per transaction.
+NOTIFIER_DIGEST_BATCH_SIZE = env.int("NOTIFIER_DIGEST_BATCH_SIZE", default=500)
 # Days an included notification is kept (for the admin) before the prune task deletes it.
 NOTIFIER_NOTIFICATION_RETENTION_DAYS = env.int("NOTIFIER_NOTIFICATION_RETENTION_DAYS", default=30)
 CELERY_BEAT_SCHEDULE.update(

@@ -448,3 +448,37 @@ def test_beat_installs_the_digest_and_prune_schedules():
         "notifier.build_digests",
     ):
         assert name in app.tasks
+
+
+@pytest.mark.parametrize(
+    "rendered",
+    [
+        "<b>Bob &amp; Ann</b> #5",
+        '<a href="https://x.example/?a=1">it&#x27;s</a><br/> <i class="c d">x</i>',
+        "a < b and c > d",
+        "<b>open",
+        "x <!-- note --> y",
+        "<a href='q'>single</a>",
+        '<a title="1 > 0">gt</a>',
+        "<script>if (a < b) {}</script>&nbsp;",
+        "plain &amp; simple",
+        "<b><i>nested</i></b>&",
+    ],
+)
+def test_entry_text_is_strip_tags_of_its_html(rendered):
+    from django.utils.html import strip_tags
+
+    from notifier.services.digests.entries import _strip_tags
+
+    assert _strip_tags(rendered) == strip_tags(rendered)
+
+
+def test_entry_text_takes_linear_time_on_long_unclosed_markup():
+    import time
+
+    from notifier.services.digests.entries import _strip_tags
+
+    started = time.monotonic()
+    for hostile in ("a" * 100_000 + "<", "<b x" + ' y="1"' * 20_000 + "<", "&amp;" * 20_000 + "<"):
+        _strip_tags(hostile)
+    assert time.monotonic() - started < 5  # was exponential: 26 characters took 10 s

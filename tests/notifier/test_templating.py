@@ -159,3 +159,34 @@ def test_reading_frozen_data_works_as_plain_data():
         {"d": {"a": 1}, "l": [1, 2], "rows": [{"kind": "k"}]},
     )
     assert html == "a=1;1,2|2|1ak"
+
+
+# --- Many small renders ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "<b>{{ data.title }}</b> #{{ data.n }}",
+        "{% cycle 'odd' 'even' %}{% cycle 'a' 'b' as z %}{{ z }}{{ data.title|upper }}",
+        "{% with t=data.title %}{{ t }}{% endwith %}{{ t }}{{ data.pop }}{{ data.title }}",
+        "{% for c in data.title %}{% ifchanged %}{{ c }}{% endifchanged %}{% endfor %}",
+    ],
+)
+def test_render_each_gives_what_separate_renders_give(source):
+    contexts = [{"data": {"title": title, "n": n}} for n, title in enumerate(["aab", "<x>", "b"])]
+    assert templating.render_each(source, contexts) == [
+        templating.render(source, context) for context in contexts
+    ]
+    assert contexts[0] == {"data": {"title": "aab", "n": 0}}
+
+
+def test_render_each_returns_each_renders_error_in_its_place(settings):
+    settings.NOTIFIER_RENDER_MAX_CHARS = 50
+    results = templating.render_each(
+        "{% for a in s %}0123456789{% endfor %}", [{"s": "x"}, {"s": "x" * 6}, {"s": "xx"}]
+    )
+    assert results[0] == "0123456789" and results[2] == "0123456789" * 2
+    assert isinstance(results[1], templating.RenderLimitExceeded)
+    broken = templating.render_each("{% if %}", [{}, {}])
+    assert all(isinstance(result, templating.TemplateSyntaxProblem) for result in broken)

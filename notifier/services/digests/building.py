@@ -16,7 +16,7 @@ from notifier.services.digests.entries import (
     DIGEST_HTML,
     DIGEST_SUBJECT,
     DIGEST_TEXT,
-    digest_context,
+    digest_contexts,
 )
 from notifier.services.digests.windows import DIGEST_FREQUENCIES, digest_key
 from notifier.services.dispatch import chunked, deliveries_dispatch
@@ -25,19 +25,19 @@ from notifier.services.suppressions import suppression_reasons
 
 logger = logging.getLogger(__name__)
 
-MARK_CHUNK = 5000  # notification ids per UPDATE
+MARK_CHUNK = 5000  # notification ids per UPDATE on SQLite
 
 
 def _lock_pending(*, recipient_ids: list[int], frequency: str, cutoff: datetime) -> list[tuple]:
-    """(id, recipient_id, topic_id, created_at) of the pending notifications,
-    locked until the transaction ends. Rows another build holds are skipped:
-    they belong to that build's digest."""
+    """(id, recipient_id, topic_id, created_at, data) of the pending
+    notifications, locked until the transaction ends: one query. Rows another
+    build holds are skipped: they belong to that build's digest."""
     pending = notifications_pending(
         recipient_ids=recipient_ids, frequency=frequency, cutoff=cutoff
     ).order_by("recipient_id", "id")
     if connection.features.has_select_for_update_skip_locked:
         pending = pending.select_for_update(skip_locked=True)
-    return list(pending.values_list("id", "recipient_id", "topic_id", "created_at"))
+    return list(pending.values_list("id", "recipient_id", "topic_id", "created_at", "data"))
 
 
 def _create_digests(
@@ -47,36 +47,28 @@ def _create_digests(
     entries: dict[int, dict[int, list[tuple[int, datetime]]]] = defaultdict(
         lambda: defaultdict(list)
     )
-    for pk, rid, topic_id, created in rows:
-        entries[rid][topic_id].append((pk, created))
-    topics = Topic.objects.in_bulk({topic_id for _pk, _rid, topic_id, _c in rows})
-    shown = [
-        pk
-        for by_topic in entries.values()
-        for topic_id, topic_rows in by_topic.items()
-        for pk, _created in sorted(topic_rows, key=lambda r: (r[1], r[0]), reverse=True)[
-            : topics[topic_id].digest_cap
-        ]
-    ]
     data = {}
-    for chunk in chunked(shown, MARK_CHUNK):
-        data.update(Notification.objects.filter(id__in=chunk).values_list("id", "data"))
+    for pk, rid, topic_id, created, payload in rows:
+        entries[rid][topic_id].append((pk, created))
+        data[pk] = payload
+    topics = Topic.objects.in_bulk({topic_id for _pk, _rid, topic_id, _c, _d in rows})
+    contexts = digest_contexts(
+        frequency=frequency, window=window, entries=entries, topics=topics, data=data
+    )
     recipients = Recipient.objects.only(
         "id", "email", "status", "time_zone", "quiet_hours_start", "quiet_hours_end"
     ).in_bulk(list(entries))
     suppressed = suppression_reasons(recipients.values())
 
     deliveries = {}
-    for rid, by_topic in entries.items():
+    for rid, context in contexts.items():
         delivery = Delivery(
             recipient_id=rid,
             kind=Delivery.Kind.DIGEST,
             subject=DIGEST_SUBJECT,
             html_body=DIGEST_HTML,
             text_body=DIGEST_TEXT,
-            context=digest_context(
-                frequency=frequency, window=window, entries=by_topic, topics=topics, data=data
-            ),
+            context=context,
             transport=settings.NOTIFIER_DEFAULT_TRANSPORT,
             idempotency_key=digest_key(frequency=frequency, recipient_id=rid, window=window),
             next_attempt_at=_held_until(recipients[rid], now) or now,
@@ -100,9 +92,24 @@ def _held_until(recipient: Recipient, now: datetime) -> datetime | None:
 
 
 def _mark_included(*, rows: list[tuple], deliveries: dict[int, Delivery], now: datetime) -> None:
+    """Point each locked notification at its recipient's digest."""
+    if connection.vendor == "postgresql":
+        # One statement, the pairs as two arrays (a CASE per recipient grows
+        # with the batch and costs more to plan than to run).
+        table = Notification._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""
+                UPDATE {table} AS n SET digest_id = v.digest_id, included_at = %s
+                FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, digest_id)
+                WHERE n.id = v.id
+                """,
+                [now, [row[0] for row in rows], [deliveries[row[1]].pk for row in rows]],
+            )
+        return
     for chunk in chunked(rows, MARK_CHUNK):
-        rids = {rid for _pk, rid, _t, _c in chunk}
-        Notification.objects.filter(id__in=[pk for pk, _rid, _t, _c in chunk]).update(
+        rids = {row[1] for row in chunk}
+        Notification.objects.filter(id__in=[row[0] for row in chunk]).update(
             digest_id=Case(
                 *[When(recipient_id=rid, then=Value(deliveries[rid].pk)) for rid in sorted(rids)],
                 output_field=BigIntegerField(),

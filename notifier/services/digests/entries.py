@@ -2,6 +2,7 @@
 
 import html
 import logging
+import re
 from datetime import datetime
 
 from django.utils.html import escape, strip_tags
@@ -52,22 +53,110 @@ def _readable(data) -> str:
     return "" if data is None else str(data)
 
 
-def _render_item(topic: Topic, context: dict) -> dict:
-    source = (topic.digest_item or "").strip()
-    try:
-        if source in ("", FALLBACK_ITEM):
-            rendered = escape(_readable(context["data"]))
-        else:
-            rendered = templating.render(source, context)
-    except Exception:
-        logger.warning("Digest entry of topic %s does not render", topic.key, exc_info=True)
-        rendered = escape(_readable(context["data"]))
-    text = strip_tags(rendered) if "<" in rendered else rendered
+# A rendered entry made only of text, entities and plain tags (``<b>``,
+# ``<a href="...">``): removing the tags is exactly what ``strip_tags`` does
+# to it, without its HTML parser. Anything else goes through ``strip_tags``.
+# Possessive quantifiers: no backtracking, linear time on any input.
+_PLAIN_MARKUP = re.compile(
+    r"(?:[^<>&]++|&(?:[A-Za-z][A-Za-z0-9]*|#[0-9]+|#[xX][0-9A-Fa-f]+);"
+    r"|</?[A-Za-z][A-Za-z0-9]*+(?:\s++[A-Za-z_:][-A-Za-z0-9_:.]*+(?:=\"[^\"<>&]*+\")?)*+\s*+/?>)*+"
+)
+_TAG = re.compile(r"<[^<>]*>")
+
+
+def _strip_tags(rendered: str) -> str:
+    if "<" not in rendered:
+        return rendered
+    if _PLAIN_MARKUP.fullmatch(rendered):
+        return _TAG.sub("", rendered)
+    return strip_tags(rendered)
+
+
+def _entry(rendered: str, created_at: str) -> dict:
     return {
         "html": rendered,
-        "text": html.unescape(text).strip(),
-        "created_at": context["created_at"],
+        "text": html.unescape(_strip_tags(rendered)).strip(),
+        "created_at": created_at,
     }
+
+
+def _render_items(topic: Topic, contexts: list[dict]) -> list[dict]:
+    """Each of ``contexts`` rendered with the topic's ``digest_item``; an
+    entry that does not render shows its data's values instead."""
+    source = (topic.digest_item or "").strip()
+    if source in ("", FALLBACK_ITEM):
+        rendered = [escape(_readable(context["data"])) for context in contexts]
+    else:
+        rendered = templating.render_each(source, contexts)
+    items = []
+    for context, output in zip(contexts, rendered, strict=True):
+        if isinstance(output, Exception):
+            logger.warning(
+                "Digest entry of topic %s does not render",
+                topic.key,
+                exc_info=(type(output), output, output.__traceback__),
+            )
+            output = escape(_readable(context["data"]))
+        items.append(_entry(output, context["created_at"]))
+    return items
+
+
+def digest_contexts(
+    *,
+    frequency: str,
+    window: str,
+    entries: dict[int, dict[int, list[tuple[int, datetime]]]],
+    topics: dict[int, Topic],
+    data: dict[int, object],
+) -> dict[int, dict]:
+    """The Delivery context of each recipient's digest: recipient id -> context.
+
+    ``entries`` maps recipient id -> topic id -> [(notification id,
+    created_at)], all of a recipient's notifications in this digest; ``data``
+    holds the data of the ones shown (the newest ``digest_cap`` per topic).
+    Sections come newest first, and so do the entries within each. The
+    entries of one topic are rendered together (``templating.render_each``).
+    """
+    topic_data = {topic_id: _topic_data(topic) for topic_id, topic in topics.items()}
+    ordered: dict[int, dict[int, list[tuple[int, datetime]]]] = {}
+    shown: dict[int, list[dict]] = {}
+    for rid, by_topic in entries.items():
+        ordered[rid] = {}
+        for topic_id, rows in by_topic.items():
+            rows = sorted(rows, key=lambda row: (row[1], row[0]), reverse=True)
+            ordered[rid][topic_id] = rows
+            shown.setdefault(topic_id, []).extend(
+                {"data": data[pk], "topic": topic_data[topic_id], "created_at": created.isoformat()}
+                for pk, created in rows[: topics[topic_id].digest_cap]
+            )
+    rendered = {
+        topic_id: iter(_render_items(topics[topic_id], contexts))
+        for topic_id, contexts in shown.items()
+    }
+    contexts = {}
+    for rid, by_topic in ordered.items():
+        sections = []
+        for topic_id, rows in by_topic.items():
+            cap = topics[topic_id].digest_cap
+            items = [next(rendered[topic_id]) for _row in rows[:cap]]
+            sections.append(
+                {
+                    "topic": topic_data[topic_id],
+                    "count": len(rows),
+                    "more": len(rows) - len(items),
+                    "items": items,
+                    "newest": rows[0][1].isoformat(),
+                }
+            )
+        sections.sort(key=lambda section: section["newest"], reverse=True)
+        contexts[rid] = {
+            "frequency": frequency,
+            "period": PERIODS[frequency],
+            "window": window,
+            "total": sum(section["count"] for section in sections),
+            "sections": sections,
+        }
+    return contexts
 
 
 def digest_context(
@@ -78,38 +167,8 @@ def digest_context(
     topics: dict[int, Topic],
     data: dict[int, object],
 ) -> dict:
-    """The Delivery context of one digest.
-
-    ``entries`` maps topic id -> [(notification id, created_at)], all the
-    recipient's notifications in this digest; ``data`` holds the data of the
-    ones shown (the newest ``digest_cap`` per topic). Sections come newest
-    first, and so do the entries within each.
-    """
-    sections = []
-    for topic_id, rows in entries.items():
-        topic = topics[topic_id]
-        rows = sorted(rows, key=lambda row: (row[1], row[0]), reverse=True)
-        topic_data = _topic_data(topic)
-        items = [
-            _render_item(
-                topic, {"data": data[pk], "topic": topic_data, "created_at": created.isoformat()}
-            )
-            for pk, created in rows[: topic.digest_cap]
-        ]
-        sections.append(
-            {
-                "topic": topic_data,
-                "count": len(rows),
-                "more": len(rows) - len(items),
-                "items": items,
-                "newest": rows[0][1].isoformat(),
-            }
-        )
-    sections.sort(key=lambda section: section["newest"], reverse=True)
-    return {
-        "frequency": frequency,
-        "period": PERIODS[frequency],
-        "window": window,
-        "total": sum(section["count"] for section in sections),
-        "sections": sections,
-    }
+    """The Delivery context of one digest (see ``digest_contexts``):
+    ``entries`` maps topic id -> [(notification id, created_at)]."""
+    return digest_contexts(
+        frequency=frequency, window=window, entries={0: entries}, topics=topics, data=data
+    )[0]
