@@ -27,14 +27,10 @@ from notifier.sending.message import delivery_build_message
 from notifier.sending.outcomes import DEFER, FAILED, RETRY, Outcome
 from notifier.sending.persist import OutcomeLog
 from notifier.sending.ratelimit import rate_limit_wait
-from notifier.sending.wire import Item, Wire
+from notifier.sending.wire import Item, Wire, row_log_context
 from notifier.services.suppressions import suppression_reasons
 
 logger = logging.getLogger(__name__)
-
-
-def _row_log_context(delivery: Delivery):
-    return log_context(delivery_id=delivery.id, delivery=str(delivery.uuid), run_id=delivery.run_id)
 
 
 class _Batch:
@@ -115,7 +111,7 @@ class _Batch:
                     return
                 if not self.group_allows(delivery):
                     continue
-                with _row_log_context(delivery):
+                with row_log_context(delivery):
                     message = self.prepare(delivery)
                 if message is not None:
                     ready.append((delivery, message))
@@ -189,11 +185,7 @@ class _Batch:
         if not (self.marks.ensure(handed) and self.log.journal_handoff([d.id for d in handed])):
             self.stopped = True
             return
-        if len(items) == 1:
-            with _row_log_context(items[0][0]):
-                self.wire.send(items)
-        else:
-            self.wire.send(items)
+        self.wire.send(items)  # each message's lines name its row (wire)
 
     def deferred_by_limits(self, delivery: Delivery) -> bool:
         """Apply the recipient domain's rate and the transport's daily quota

@@ -66,8 +66,18 @@ def transport_rate(name: str) -> float:
     return settings.NOTIFIER_TRANSPORTS[name].get("RATE_LIMIT") or 0
 
 
+def row_log_context(delivery: Delivery):
+    """Log lines inside name ``delivery``, its row id and its run."""
+    return log_context(delivery_id=delivery.id, delivery=str(delivery.uuid), run_id=delivery.run_id)
+
+
 def _transmit(conn, message: EmailMultiAlternatives, delivery: Delivery, transport: str):
     """Hand one message over (on a sender thread) and classify the answer."""
+    with row_log_context(delivery):
+        return _transmit_one(conn, message, delivery, transport)
+
+
+def _transmit_one(conn, message: EmailMultiAlternatives, delivery: Delivery, transport: str):
     started = time.monotonic()
     with _tracer.start_as_current_span(
         "notifier.transport.send",
@@ -119,12 +129,7 @@ def _transmit_batch(conn, items: list[Item], transport: str) -> list[Outcome]:
     observe_sends(transport=transport, outcomes=statuses, seconds=time.monotonic() - started)
     if logger.isEnabledFor(logging.INFO):  # one line per message, naming its row
         for (delivery, _message), outcome in zip(items, outcomes, strict=True):
-            with log_context(
-                delivery_id=delivery.id,
-                delivery=str(delivery.uuid),
-                run_id=delivery.run_id,
-                request_messages=len(items),
-            ):
+            with row_log_context(delivery), log_context(request_messages=len(items)):
                 logger.info("Handed to %s: %s %s", transport, outcome.status, outcome.error or "")
     return outcomes
 
