@@ -1,6 +1,7 @@
 """Materialise one huge campaign run in a process of its own and report it.
 
-Prints one JSON line: seconds, rows, queries and this process's peak RSS.
+Prints one JSON line: seconds, rows, queries, this process's peak RSS and
+its PostgreSQL backend's CPU seconds.
 Usage: python -m bench.launcher N TEMPLATE_ID
 """
 
@@ -9,7 +10,7 @@ import os
 import sys
 import time
 
-from bench.stack import peak_rss_mb
+from bench.stack import backend_cpu_seconds, peak_rss_mb
 
 
 def main() -> None:
@@ -35,10 +36,17 @@ def main() -> None:
             cursor.execute("CHECKPOINT")
     except DatabaseError:
         connection.close()  # not a superuser: measured as it comes
+    with connection.cursor() as cursor:
+        cpu_before = backend_cpu_seconds(cursor)
     with CaptureQueriesContext(connection) as queries:
         started = time.monotonic()
         run_materialise(run=run)
         seconds = time.monotonic() - started
+    with connection.cursor() as cursor:
+        cpu_after = backend_cpu_seconds(cursor)
+    # The database's own work (the statement and the checks at its commit),
+    # steadier than wall time on a shared machine.
+    backend_cpu = None if cpu_before is None else round(cpu_after - cpu_before, 2)
     rows = Delivery.objects.filter(run_id=run.pk).count()
     # VmHWM, not ru_maxrss: the latter keeps the forking parent's peak
     # across exec on Linux.
@@ -50,6 +58,7 @@ def main() -> None:
                 "rows": rows,
                 "queries": len(queries),
                 "peak_rss_mb": round(peak, 1),
+                "backend_cpu_s": backend_cpu,
             }
         )
     )

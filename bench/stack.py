@@ -83,6 +83,17 @@ def _cpu_group(pid: int, ppid: int, comm: str, cmdline: str) -> str | None:
     return None
 
 
+def backend_cpu_seconds(cursor) -> float | None:
+    """CPU seconds (user + system) the PostgreSQL backend serving ``cursor``
+    has used so far; None when the server is not on this host."""
+    cursor.execute("SELECT pg_backend_pid()")
+    try:
+        fields = Path(f"/proc/{cursor.fetchone()[0]}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, PermissionError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
 def cpu_snapshot() -> dict[int, tuple[str, int]]:
     """CPU ticks (own + waited-for children) of every process we account for.
 

@@ -97,9 +97,11 @@ def suppression_reason_sql(*, email: str, status: str) -> tuple[str, list]:
     table = connection.ops.quote_name(Suppression._meta.db_table)
     by_reason, reason_params = _case_sql("s.reason", NOT_SENT_FOR_REASON)
     by_status, status_params = _case_sql(status, NOT_SENT_FOR_STATUS)
+    # ``s.email <> ''`` is the unique index's own condition: with it each
+    # member is one index probe, without it a scan of every suppression.
     sql = f"""COALESCE(
         (SELECT {by_reason} FROM {table} s
-          WHERE s.email = {email} AND s.lifted_at IS NULL LIMIT 1),
+          WHERE s.email = {email} AND s.lifted_at IS NULL AND s.email <> '' LIMIT 1),
         {by_status},
         '')"""
     return sql, [*reason_params, *status_params]

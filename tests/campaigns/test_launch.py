@@ -16,7 +16,7 @@ from campaigns.services.runs import campaign_run_launch, run_materialise
 from notifier.models import Delivery, Recipient
 from notifier.sending.engine import _Batch
 from notifier.sending.message import delivery_build_message, group_contexts
-from notifier.services.suppressions import suppression_add
+from notifier.services.suppressions import suppression_add, suppression_reason_sql
 from tests.campaigns.factories import (
     CampaignFactory,
     ContactListFactory,
@@ -79,6 +79,37 @@ def test_launching_twice_materialises_and_publishes_once(fan_outs):
     assert fan_outs == [run.pk]
     # The insert itself is idempotent too.
     assert run_materialise(run=CampaignRun.objects.get(pk=run.pk)) == 0
+
+
+@pytest.mark.postgresql  # the uuid is made in SQL per dialect; SQLite's is version 4
+def test_launched_rows_get_time_ordered_version_7_uuids(fan_outs):
+    campaign, _ = _campaign_with_audience()
+    run = campaign_run_create(campaign_id=campaign.pk, trigger="manual")
+    before = int(timezone.now().timestamp() * 1000)
+    campaign_run_launch(run_id=run.pk)
+    after = int(timezone.now().timestamp() * 1000)
+
+    uuids = list(
+        Delivery.objects.filter(run_id=run.pk).order_by("id").values_list("uuid", flat=True)
+    )
+    assert len(uuids) == 9 and len(set(uuids)) == 9
+    assert {(u.version, u.variant) for u in uuids} == {(7, "specified in RFC 4122")}
+    stamps = [u.int >> 80 for u in uuids]  # the first 48 bits: Unix milliseconds
+    assert stamps == sorted(stamps) and before <= stamps[0] and stamps[-1] <= after
+
+
+@pytest.mark.postgresql  # a question for PostgreSQL's planner
+def test_the_launch_looks_each_member_up_in_the_suppression_index():
+    sql, params = suppression_reason_sql(email="m.email", status="m.status")
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")  # a scan only when no index fits
+        cursor.execute(
+            f"EXPLAIN SELECT {sql} FROM notifier_recipient m",
+            params,
+        )
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "suppression_one_active_per_email" in plan
+    assert "Seq Scan on notifier_suppression" not in plan
 
 
 def test_batch_ranges_cover_the_pending_rows(fan_outs):
