@@ -140,19 +140,25 @@ def batch_of(settings):
     return set_size
 
 
-def test_engine_sends_in_requests_of_batch_size_with_one_journal_trip_each(
-    fake_esp, batch_of, monkeypatch
-):
-    batch_of(10)
-    handoffs = []
+@pytest.fixture
+def handoffs(monkeypatch):
+    """Each journal hand-off: (the ids marked handed, the answers it carried)."""
+    seen = []
     real = journal.journal_handoff
     monkeypatch.setattr(
         journal,
         "journal_handoff",
         lambda token, ids, outcomes=(): (
-            handoffs.append((list(ids), len(outcomes))) or real(token, ids, outcomes)
+            seen.append((list(ids), len(outcomes))) or real(token, ids, outcomes)
         ),
     )
+    return seen
+
+
+def test_engine_sends_in_requests_of_batch_size_with_one_journal_trip_each(
+    fake_esp, batch_of, handoffs
+):
+    batch_of(10)
     deliveries = _queue(25)
     assert deliveries_send_batch(delivery_ids=[d.id for d in deliveries]) == {"sent": 25}
     assert fake_esp.requests == 3
@@ -215,19 +221,10 @@ def test_smtp_keeps_one_message_per_request(smtp_sink, batch_of, settings):
 
 
 def test_smtp_hands_one_message_per_free_connection_in_one_journal_trip(
-    smtp_sink, settings, monkeypatch
+    smtp_sink, settings, monkeypatch, handoffs
 ):
     settings.NOTIFIER_SEND_THREADS = 3
-    handoffs = []
     in_flight = []
-    real_handoff = journal.journal_handoff
-    monkeypatch.setattr(
-        journal,
-        "journal_handoff",
-        lambda token, ids, outcomes=(): (
-            handoffs.append(list(ids)) or real_handoff(token, ids, outcomes)
-        ),
-    )
     real_send = wire.Wire._send_request
 
     def counting(self, items):
@@ -241,8 +238,9 @@ def test_smtp_hands_one_message_per_free_connection_in_one_journal_trip(
     # The first hand-over takes one message per connection (all free), in
     # one round trip; no hand-over ever takes more than the connections, and
     # no more messages are ever on the wire than connections.
-    assert len(handoffs[0]) == 3
-    assert max(len(ids) for ids in handoffs) <= 3 and sum(map(len, handoffs)) == 12
+    sizes = [len(ids) for ids, _answers in handoffs]
+    assert sizes[0] == 3
+    assert max(sizes) <= 3 and sum(sizes) == 12
     assert len(handoffs) < 12
     assert max(in_flight) <= 3
 
