@@ -90,12 +90,16 @@ def test_one_trace_from_the_api_request_to_the_transport_call(
         assert list(send["attributes"]["notifier.deliveries"]) == [str(delivery.uuid)]
         assert list(send["attributes"]["notifier.outcomes"]) == ["sent"]
         assert send["resource"]["attributes"]["service.name"] == "notifier-worker"
-        task = [
-            s
-            for s in _worker_spans(worker.log_path, start)
-            if s["name"] == "run/notifier.send_deliveries"
-        ]
-        assert task and task[0]["context"]["trace_id"] == trace_id
+        # The task's span is exported when the task ends, after the request's.
+        task = wait_for(
+            lambda: [
+                s
+                for s in _worker_spans(worker.log_path, start)
+                if s["name"] == "run/notifier.send_deliveries"
+            ],
+            timeout=15,
+        )
+        assert task[0]["context"]["trace_id"] == trace_id
         assert send["parent_id"] == task[0]["context"]["span_id"]
     finally:
         if worker is not None:
