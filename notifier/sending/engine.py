@@ -181,6 +181,9 @@ class _Batch:
         )
         while self.wire.free_connections() < self.wire.connections_for(len(items)):
             self.collect(wait=True)
+        self.collect(wait=False)  # every answer back so far goes with this hand-off
+        if self.stopped:  # an answer said the transport is failing: hand nothing more
+            return
         handed = [delivery for delivery, _message in items]
         if not (self.marks.ensure(handed) and self.log.journal_handoff([d.id for d in handed])):
             self.stopped = True

@@ -205,9 +205,11 @@ class Wire:
                     outcomes = [context.run(_transmit, conn, message, delivery, transport)]
             except BaseException as exc:  # never leave the batch waiting
                 outcomes = [Outcome(UNKNOWN, error=f"Sender thread failed: {exc!r}") for _ in items]
-            free.put(conn)
+            # Answers first: a batch that sees the connection free finds its
+            # answers queued, and journals them with its next hand-off.
             for (delivery, _message), outcome in zip(items, outcomes, strict=True):
                 answers.put((delivery, outcome))
+            free.put(conn)
 
         if self.pool is None:
             transmit()
