@@ -4,7 +4,13 @@ import logging.config
 import os
 
 from celery import Celery
-from celery.signals import setup_logging, worker_init, worker_process_init
+from celery.signals import (
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+)
 
 # Production unless told otherwise: a process started by mistake refuses to
 # run without production secrets instead of running with DEBUG on.
@@ -23,6 +29,20 @@ def trace_worker(**kwargs) -> None:
     from config.tracing import tracing_setup
 
     tracing_setup(service="notifier-worker", celery=True)
+
+
+@task_prerun.connect
+@task_postrun.connect
+def tidy_connections(task=None, **kwargs) -> None:
+    """Close database connections that are broken or older than CONN_MAX_AGE
+    around each task, as Django does around each request; the others are
+    kept (settings: CELERY_DB_REUSE_MAX). A task run eagerly (in the
+    caller's process, perhaps inside its transaction) leaves them alone."""
+    if task is not None and getattr(task.request, "is_eager", False):
+        return
+    from django.db import close_old_connections as close
+
+    close()
 
 
 @setup_logging.connect

@@ -1,5 +1,6 @@
 """The Celery wiring the delivery guarantees depend on."""
 
+import pytest
 from django.conf import settings
 
 from config.celery import app
@@ -22,3 +23,45 @@ def test_reliability_settings():
     visibility = conf.broker_transport_options["visibility_timeout"]
     assert visibility > conf.task_time_limit
     assert settings.CELERY_BEAT_SCHEDULER.startswith("django_celery_beat")
+
+
+@pytest.mark.postgresql
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_keeps_its_database_connection_between_tasks(monkeypatch):
+    """Celery's Django fixup would close the connection around every task;
+    a worker keeps it for CONN_MAX_AGE and replaces one the server dropped."""
+    from celery import signals
+    from celery.fixups.django import DjangoWorkerFixup
+    from django.db import connection, connections
+
+    from notifier.tasks import sweep as task
+
+    monkeypatch.setitem(connection.settings_dict, "CONN_MAX_AGE", 60)
+    monkeypatch.setitem(connection.settings_dict, "CONN_HEALTH_CHECKS", True)
+    fixup = DjangoWorkerFixup(app)
+    connection.close()  # the next query opens one with the settings above
+
+    def run_task() -> int:
+        signals.task_prerun.send(sender=task, task_id="t", task=task, args=(), kwargs={})
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            (pid,) = cursor.fetchone()
+        signals.task_postrun.send(
+            sender=task, task_id="t", task=task, args=(), kwargs={}, retval=None, state="SUCCESS"
+        )
+        return pid
+
+    fixup.install()
+    try:
+        first = run_task()
+        assert run_task() == first
+        with connections.create_connection("default").cursor() as other:
+            other.execute("SELECT pg_terminate_backend(%s)", [first])
+        third = run_task()
+        assert third != first
+        assert run_task() == third
+    finally:
+        signals.task_prerun.disconnect(fixup.on_task_prerun)
+        signals.task_postrun.disconnect(fixup.on_task_postrun)
+        signals.worker_process_init.disconnect(fixup.on_worker_process_init)
+        signals.beat_embedded_init.disconnect(fixup.close_database)

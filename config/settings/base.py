@@ -117,6 +117,14 @@ else:
     # Reuse connections in long-lived worker processes.
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Celery's Django fixup closes every database connection before and after
+# each task unless this is set (celery/celery#4116), whatever CONN_MAX_AGE
+# says: each one-message transactional task then paid for a new PostgreSQL
+# backend and its cold caches. Set, the fixup closes them only every
+# 2 x this many tasks; config.celery closes old and broken connections around
+# each task the way Django does around each request (CONN_MAX_AGE,
+# CONN_HEALTH_CHECKS).
+CELERY_DB_REUSE_MAX = 1_000_000
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
