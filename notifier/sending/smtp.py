@@ -22,10 +22,13 @@ does, so the connection stays usable for the next message.
 over these connections.
 """
 
+import functools
 import re
 import smtplib
 
+from django.conf import settings
 from django.core.mail.backends import smtp
+from django.core.mail.message import sanitize_address
 
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 
@@ -135,3 +138,29 @@ class EmailBackend(smtp.EmailBackend):
     @property
     def connection_class(self):
         return PipeliningSMTP_SSL if self.use_ssl else PipeliningSMTP
+
+    def _send(self, email_message):
+        """Django's ``_send``, with the sender's address checked and encoded
+        once per process, not once per message (the same for a whole run)."""
+        if not email_message.recipients():
+            return False
+        encoding = email_message.encoding or settings.DEFAULT_CHARSET
+        from_email = (
+            _sanitized_sender(email_message.from_email, encoding)
+            if type(email_message.from_email) is str
+            else sanitize_address(email_message.from_email, encoding)
+        )
+        recipients = [sanitize_address(addr, encoding) for addr in email_message.recipients()]
+        message = email_message.message()
+        try:
+            self.connection.sendmail(from_email, recipients, message.as_bytes(linesep="\r\n"))
+        except smtplib.SMTPException:
+            if not self.fail_silently:
+                raise
+            return False
+        return True
+
+
+@functools.lru_cache(maxsize=64)
+def _sanitized_sender(address: str, encoding: str) -> str:
+    return sanitize_address(address, encoding)
