@@ -15,11 +15,12 @@ or message raises ``SMTPDataError``; a connection lost before the last answer
 raises ``SMTPServerDisconnected`` (in doubt once the message may have gone
 out). The message itself is never sent unless ``DATA`` was answered ``354``
 with at least one recipient accepted. After a refusal the transaction is
-reset (``RSET``), after a ``421`` the connection is closed, as ``smtplib``
-does, so the connection stays usable for the next message.
+reset (``RSET``), so the connection stays usable for the next message;
+after a ``421`` it is closed, as ``smtplib`` does.
 
 ``EmailBackend`` is Django's SMTP backend (TLS, SSL, login, timeout as there)
-over these connections.
+over these connections; it replaces a connection closed after a ``421``
+before the next message.
 """
 
 import functools
@@ -138,6 +139,16 @@ class EmailBackend(smtp.EmailBackend):
     @property
     def connection_class(self):
         return PipeliningSMTP_SSL if self.use_ssl else PipeliningSMTP
+
+    def open(self):
+        """Django's ``open``; a connection ``smtplib`` closed itself (the
+        server answered ``421``) is replaced by a new one that stays open, as
+        the one it replaces did. Django's would keep the closed one, and the
+        next message would fail without being sent, as if in doubt."""
+        if self.connection is not None and self.connection.sock is None:
+            self.connection = None
+            return None if super().open() is None else False
+        return super().open()
 
     def _send(self, email_message):
         """Django's ``_send``, with the sender's address checked and encoded

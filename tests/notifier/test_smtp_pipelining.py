@@ -156,3 +156,25 @@ def test_a_rows_outcome_over_smtp(smtp_sink, fault, status):
     deliveries_send_batch(delivery_ids=[delivery.id])
     delivery.refresh_from_db()
     assert delivery.status == status
+
+
+def test_a_connection_the_server_closes_with_421_is_replaced(backend, smtp_sink):
+    smtp_sink.refuse_sender = (421, "Closing, try later")
+    with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+        backend.send_messages([_message("a@example.com")])
+    assert classify_exception(refused.value).status == RETRY
+    closed = backend.connection
+    assert closed.sock is None  # smtplib closes it on 421
+    smtp_sink.refuse_sender = None
+    assert backend.send_messages([_message("b@example.com")]) == 1
+    assert backend.send_messages([_message("c@example.com")]) == 1
+    # One new connection, kept open for the messages after.
+    assert backend.connection is not closed and backend.connection.sock is not None
+    assert [m["rcpt_tos"] for m in smtp_sink.messages] == [["b@example.com"], ["c@example.com"]]
+
+
+def test_ssl_connections_pipeline_too():
+    from notifier.sending.smtp import PipeliningSMTP, PipeliningSMTP_SSL
+
+    assert EmailBackend(use_ssl=True).connection_class is PipeliningSMTP_SSL
+    assert EmailBackend(use_tls=True).connection_class is PipeliningSMTP
