@@ -32,6 +32,10 @@ from django.core.mail.backends import smtp
 from django.core.mail.message import sanitize_address
 
 _LEADING_DOT = re.compile(rb"(?m)^\.")
+# More recipients than this go the unpipelined way: their answers, unread
+# while the commands are still being written, must fit in the socket buffers
+# (RFC 2920, 3.1), or client and server would both wait on a full buffer.
+MAX_PIPELINED_RECIPIENTS = 100
 
 
 class PipeliningMixin:
@@ -39,12 +43,12 @@ class PipeliningMixin:
 
     def sendmail(self, from_addr, to_addrs, msg, mail_options=(), rcpt_options=()):
         self.ehlo_or_helo_if_needed()
-        if not self.has_extn("pipelining"):
+        if isinstance(to_addrs, str):
+            to_addrs = [to_addrs]
+        if not self.has_extn("pipelining") or len(to_addrs) > MAX_PIPELINED_RECIPIENTS:
             return super().sendmail(from_addr, to_addrs, msg, mail_options, rcpt_options)
         if isinstance(msg, str):
             msg = smtplib._fix_eols(msg).encode("ascii")
-        if isinstance(to_addrs, str):
-            to_addrs = [to_addrs]
         options = []
         if self.has_extn("size"):
             options.append(f"size={len(msg)}")

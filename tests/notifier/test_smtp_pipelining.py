@@ -178,3 +178,17 @@ def test_ssl_connections_pipeline_too():
 
     assert EmailBackend(use_ssl=True).connection_class is PipeliningSMTP_SSL
     assert EmailBackend(use_tls=True).connection_class is PipeliningSMTP
+
+
+def test_many_recipients_go_unpipelined(backend, smtp_sink, monkeypatch):
+    monkeypatch.setattr("notifier.sending.smtp.MAX_PIPELINED_RECIPIENTS", 2)
+    to = ["a@example.com", "b@example.com", "c@example.com"]
+    assert backend.send_messages([_message(*to)]) == 1
+    assert [_commands(write)[0] for write in backend.writes[:5]] == [
+        "MAIL",
+        "RCPT",
+        "RCPT",
+        "RCPT",
+        "DATA",
+    ]
+    assert [m["rcpt_tos"] for m in smtp_sink.messages] == [to]
