@@ -192,3 +192,48 @@ def test_many_recipients_go_unpipelined(backend, smtp_sink, monkeypatch):
         "DATA",
     ]
     assert [m["rcpt_tos"] for m in smtp_sink.messages] == [to]
+
+
+def test_data_accepted_after_every_recipient_refused_gets_no_message():
+    """A server that answers DATA with 354 though it refused every recipient
+    (RFC 2920 allows for it): the client ends the data at once, empty."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    received: list[bytes] = []
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn, conn.makefile("rb") as lines:
+            conn.sendall(b"220 scripted\r\n")
+            in_data = False
+            for line in lines:
+                received.append(line)
+                command = line[:4].upper()
+                if in_data:
+                    if line == b".\r\n":
+                        in_data = False
+                        conn.sendall(b"554 No valid recipients\r\n")
+                elif command == b"EHLO":
+                    conn.sendall(b"250-scripted\r\n250 PIPELINING\r\n")
+                elif command == b"RCPT":
+                    conn.sendall(b"550 No such user\r\n")
+                elif command == b"DATA":
+                    in_data = True
+                    conn.sendall(b"354 Go ahead\r\n")
+                elif command == b"QUIT":
+                    conn.sendall(b"221 Bye\r\n")
+                    return
+                else:
+                    conn.sendall(b"250 OK\r\n")
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    backend = EmailBackend(host="127.0.0.1", port=listener.getsockname()[1], timeout=5)
+    with backend, pytest.raises(smtplib.SMTPRecipientsRefused):
+        backend.send_messages([_message("a@example.com")])
+    server.join(5)
+    listener.close()
+    commands = [line.split(b" ")[0].rstrip(b"\r\n").upper() for line in received]
+    assert commands[1:] == [b"MAIL", b"RCPT", b"DATA", b".", b"RSET", b"QUIT"]
