@@ -4,6 +4,8 @@ it means to ``smtplib`` (the outcome a row gets), and plain ``smtplib`` where
 the server does not offer it."""
 
 import smtplib
+import socket
+import threading
 
 import pytest
 from django.core.mail import EmailMessage
@@ -194,17 +196,16 @@ def test_many_recipients_go_unpipelined(backend, smtp_sink, monkeypatch):
     assert [m["rcpt_tos"] for m in smtp_sink.messages] == [to]
 
 
-def test_data_accepted_after_every_recipient_refused_gets_no_message():
-    """A server that answers DATA with 354 though it refused every recipient
-    (RFC 2920 allows for it): the client ends the data at once, empty."""
-    import socket
-    import threading
-
+def _scripted_server(*, rcpt: bytes, data: bytes):
+    """A one-connection SMTP server offering PIPELINING that answers every
+    RCPT TO with ``rcpt`` and DATA with ``data``; returns its port, its
+    thread and the lines it receives (for answers the sink cannot give)."""
     listener = socket.create_server(("127.0.0.1", 0))
     received: list[bytes] = []
 
     def serve():
         conn, _ = listener.accept()
+        listener.close()
         with conn, conn.makefile("rb") as lines:
             conn.sendall(b"220 scripted\r\n")
             in_data = False
@@ -218,10 +219,10 @@ def test_data_accepted_after_every_recipient_refused_gets_no_message():
                 elif command == b"EHLO":
                     conn.sendall(b"250-scripted\r\n250 PIPELINING\r\n")
                 elif command == b"RCPT":
-                    conn.sendall(b"550 No such user\r\n")
+                    conn.sendall(rcpt + b"\r\n")
                 elif command == b"DATA":
-                    in_data = True
-                    conn.sendall(b"354 Go ahead\r\n")
+                    in_data = data.startswith(b"354")
+                    conn.sendall(data + b"\r\n")
                 elif command == b"QUIT":
                     conn.sendall(b"221 Bye\r\n")
                     return
@@ -230,10 +231,33 @@ def test_data_accepted_after_every_recipient_refused_gets_no_message():
 
     server = threading.Thread(target=serve, daemon=True)
     server.start()
-    backend = EmailBackend(host="127.0.0.1", port=listener.getsockname()[1], timeout=5)
+    return listener.getsockname()[1], server, received
+
+
+def _verbs(lines: list[bytes]) -> list[bytes]:
+    return [line.split(b" ")[0].rstrip(b"\r\n").upper() for line in lines]
+
+
+def test_data_accepted_after_every_recipient_refused_gets_no_message():
+    """A server that answers DATA with 354 though it refused every recipient
+    (RFC 2920 allows for it): the client ends the data at once, empty."""
+    port, server, received = _scripted_server(rcpt=b"550 No such user", data=b"354 Go ahead")
+    backend = EmailBackend(host="127.0.0.1", port=port, timeout=5)
     with backend, pytest.raises(smtplib.SMTPRecipientsRefused):
         backend.send_messages([_message("a@example.com")])
     server.join(5)
-    listener.close()
-    commands = [line.split(b" ")[0].rstrip(b"\r\n").upper() for line in received]
-    assert commands[1:] == [b"MAIL", b"RCPT", b"DATA", b".", b"RSET", b"QUIT"]
+    assert _verbs(received)[1:] == [b"MAIL", b"RCPT", b"DATA", b".", b"RSET", b"QUIT"]
+
+
+@pytest.mark.parametrize(("code", "status"), [(554, FAILED), (451, RETRY)])
+def test_refused_data_command_gets_no_message(code, status):
+    """DATA refused after a recipient was accepted: the message is not sent,
+    and the transaction is reset for the next one."""
+    port, server, received = _scripted_server(rcpt=b"250 OK", data=b"%d No" % code)
+    backend = EmailBackend(host="127.0.0.1", port=port, timeout=5)
+    with backend, pytest.raises(smtplib.SMTPDataError) as refused:
+        backend.send_messages([_message("a@example.com")])
+    server.join(5)
+    assert refused.value.smtp_code == code
+    assert classify_exception(refused.value).status == status
+    assert _verbs(received)[1:] == [b"MAIL", b"RCPT", b"DATA", b"RSET", b"QUIT"]
