@@ -1,6 +1,12 @@
 """A local SMTP sink (aiosmtpd) that keeps every message it accepts (and,
 given a file, appends one JSON line per message to it: its Message-ID and
-recipients, for a count that outlives the process)."""
+recipients, for a count that outlives the process).
+
+It advertises ``PIPELINING`` as real servers do (aiosmtpd reads commands in
+order from its stream, so pipelined commands are answered in order); tests
+can turn that off, refuse a sender, a recipient or a message, or drop the
+connection once a message is in (``SinkHandler``'s attributes).
+"""
 
 import json
 import threading
@@ -15,7 +21,36 @@ class SinkHandler:
         self.record_path = record_path
         self.lock = threading.Lock()
         self.messages = []
-        self.reject: dict[str, tuple[int, str]] = {}
+        self.reset()
+
+    def reset(self):
+        with self.lock:
+            self.messages.clear()
+            # Advertise ESMTP command pipelining (RFC 2920) in the EHLO answer.
+            self.pipelining = True
+            # Address (lower case) -> (code, text) its RCPT TO is answered with.
+            self.reject: dict[str, tuple[int, str]] = {}
+            # (code, text) every MAIL FROM is answered with (None: accepted).
+            self.refuse_sender: tuple[int, str] | None = None
+            # (code, text) every message is answered with after its data
+            # (None: accepted), and nothing is kept.
+            self.refuse_data: tuple[int, str] | None = None
+            # Keep each message, then close the connection without answering:
+            # the client cannot know the message was accepted.
+            self.drop_after_data = False
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):  # noqa: N802
+        if self.refuse_sender:
+            return f"{self.refuse_sender[0]} {self.refuse_sender[1]}"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
         code = self.reject.get(address.lower())
@@ -25,6 +60,8 @@ class SinkHandler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        if self.refuse_data:
+            return f"{self.refuse_data[0]} {self.refuse_data[1]}"
         message = message_from_bytes(
             envelope.original_content or envelope.content, policy=policy.default
         )
@@ -40,12 +77,9 @@ class SinkHandler:
                 line = {"message_id": message["Message-ID"], "rcpt_tos": list(envelope.rcpt_tos)}
                 with open(self.record_path, "a") as record:
                     record.write(json.dumps(line) + "\n")
+        if self.drop_after_data:
+            server.transport.close()
         return "250 Message accepted for delivery"
-
-    def reset(self):
-        with self.lock:
-            self.messages.clear()
-            self.reject.clear()
 
 
 def start_sink(

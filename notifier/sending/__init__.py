@@ -24,7 +24,8 @@ lease, guard, release), ``wire`` (connections and sender threads),
 it changes a row), ``persist`` (bulk outcome writes per database),
 ``journal``, ``handoff`` (the hand-off mark in the database, for a journal
 Redis lost), ``failover`` (transport health and routing), ``limits``,
-``lookup``, ``ratelimit``, ``postmark`` (Postmark's batch API).
+``lookup``, ``ratelimit``, ``postmark`` (Postmark's batch API), ``smtp``
+(Django's SMTP backend with command pipelining).
 """
 
 from notifier.sending.engine import deliveries_send_batch

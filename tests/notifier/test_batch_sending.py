@@ -258,3 +258,36 @@ def test_smtp_messages_carry_random_boundaries_and_both_parts(smtp_sink):
         parts = [part.get_content_type() for part in message.iter_parts()]
         assert parts == ["text/plain", "text/html"]
     assert len(boundaries) == 2
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Hello",
+        "Hello  there",
+        "Réduction de 20 % sur tout",
+        "A long subject that goes on " * 4,
+        "tab\there",
+    ],
+)
+def test_smtp_message_headers_are_written_as_the_standard_library_writes_them(subject):
+    from email.policy import compat32
+
+    from notifier.sending.message import OutboundMessage
+
+    message = OutboundMessage(
+        subject,
+        "text é\n",
+        "News <news@example.com>",
+        ["Zoë Müller <zoe@example.com>", "Reader 1 <r1@example.com>"],
+        headers={
+            "Message-ID": "<1@example.com>",
+            "List-Unsubscribe": f"<https://example.com/u/{'x' * 80}>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        },
+    )
+    message.attach_alternative("<p>html é</p>", "text/html")
+    mime = message.message()
+    written = mime.as_bytes(linesep="\r\n")
+    mime.policy = compat32
+    assert written == mime.as_bytes(linesep="\r\n")
