@@ -4,6 +4,7 @@ A ``Stack`` owns the fake ESP, the SMTP sink and Celery worker processes it
 starts, measures their peak memory and stops them all at the end.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -55,6 +56,32 @@ def children(pid: int) -> list[int]:
     except FileNotFoundError:
         return []
     return [int(p) for p in out.split()]
+
+
+def stray_workers(redis_url: str) -> list[int]:
+    """Celery workers left running by an earlier benchmark on ``redis_url``
+    (its driver was killed before it could stop them): they would take this
+    run's tasks from the same queues and spoil every figure."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = dict(
+                item.split(b"=", 1)
+                for item in (entry / "environ").read_bytes().split(b"\0")
+                if b"=" in item
+            )
+        except OSError:
+            continue
+        if (
+            b"celery" in cmdline[:3]
+            and environ.get(b"DJANGO_SETTINGS_MODULE") == b"config.settings.bench"
+            and environ.get(b"REDIS_URL", b"").decode(errors="replace") == redis_url
+        ):
+            found.append(int(entry.name))
+    return found
 
 
 # --- CPU accounting -------------------------------------------------------------
@@ -167,6 +194,12 @@ class Stack:
         self.memory: dict[str, float] = {}
 
     def start_services(self):
+        strays = stray_workers(os.environ.get("REDIS_URL", ""))
+        for pid in strays:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if strays:
+            print(f"Stopped {len(strays)} Celery worker process(es) left by an earlier benchmark.")
         self.esp = self._spawn(
             [PY, "manage.py", "fake_esp", "--port", str(self.esp_port), "--light"], "esp"
         )
