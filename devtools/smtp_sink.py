@@ -36,11 +36,16 @@ class SinkHandler:
             # (None: accepted), and nothing is kept.
             self.refuse_data: tuple[int, str] | None = None
             # Keep each message, then close the connection without answering:
-            # the client cannot know the message was accepted.
-            self.drop_after_data = False
+            # the client cannot know the message was accepted. True: every
+            # message; a number: that many of the next messages.
+            self.drop_after_data: bool | int = False
+            # EHLO greetings answered: one per connection a client opened.
+            self.greetings = 0
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802
         session.host_name = hostname
+        with self.lock:
+            self.greetings += 1
         if self.pipelining:
             responses.insert(-1, "250-PIPELINING")
         return responses
@@ -78,6 +83,8 @@ class SinkHandler:
                 with open(self.record_path, "a") as record:
                     record.write(json.dumps(line) + "\n")
         if self.drop_after_data:
+            if self.drop_after_data is not True:
+                self.drop_after_data -= 1
             server.transport.close()
         return "250 Message accepted for delivery"
 

@@ -154,6 +154,17 @@ class EmailBackend(smtp.EmailBackend):
             return None if super().open() is None else False
         return super().open()
 
+    def drop_connection(self) -> None:
+        """Close the connection after a send that failed half-way (its state
+        is unknown) so that ``open`` replaces it before the next message and
+        keeps the new one open: after ``close`` every later message of the
+        batch would open and close a connection of its own."""
+        if self.connection is not None:
+            try:
+                self.connection.close()
+            except Exception:
+                self.connection = None
+
     def _send(self, email_message):
         """Django's ``_send``, with the sender's address checked and encoded
         once per process, not once per message (the same for a whole run)."""

@@ -89,9 +89,10 @@ def _transmit_one(conn, message: EmailMultiAlternatives, delivery: Delivery, tra
         except Exception as exc:
             outcome = classify_exception(exc)
             if outcome.status == UNKNOWN and transport == "smtp":
-                # The SMTP connection is unusable after a mid-send failure; the
-                # backend opens a new one for its next message.
-                conn.close()
+                # The SMTP connection is unusable after a mid-send failure: it
+                # is dropped and the backend opens a new one for its next
+                # message (ours keeps that one open: smtp.EmailBackend).
+                getattr(conn, "drop_connection", conn.close)()
         else:
             outcome = classify_sent_message(message, delivery.recipient.email)
         span.set_attribute("notifier.outcome", outcome.status)

@@ -160,6 +160,19 @@ def test_a_rows_outcome_over_smtp(smtp_sink, fault, status):
     assert delivery.status == status
 
 
+def test_after_a_send_in_doubt_the_batch_goes_on_over_one_new_connection(smtp_sink, settings):
+    """The connection a send failed on half-way is replaced once; the rest of
+    the batch does not open a connection per message."""
+    settings.NOTIFIER_SEND_THREADS = 1
+    smtp_sink.drop_after_data = 1
+    rows = DeliveryFactory.create_batch(5, transport="smtp")
+    deliveries_send_batch(delivery_ids=[row.id for row in rows])
+    statuses = [Delivery.objects.get(pk=row.pk).status for row in rows]
+    assert statuses == [UNKNOWN] + [SENT] * 4
+    assert len(smtp_sink.messages) == 5  # the first arrived; its answer was lost
+    assert smtp_sink.greetings == 2
+
+
 def test_a_connection_the_server_closes_with_421_is_replaced(backend, smtp_sink):
     smtp_sink.refuse_sender = (421, "Closing, try later")
     with pytest.raises(smtplib.SMTPSenderRefused) as refused:
