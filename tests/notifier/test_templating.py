@@ -201,6 +201,11 @@ PLAIN_DATA = [
         "{{ data }}{{ data.items.0 }}{{ data.title.upper }}{{ True }}{{ None }}",
         "{{ missing.title }} text only {{ data.title.0 }}",
         "no variables at all",
+        "{{ data.title|safe }}|{{ data.n|pluralize }}|{{ data.n|safe }}|{{ data.title|pluralize }}",
+        "{% if data.title %}<b>{{ data.title }}</b>{% elif data.n %}{{ data.n }}{% else %}-{% endif %}",
+        "{% if missing %}x{% endif %}{% if data.nested.deep %}{{ data.nested.deep.x }}{% endif %}",
+        "{% if data.title %}{% if data.n %}{{ data.n|pluralize }}{% endif %}{% endif %}.",
+        "{% if not data.title %}n{% endif %}{{ data.title|upper }}{{ data.n|pluralize:'es' }}",
     ],
 )
 @pytest.mark.parametrize("autoescape", [True, False])
@@ -213,6 +218,13 @@ def test_render_each_of_text_and_plain_variables_gives_what_render_gives(
     settings.USE_THOUSAND_SEPARATOR = True  # integers then go through Django's formatting
     expected = [templating.render(source, c, autoescape=autoescape) for c in contexts]
     assert templating.render_each(source, contexts, autoescape=autoescape) == expected
+
+
+def test_plain_templates_keep_the_step_limit(settings):
+    settings.NOTIFIER_RENDER_MAX_STEPS = 50
+    with pytest.raises(templating.RenderLimitExceeded):
+        templating.render("{{ a }}" * 60, {"a": "x"})
+    assert templating.render("{{ a }}" * 40, {"a": "x"}) == "x" * 40
 
 
 def test_render_each_keeps_the_output_limit_for_plain_templates(settings):
