@@ -66,10 +66,10 @@ def deliveries_send_here(*, ids: list[int], batch_size: int | None = None) -> di
     """
     from notifier.sending import deliveries_send_batch
 
+    if not ids:
+        return {}
     batch_size = batch_size or settings.NOTIFIER_BATCH_SIZE
     counts: dict[str, int] = defaultdict(int)
-    if not ids:
-        return counts
     Delivery.objects.filter(id__in=ids).update(dispatched_at=timezone.now())
     for chunk in chunked(sorted(ids), batch_size):
         try:
