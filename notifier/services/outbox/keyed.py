@@ -3,12 +3,11 @@ one statement: what every row shares is sent once, not once per row."""
 
 import json
 
-from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 from django.utils import timezone
 
 from notifier.models import Delivery
-from notifier.services.outbox.materialise import _uuid_sql
+from notifier.services.outbox.materialise import delivery_columns_sql, uuid_sql
 
 # The fields a row may give itself; every other one is shared, or its default.
 ROW_FIELDS = (
@@ -22,7 +21,7 @@ ROW_FIELDS = (
 
 
 def _field(name: str):
-    return Delivery._meta.get_field(name.removesuffix("_id"))
+    return Delivery._meta.get_field(name)  # a field's name or its column's (recipient_id)
 
 
 def _postgresql_insert(*, rows: list[dict], shared: dict) -> dict[str, int]:
@@ -31,31 +30,12 @@ def _postgresql_insert(*, rows: list[dict], shared: dict) -> dict[str, int]:
     single parameters. A key that exists already raises IntegrityError."""
     q = connection.ops.quote_name
     record = [f"{q(name)} {_field(name).db_type(connection)}" for name in ROW_FIELDS]
-    columns, values, params = [], [], []
-    for field in Delivery._meta.concrete_fields:
-        if field.primary_key:
-            continue
-        if field.attname in ROW_FIELDS:
-            columns.append(q(field.column))
-            values.append(f"r.{q(field.attname)}")
-            continue
-        if field.name == "uuid":
-            sql, value_params = _uuid_sql(), []
-        elif field.name in shared or field.attname in shared:
-            value = shared.get(field.name, shared.get(field.attname))
-            sql, value_params = "%s", [field.get_db_prep_save(value, connection)]
-        elif field.null:
-            sql, value_params = "NULL", []
-        else:
-            default = field.get_default()
-            if default is None:
-                if getattr(field, "db_default", None) is not None:
-                    continue
-                raise ImproperlyConfigured(f"Delivery.{field.name} has no default.")
-            sql, value_params = "%s", [field.get_db_prep_save(default, connection)]
-        columns.append(q(field.column))
-        values.append(sql)
-        params.extend(value_params)
+    explicit = {_field(name).name: (f"r.{q(name)}", []) for name in ROW_FIELDS}
+    explicit["uuid"] = (uuid_sql(), [])
+    for name, value in shared.items():
+        field = _field(name)
+        explicit[field.name] = ("%s", [field.get_db_prep_save(value, connection)])
+    columns, values, params = delivery_columns_sql(explicit)
     document = json.dumps(
         [{name: row[name] for name in ROW_FIELDS} for row in rows],
         default=lambda value: value.isoformat(),  # the datetimes, to the microsecond
