@@ -24,6 +24,7 @@ reuses their output; see ``_SharedParts``.
 import copy
 import functools
 import hashlib
+import html
 import json
 import re
 import threading
@@ -52,7 +53,6 @@ from django.template.base import (
 )
 from django.template.defaulttags import TemplateLiteral
 from django.template.smartif import TokenBase
-from django.utils.html import escape
 
 ALLOWED_TAGS = (
     "autoescape",
@@ -613,7 +613,8 @@ def _plain_text(value, how: str, autoescape: bool) -> str:
             raise _NotPlain
         return "" if value == 1 else "s"
     if type(value) is str:
-        return escape(value) if autoescape and how != "safe" else value
+        # What django.utils.html.escape returns, without its lazy-string check.
+        return html.escape(value) if autoescape and how != "safe" else value
     if type(value) is int and how == "" and not settings.USE_THOUSAND_SEPARATOR:
         return str(value)  # what localize() prints without separators
     raise _NotPlain
