@@ -743,7 +743,9 @@ class Notification(models.Model):
     topic = models.ForeignKey(Topic, on_delete=models.CASCADE, related_name="notifications")
     data = models.JSONField(default=dict, blank=True)
     frequency = models.CharField(max_length=8, choices=Frequency.choices)
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    # Unique where set (a partial unique index: most events carry none, and
+    # a digest's marking of its rows then writes no index entry for them).
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     # Set in the same transaction that creates the digest Delivery.
     digest = models.ForeignKey(
@@ -753,6 +755,13 @@ class Notification(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="notification_idempotency_key_uniq",
+            ),
+        ]
         indexes = [
             models.Index(
                 fields=["frequency", "recipient"],

@@ -60,8 +60,14 @@ def digests_weekly(now: str | None = None) -> dict[str, int]:
     name="notifier.build_digests", acks_late=True, reject_on_worker_lost=True, ignore_result=True
 )
 def build_digests(recipient_ids: list[int], frequency: str, window: str, cutoff: str):
+    # Sends what it built (see digests_build): a redelivered build finds its
+    # digests built and dispatched, and the sweeper recovers any it left.
     return digests_build(
-        recipient_ids=recipient_ids, frequency=frequency, window=window, cutoff=_moment(cutoff)
+        recipient_ids=recipient_ids,
+        frequency=frequency,
+        window=window,
+        cutoff=_moment(cutoff),
+        send_here=True,
     )
 
 

@@ -55,6 +55,33 @@ def deliveries_dispatch(*, ids_by_kind: dict[str, list[int]], batch_size: int | 
     return published
 
 
+def deliveries_send_here(*, ids: list[int], batch_size: int | None = None) -> dict[str, int]:
+    """Send these rows in this process, a batch at a time, as the batch tasks
+    would (a digest build sends what it built, so the first digests leave
+    while later ones are still being built instead of queueing behind every
+    build). The rows are marked dispatched first, as for a task: the sweeper
+    leaves them to this process, and takes them up again if it dies (claims
+    are conditional; a row handed over is never sent twice). Returns counts
+    per resulting status.
+    """
+    from notifier.sending import deliveries_send_batch
+
+    if not ids:
+        return {}
+    batch_size = batch_size or settings.NOTIFIER_BATCH_SIZE
+    counts: dict[str, int] = defaultdict(int)
+    Delivery.objects.filter(id__in=ids).update(dispatched_at=timezone.now())
+    for chunk in chunked(sorted(ids), batch_size):
+        try:
+            sent = deliveries_send_batch(delivery_ids=chunk)
+        except Exception:  # left pending or leased: the sweeper sends them
+            logger.exception("Could not send a batch of %d deliveries here", len(chunk))
+            continue
+        for status, count in sent.items():
+            counts[status] += count
+    return dict(counts)
+
+
 def delivery_dispatch_on_commit(delivery: Delivery) -> None:
     """Publish one delivery after the caller's transaction commits."""
     from django.db import transaction

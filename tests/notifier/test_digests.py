@@ -482,3 +482,66 @@ def test_entry_text_takes_linear_time_on_long_unclosed_markup():
     for hostile in ("a" * 100_000 + "<", "<b x" + ' y="1"' * 20_000 + "<", "&amp;" * 20_000 + "<"):
         _strip_tags(hostile)
     assert time.monotonic() - started < 5  # was exponential: 26 characters took 10 s
+
+
+# The digest's sources before its sections were rendered at build time: the
+# sender rendered the whole digest from the entries in the row's context.
+SECTIONS_AS_TEMPLATE_HTML = """<h1>Your {{ period }} digest</h1>
+{% for section in sections %}<h2>{{ section.topic.name }} ({{ section.count }})</h2>
+<ul>
+{% for item in section.items %}<li>{{ item.html|safe }}</li>
+{% endfor %}</ul>
+{% if section.more %}<p>And {{ section.more }} more.</p>
+{% endif %}{% endfor %}{% if preferences_url %}<p><a href="{{ preferences_url }}">Choose which notifications you get, and how often</a></p>
+{% endif %}{% if unsubscribe_url %}<p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p>
+{% endif %}"""
+SECTIONS_AS_TEMPLATE_TEXT = """Your {{ period }} digest
+{% for section in sections %}
+{{ section.topic.name }} ({{ section.count }})
+{% for item in section.items %}- {{ item.text }}
+{% endfor %}{% if section.more %}And {{ section.more }} more.
+{% endif %}{% endfor %}{% if preferences_url %}
+Choose which notifications you get, and how often: {{ preferences_url }}
+{% endif %}{% if unsubscribe_url %}Unsubscribe: {{ unsubscribe_url }}
+{% endif %}"""
+
+
+@pytest.mark.parametrize(
+    "links",
+    [{}, {"preferences_url": "https://x.example/p?a=1&b=2", "unsubscribe_url": "https://u/1"}],
+)
+def test_sections_rendered_at_build_give_the_message_the_whole_template_gave(links):
+    from notifier import templating
+    from notifier.services.digests import DIGEST_HTML, DIGEST_SUBJECT, DIGEST_TEXT
+    from notifier.services.digests.entries import digest_body, digest_contexts
+
+    topics = {
+        1: TopicFactory(name="News & <Views>", digest_item="<em>{{ data.title }}</em>"),
+        2: TopicFactory(name="Alerts", digest_cap=2, digest_item="{% if %}"),
+        3: TopicFactory(name="Plain", digest_item="{{ data }}"),
+    }
+    topics = {topic.pk: topic for topic in topics.values()}
+    news, alerts, plain = topics
+    entries = {
+        news: [(1, T0), (2, T0 - timedelta(minutes=3))],
+        alerts: [(n, T0 - timedelta(minutes=n)) for n in range(3, 8)],
+        plain: [(9, T0 - timedelta(minutes=1))],
+    }
+    data = {n: {"title": f"t{n} <b>&amp;</b> {{{{ x }}}}", "n": n} for n in range(10)}
+    content = digest_contexts(
+        frequency="daily", window="w", entries={7: entries}, topics=topics, data=data
+    )[7]
+    compile_html = sending_message.inline_html_document
+
+    def rendered(subject, html, text, context):
+        return templating.render_message(
+            subject=subject,
+            html_body=compile_html(html),
+            text_body=text,
+            context=templating.plain_data({**context, **links}),
+        )
+
+    before = rendered(DIGEST_SUBJECT, SECTIONS_AS_TEMPLATE_HTML, SECTIONS_AS_TEMPLATE_TEXT, content)
+    after = rendered(DIGEST_SUBJECT, DIGEST_HTML, DIGEST_TEXT, digest_body(content))
+    assert after == before
+    assert "And 3 more." in after[2] and "News &amp; &lt;Views&gt; (2)" in after[1]

@@ -181,6 +181,59 @@ def test_render_each_gives_what_separate_renders_give(source):
     assert contexts[0] == {"data": {"title": "aab", "n": 0}}
 
 
+PLAIN_DATA = [
+    {"title": "Bob & <Ann>", "n": 5, "neg": -1200000, "it's": "q"},
+    {"title": "", "n": 0, "nested": {"deep": {"x": "y"}}},
+    {"title": True, "n": 1.5, "items": [1, 2]},
+    {"title": None, "n": False, "keys": "k"},
+    {"title": ["a"], "n": {"a": 1}},
+    {"n": 10**30},
+    {},
+    {"title": "{{ recipient.email }}{% now 'Y' %}", "n": -7},
+]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "<b>{{ data.title }}</b> #{{ data.n }}",
+        "{{ data.nested.deep.x }}|{{ data.neg }}|{{ data.items }}|{{ data.keys }}",
+        "{{ data }}{{ data.items.0 }}{{ data.title.upper }}{{ True }}{{ None }}",
+        "{{ missing.title }} text only {{ data.title.0 }}",
+        "no variables at all",
+        "{{ data.title|safe }}|{{ data.n|pluralize }}|{{ data.n|safe }}|{{ data.title|pluralize }}",
+        "{% if data.title %}<b>{{ data.title }}</b>{% elif data.n %}{{ data.n }}{% else %}-{% endif %}",
+        "{% if missing %}x{% endif %}{% if data.nested.deep %}{{ data.nested.deep.x }}{% endif %}",
+        "{% if data.title %}{% if data.n %}{{ data.n|pluralize }}{% endif %}{% endif %}.",
+        "{% if not data.title %}n{% endif %}{{ data.title|upper }}{{ data.n|pluralize:'es' }}",
+    ],
+)
+@pytest.mark.parametrize("autoescape", [True, False])
+def test_render_each_of_text_and_plain_variables_gives_what_render_gives(
+    source, autoescape, settings
+):
+    contexts = [{"data": data} for data in PLAIN_DATA]
+    expected = [templating.render(source, c, autoescape=autoescape) for c in contexts]
+    assert templating.render_each(source, contexts, autoescape=autoescape) == expected
+    settings.USE_THOUSAND_SEPARATOR = True  # integers then go through Django's formatting
+    expected = [templating.render(source, c, autoescape=autoescape) for c in contexts]
+    assert templating.render_each(source, contexts, autoescape=autoescape) == expected
+
+
+def test_plain_templates_keep_the_step_limit(settings):
+    settings.NOTIFIER_RENDER_MAX_STEPS = 50
+    with pytest.raises(templating.RenderLimitExceeded):
+        templating.render("{{ a }}" * 60, {"a": "x"})
+    assert templating.render("{{ a }}" * 40, {"a": "x"}) == "x" * 40
+
+
+def test_render_each_keeps_the_output_limit_for_plain_templates(settings):
+    settings.NOTIFIER_RENDER_MAX_CHARS = 10
+    short, long = templating.render_each("{{ a }}", [{"a": "x" * 10}, {"a": "x" * 11}])
+    assert short == "x" * 10
+    assert isinstance(long, templating.RenderLimitExceeded)
+
+
 def test_render_each_returns_each_renders_error_in_its_place(settings):
     settings.NOTIFIER_RENDER_MAX_CHARS = 50
     results = templating.render_each(

@@ -1,8 +1,8 @@
 """Hourly, daily and weekly digests: finding who is due, and building one email each.
 
 ``windows`` names each digest and its cutoff, ``scheduling`` finds who is due
-and fans the builds out, ``building`` writes them, ``entries`` renders their
-content, ``send_now`` is staff's button.
+and fans the builds out, ``building`` writes (and sends) them, ``entries``
+renders their content, ``send_now`` is staff's button.
 
 Each event is in exactly one digest, and no digest is sent twice:
 
@@ -19,10 +19,16 @@ Each event is in exactly one digest, and no digest is sent twice:
   notifications included (``digest``, ``included_at``) in ONE transaction. A
   worker killed before the commit leaves everything pending for the
   redelivered task; one killed after it leaves the digest built.
-* The Deliveries are dispatched after the commit; if the worker dies in
-  between, the redelivered task (or the sweeper) dispatches them. A digest
-  built inside the recipient's quiet hours is due at their end instead and
-  left to the sweeper.
+* The Deliveries are sent after the commit, by the build task itself
+  (marked dispatched first, then sent through the batch engine like any
+  batch: building and sending overlap across the workers), or dispatched
+  as batch tasks when built inside a caller's transaction. If the worker
+  dies before marking them, the redelivered task sends them; after, the
+  sweeper recovers them. A digest built inside the recipient's quiet hours
+  is due at their end instead and left to the sweeper.
+* Each digest's sections are rendered once, when it is built, into its
+  context (``entries.digest_body``); the sender renders the frame around
+  them, the same sources for every digest.
 """
 
 from notifier.services.digests.building import digests_build

@@ -1,5 +1,6 @@
 """The digest email: its sources, and each entry rendered when it is built."""
 
+import functools
 import html
 import logging
 import re
@@ -9,29 +10,24 @@ from django.utils.html import escape, strip_tags
 
 from notifier import templating
 from notifier.models import Frequency, Topic
+from notifier.sending.message import inline_html_document
 
 logger = logging.getLogger(__name__)
 
 # The digest email. Entries are rendered when the digest is built (each with
-# its topic's ``digest_item``, in the locked-down engine, autoescaped) and
-# stored in the Delivery's context; the sender renders these sources with it,
-# plus ``recipient`` and the links a message hook adds.
+# its topic's ``digest_item``, in the locked-down engine, autoescaped), and so
+# are the sections holding them (``digest_body``, once per digest): the
+# Delivery's context carries them as ``sections_html`` and ``sections_text``.
+# The sender renders these sources with that context, plus ``recipient`` and
+# the links a message hook adds: the frame around the sections, the same for
+# every digest.
 DIGEST_SUBJECT = "Your {{ period }} digest: {{ total }} new notification{{ total|pluralize }}"
 DIGEST_HTML = """<h1>Your {{ period }} digest</h1>
-{% for section in sections %}<h2>{{ section.topic.name }} ({{ section.count }})</h2>
-<ul>
-{% for item in section.items %}<li>{{ item.html|safe }}</li>
-{% endfor %}</ul>
-{% if section.more %}<p>And {{ section.more }} more.</p>
-{% endif %}{% endfor %}{% if preferences_url %}<p><a href="{{ preferences_url }}">Choose which notifications you get, and how often</a></p>
+{{ sections_html|safe }}{% if preferences_url %}<p><a href="{{ preferences_url }}">Choose which notifications you get, and how often</a></p>
 {% endif %}{% if unsubscribe_url %}<p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p>
 {% endif %}"""
 DIGEST_TEXT = """Your {{ period }} digest
-{% for section in sections %}
-{{ section.topic.name }} ({{ section.count }})
-{% for item in section.items %}- {{ item.text }}
-{% endfor %}{% if section.more %}And {{ section.more }} more.
-{% endif %}{% endfor %}{% if preferences_url %}
+{{ sections_text }}{% if preferences_url %}
 Choose which notifications you get, and how often: {{ preferences_url }}
 {% endif %}{% if unsubscribe_url %}Unsubscribe: {{ unsubscribe_url }}
 {% endif %}"""
@@ -109,7 +105,8 @@ def digest_contexts(
     topics: dict[int, Topic],
     data: dict[int, object],
 ) -> dict[int, dict]:
-    """The Delivery context of each recipient's digest: recipient id -> context.
+    """The content of each recipient's digest: recipient id -> its period,
+    total and sections (``digest_body`` makes the Delivery's context of it).
 
     ``entries`` maps recipient id -> topic id -> [(notification id,
     created_at)], all of a recipient's notifications in this digest; ``data``
@@ -167,8 +164,60 @@ def digest_context(
     topics: dict[int, Topic],
     data: dict[int, object],
 ) -> dict:
-    """The Delivery context of one digest (see ``digest_contexts``):
+    """The content of one digest (see ``digest_contexts``):
     ``entries`` maps topic id -> [(notification id, created_at)]."""
     return digest_contexts(
         frequency=frequency, window=window, entries={0: entries}, topics=topics, data=data
     )[0]
+
+
+# --- The sections, rendered once per digest -------------------------------------------
+
+# What the sections of a digest look like (the entries' own HTML goes in as
+# rendered). Their tags carry the styles the default layout's CSS gives them
+# when a source is compiled (``inline_html_document``): see ``_styled_tags``.
+_SECTION_PROBE = "<h2>h2-tag</h2>\n<ul>\n<li>li-tag</li>\n</ul>\n<p>p-tag</p>"
+
+
+@functools.lru_cache(maxsize=1)
+def _styled_tags() -> dict[str, str]:
+    """The opening tags of a section (h2, ul, li, p) as compiled with the
+    default layout: its CSS has element selectors only, so a tag is styled
+    the same wherever it stands. Once per process."""
+    compiled = inline_html_document(_SECTION_PROBE)
+    start = re.search(r"<h2\b[^>]*>h2-tag", compiled).start()
+    return {
+        name: re.compile(rf"<{name}\b[^>]*>").search(compiled, start).group(0)
+        for name in ("h2", "ul", "li", "p")
+    }
+
+
+def digest_body(content: dict) -> dict:
+    """The Delivery context of a digest whose ``content`` is one of
+    ``digest_contexts``: its period and total, and its sections rendered as
+    HTML (compiled tags, names escaped, entries as rendered) and as text.
+    Plain string building: the sections are ours, and their output is what
+    rendering them as a template in the sender gave before."""
+    tags = _styled_tags()
+    h2, ul, li, p = tags["h2"], tags["ul"], tags["li"], tags["p"]
+    html_parts: list[str] = []
+    text_parts: list[str] = []
+    for section in content["sections"]:
+        name, count, more = section["topic"]["name"], section["count"], section["more"]
+        html_parts.append(f"{h2}{escape(name)} ({count})</h2>\n{ul}\n")
+        text_parts.append(f"\n{name} ({count})\n")
+        for item in section["items"]:
+            html_parts.append(f"{li}{item['html']}</li>\n")
+            text_parts.append(f"- {item['text']}\n")
+        html_parts.append("</ul>\n")
+        if more:
+            html_parts.append(f"{p}And {more} more.</p>\n")
+            text_parts.append(f"And {more} more.\n")
+    return {
+        "frequency": content["frequency"],
+        "period": content["period"],
+        "window": content["window"],
+        "total": content["total"],
+        "sections_html": "".join(html_parts),
+        "sections_text": "".join(text_parts),
+    }

@@ -17,6 +17,9 @@ the Delivery rows of a group (a campaign run) outside the sending engine.
 * ``delivery_group_cancel``   cancel the pending rows
 * ``deliveries_retry``        staff: send chosen failed / in-doubt rows again
 * ``delivery_group_release_held``  rows a batch held after a resume, due again
+* ``deliveries_insert_keyed`` rows that each carry their own idempotency key
+                              (digests), many in one statement, what they
+                              share sent once
 * ``deliveries_analyze``      refresh the table statistics after a big launch
 
 The owner (campaigns) keeps its own state and fans the due rows out; a
@@ -32,6 +35,7 @@ from notifier.services.outbox.groups import (
     delivery_group_release_held,
     delivery_group_resume,
 )
+from notifier.services.outbox.keyed import deliveries_insert_keyed
 from notifier.services.outbox.materialise import deliveries_analyze, deliveries_materialise
 from notifier.services.outbox.retry import (
     RETRY_KINDS,
@@ -45,6 +49,7 @@ __all__ = [
     "RETRY_REASON",
     "DueByZone",
     "deliveries_analyze",
+    "deliveries_insert_keyed",
     "deliveries_materialise",
     "deliveries_retry",
     "delivery_group_cancel",

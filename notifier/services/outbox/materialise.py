@@ -14,7 +14,7 @@ from notifier.services.suppressions import suppression_reason_sql
 # --- Materialise ---------------------------------------------------------------------
 
 
-def _uuid_sql() -> str:
+def uuid_sql() -> str:
     if connection.vendor == "postgresql":
         # Time-ordered (UUID version 7: 48 bits of milliseconds, the version,
         # 74 random bits under the variant), so a million-row launch appends
@@ -54,25 +54,12 @@ def _prep(name: str, value):
     return Delivery._meta.get_field(name).get_db_prep_save(value, connection)
 
 
-def _insert_sql(*, explicit: dict, audience_sql: str, audience_params: list) -> tuple:
-    """The INSERT ... SELECT writing one Delivery per audience member.
-
-    Every concrete column gets a value here (Django defaults are not database
-    defaults): the ``explicit`` ones, and each other field's Django default.
-    """
+def delivery_columns_sql(explicit: dict[str, tuple[str, list]]) -> tuple[list, list, list]:
+    """(columns, value expressions, their parameters) of a set-based INSERT of
+    Delivery rows: every concrete column gets a value, the ``explicit`` ones
+    (field name -> SQL and parameters), and each other field's Django
+    default (Django defaults are not database defaults), NULL where it may."""
     q = connection.ops.quote_name
-    # The reason a member is not mailed ('' when they are).
-    reason_sql, reason_params = suppression_reason_sql(email="m.email", status="m.status")
-    explicit = {
-        "uuid": (_uuid_sql(), []),
-        "recipient": ("a.id", []),
-        "status": (
-            "CASE WHEN a.reason = '' THEN %s ELSE %s END",
-            [Delivery.Status.PENDING, Delivery.Status.SUPPRESSED],
-        ),
-        "status_reason": ("a.reason", []),
-        **explicit,
-    }
     columns, values, params = [], [], []
     for field in Delivery._meta.concrete_fields:
         if field.primary_key:
@@ -87,12 +74,32 @@ def _insert_sql(*, explicit: dict, audience_sql: str, audience_params: list) -> 
                 if getattr(field, "db_default", None) is not None:
                     continue
                 raise ImproperlyConfigured(
-                    f"Delivery.{field.name} has no default: the campaign launch cannot fill it."
+                    f"Delivery.{field.name} has no default: a set-based insert cannot fill it."
                 )
             sql, field_params = "%s", [field.get_db_prep_save(default, connection)]
         columns.append(q(field.column))
         values.append(sql)
         params.extend(field_params)
+    return columns, values, params
+
+
+def _insert_sql(*, explicit: dict, audience_sql: str, audience_params: list) -> tuple:
+    """The INSERT ... SELECT writing one Delivery per audience member
+    (see ``delivery_columns_sql``)."""
+    q = connection.ops.quote_name
+    # The reason a member is not mailed ('' when they are).
+    reason_sql, reason_params = suppression_reason_sql(email="m.email", status="m.status")
+    explicit = {
+        "uuid": (uuid_sql(), []),
+        "recipient": ("a.id", []),
+        "status": (
+            "CASE WHEN a.reason = '' THEN %s ELSE %s END",
+            [Delivery.Status.PENDING, Delivery.Status.SUPPRESSED],
+        ),
+        "status_reason": ("a.reason", []),
+        **explicit,
+    }
+    columns, values, params = delivery_columns_sql(explicit)
     sql = f"""
         INSERT INTO {q(Delivery._meta.db_table)} ({", ".join(columns)})
         SELECT {", ".join(values)}
