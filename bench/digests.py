@@ -95,10 +95,11 @@ def _verdict(rows: Counter, received: Counter, n: int, what: str) -> str:
 
 
 def _wait_done(deliveries, n: int, timeout: float) -> None:
+    from bench.parts import rows_done
+
     deadline = time.monotonic() + timeout
-    open_statuses = [Delivery.Status.PENDING, Delivery.Status.SENDING]
     while time.monotonic() < deadline:
-        if deliveries.count() >= n and not deliveries.filter(status__in=open_statuses).exists():
+        if rows_done(deliveries, n):
             return
         time.sleep(0.5)
     raise TimeoutError(f"{deliveries.count()} of {n} digests built, not all sent after {timeout}s")

@@ -8,6 +8,7 @@ import time
 from datetime import datetime
 
 from django.db import DatabaseError, connections
+from django.db.models import Count, Q
 
 from bench.campaign import ensure_recipients
 from bench.floor import batch_floor_process, floor_process, recipient_data, recipient_to
@@ -119,12 +120,21 @@ def launch_campaign(n: int, transport: str):
     return launch(n=n, transport=transport, template=bench_template())
 
 
+def rows_done(deliveries, n: int) -> bool:
+    """At least ``n`` rows and none pending or sending, read in one statement
+    (one snapshot: two queries could see no open row before the launch
+    commits and ``n`` rows, all pending, after it)."""
+    counts = deliveries.aggregate(
+        total=Count("id"),
+        open=Count("id", filter=Q(status__in=[Delivery.Status.PENDING, Delivery.Status.SENDING])),
+    )
+    return counts["total"] >= n and not counts["open"]
+
+
 def wait_run_done(run_id: int, n: int, timeout: float) -> float:
     deadline = time.monotonic() + timeout
-    open_statuses = [Delivery.Status.PENDING, Delivery.Status.SENDING]
     while time.monotonic() < deadline:
-        still_open = Delivery.objects.filter(run_id=run_id, status__in=open_statuses).exists()
-        if not still_open and Delivery.objects.filter(run_id=run_id).count() >= n:
+        if rows_done(Delivery.objects.filter(run_id=run_id), n):
             return time.monotonic()
         time.sleep(0.2)
     raise TimeoutError(f"run {run_id} not finished after {timeout}s")
