@@ -130,8 +130,15 @@ class _TimestampSigner(_KeyedOnce, signing.TimestampSigner):
     pass
 
 
-def _signer(salt: str) -> signing.Signer:
-    return _Signer(salt=salt)
+@functools.lru_cache(maxsize=16)
+def _signer_made(cls: type, salt: str, key, fallback_keys: tuple) -> signing.Signer:
+    return cls(salt=salt, key=key, fallback_keys=list(fallback_keys))
+
+
+def _signer(salt: str, cls: type = _Signer) -> signing.Signer:
+    """One signer per process for each salt and key (making one per link
+    cost about as much as signing with it); a new key gets a new one."""
+    return _signer_made(cls, salt, settings.SECRET_KEY, tuple(settings.SECRET_KEY_FALLBACKS))
 
 
 def unsubscribe_token(*, recipient: Recipient, scope: str = SCOPE_ALL) -> str:
@@ -142,7 +149,7 @@ def unsubscribe_token(*, recipient: Recipient, scope: str = SCOPE_ALL) -> str:
 
 def preferences_token(*, recipient: Recipient) -> str:
     """A preference link's token: the recipient's public id and the time it was made."""
-    return _TimestampSigner(salt=PREFERENCES_SALT).sign_object({"p": recipient.public_id.hex})
+    return _signer(PREFERENCES_SALT, _TimestampSigner).sign_object({"p": recipient.public_id.hex})
 
 
 def _unsign(token: str, signer: signing.Signer, **kwargs):
@@ -189,7 +196,7 @@ def preferences_token_read(token: str) -> Recipient:
     """The recipient of a preference token; LinkExpired for a genuine old one."""
     max_age = timedelta(days=settings.NOTIFIER_PREFERENCE_LINK_DAYS)
     try:
-        data = _unsign(token, _TimestampSigner(salt=PREFERENCES_SALT), max_age=max_age)
+        data = _unsign(token, _signer(PREFERENCES_SALT, _TimestampSigner), max_age=max_age)
     except LinkExpired:
         raise
     except InvalidLink:
