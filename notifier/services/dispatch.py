@@ -31,6 +31,12 @@ def chunked(ids: Sequence[int], size: int) -> Iterable[list[int]]:
         yield list(ids[start : start + size])
 
 
+def _mark_dispatched(ids: list[int]) -> None:
+    """Before any task or send takes them: the sweeper leaves the rows alone
+    until ``NOTIFIER_REDISPATCH_SECONDS`` have passed."""
+    Delivery.objects.filter(id__in=ids).update(dispatched_at=timezone.now())
+
+
 def deliveries_dispatch(*, ids_by_kind: dict[str, list[int]], batch_size: int | None = None) -> int:
     """Mark and publish batch tasks. Returns the number of tasks published."""
     from notifier.tasks import send_deliveries
@@ -39,7 +45,7 @@ def deliveries_dispatch(*, ids_by_kind: dict[str, list[int]], batch_size: int | 
     all_ids = [i for ids in ids_by_kind.values() for i in ids]
     if not all_ids:
         return 0
-    Delivery.objects.filter(id__in=all_ids).update(dispatched_at=timezone.now())
+    _mark_dispatched(all_ids)
     published = 0
     for kind, ids in ids_by_kind.items():
         queue = QUEUE_FOR_KIND.get(kind, "transactional")
@@ -70,7 +76,7 @@ def deliveries_send_here(*, ids: list[int], batch_size: int | None = None) -> di
         return {}
     batch_size = batch_size or settings.NOTIFIER_BATCH_SIZE
     counts: dict[str, int] = defaultdict(int)
-    Delivery.objects.filter(id__in=ids).update(dispatched_at=timezone.now())
+    _mark_dispatched(ids)
     for chunk in chunked(sorted(ids), batch_size):
         try:
             sent = deliveries_send_batch(delivery_ids=chunk)

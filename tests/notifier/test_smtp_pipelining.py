@@ -29,15 +29,7 @@ def backend(smtp_sink):
     conn.open()
     assert conn.send_messages([_message("warm@example.com")]) == 1
     smtp_sink.messages.clear()
-    writes = []
-    send = conn.connection.send
-
-    def recording_send(data):
-        writes.append(data if isinstance(data, bytes) else data.encode())
-        return send(data)
-
-    conn.connection.send = recording_send
-    conn.writes = writes
+    conn.writes = _record_writes(conn)
     yield conn
     conn.close()
 
@@ -46,8 +38,26 @@ def _message(*to, cc=()):
     return EmailMessage("Hello", "Body\n.leading dot\n", "News <news@example.com>", list(to), cc=cc)
 
 
+def _record_writes(conn) -> list[bytes]:
+    """What the open connection of ``conn`` writes from now on, a write each."""
+    writes: list[bytes] = []
+    send = conn.connection.send
+
+    def recording_send(data):
+        writes.append(data if isinstance(data, bytes) else data.encode())
+        return send(data)
+
+    conn.connection.send = recording_send
+    return writes
+
+
+def _verbs(lines: list[bytes]) -> list[str]:
+    """The command of each line (its first word), upper case."""
+    return [line.split(b" ")[0].rstrip(b"\r\n").decode().upper() for line in lines]
+
+
 def _commands(write: bytes) -> list[str]:
-    return [line.split(b" ")[0].decode().upper() for line in write.splitlines()]
+    return _verbs(write.splitlines())
 
 
 def test_commands_before_the_message_go_in_one_write(backend, smtp_sink):
@@ -124,9 +134,7 @@ def test_without_pipelining_it_is_plain_smtplib(smtp_sink):
     smtp_sink.pipelining = False
     conn = transport_connection("smtp")
     conn.open()
-    writes = []
-    send = conn.connection.send
-    conn.connection.send = lambda data: writes.append(data) or send(data)
+    writes = _record_writes(conn)
     try:
         assert conn.send_messages([_message("a@example.com", "b@example.com")]) == 1
         smtp_sink.refuse_sender = (550, "Sender refused")
@@ -134,7 +142,7 @@ def test_without_pipelining_it_is_plain_smtplib(smtp_sink):
             conn.send_messages([_message("c@example.com")])
     finally:
         conn.close()
-    commands = [_commands(w if isinstance(w, bytes) else w.encode())[0] for w in writes]
+    commands = [_commands(write)[0] for write in writes]
     # One command a write: EHLO, MAIL, RCPT, RCPT, DATA, the message; then
     # MAIL (refused: RSET), and QUIT on closing.
     assert commands[:5] == ["EHLO", "MAIL", "RCPT", "RCPT", "DATA"]
@@ -247,10 +255,6 @@ def _scripted_server(*, rcpt: bytes, data: bytes):
     return listener.getsockname()[1], server, received
 
 
-def _verbs(lines: list[bytes]) -> list[bytes]:
-    return [line.split(b" ")[0].rstrip(b"\r\n").upper() for line in lines]
-
-
 def test_data_accepted_after_every_recipient_refused_gets_no_message():
     """A server that answers DATA with 354 though it refused every recipient
     (RFC 2920 allows for it): the client ends the data at once, empty."""
@@ -259,7 +263,7 @@ def test_data_accepted_after_every_recipient_refused_gets_no_message():
     with backend, pytest.raises(smtplib.SMTPRecipientsRefused):
         backend.send_messages([_message("a@example.com")])
     server.join(5)
-    assert _verbs(received)[1:] == [b"MAIL", b"RCPT", b"DATA", b".", b"RSET", b"QUIT"]
+    assert _verbs(received)[1:] == ["MAIL", "RCPT", "DATA", ".", "RSET", "QUIT"]
 
 
 @pytest.mark.parametrize(("code", "status"), [(554, FAILED), (451, RETRY)])
@@ -273,4 +277,4 @@ def test_refused_data_command_gets_no_message(code, status):
     server.join(5)
     assert refused.value.smtp_code == code
     assert classify_exception(refused.value).status == status
-    assert _verbs(received)[1:] == [b"MAIL", b"RCPT", b"DATA", b"RSET", b"QUIT"]
+    assert _verbs(received)[1:] == ["MAIL", "RCPT", "DATA", "RSET", "QUIT"]
