@@ -69,11 +69,13 @@ class Result:
 
 def indoubt_bound(kills: int) -> int:
     """At most one request in flight per killed worker: the ESP's batch size
-    (or, sending one message per request, the sender threads)."""
+    (or, sending one message per request, the messages handed over ahead of
+    their answers: NOTIFIER_SEND_AHEAD, at least the sender threads)."""
     from django.conf import settings
 
     batch = settings.NOTIFIER_TRANSPORTS["esp"].get("BATCH_SIZE") or 1
-    return kills * (batch if batch > 1 else settings.NOTIFIER_SEND_THREADS)
+    ahead = max(settings.NOTIFIER_SEND_THREADS, settings.NOTIFIER_SEND_AHEAD)
+    return kills * (batch if batch > 1 else ahead)
 
 
 class ChaosStack:

@@ -252,6 +252,12 @@ NOTIFIER_BATCH_SIZE = env.int("NOTIFIER_BATCH_SIZE", default=200)
 # ESP or SMTP server. A worker killed mid-batch leaves at most this many in
 # doubt. Mind your SMTP relay's limit on concurrent connections.
 NOTIFIER_SEND_THREADS = env.int("NOTIFIER_SEND_THREADS", default=4)
+# On a transport without a batch API (SMTP): messages a batch hands over
+# ahead of their answers, queued for the sender threads. Half of them are
+# marked in the journal in one round trip (not one trip per message). A
+# worker killed mid-batch leaves at most this many in doubt (at least
+# NOTIFIER_SEND_THREADS).
+NOTIFIER_SEND_AHEAD = env.int("NOTIFIER_SEND_AHEAD", default=16)
 # Before a message is handed over, it and the next ones (this many in all)
 # are marked in the database in one UPDATE (sending/handoff.py): what a claim
 # may have sent survives a Redis that lost its journal.

@@ -24,7 +24,7 @@ from django.db.models import Value
 from django.db.models.functions import Coalesce, Concat
 from django.utils import timezone
 
-from notifier.models import Delivery, DeliveryGroup
+from notifier.models import Delivery, DeliveryGroup, Template
 from notifier.sending import journal
 from notifier.sending.message import group_contexts
 from notifier.sending.persist import with_reconnect
@@ -99,13 +99,20 @@ class Claim:
         self.rows = with_reconnect(
             lambda: deliveries_load(
                 Delivery.objects.filter(claim_token=self.token)
-                .select_related("recipient", "template")
+                .select_related("recipient")
                 .order_by("id")
             )
         )
         if not self.rows:
             journal.journal_close(self.token)
             return
+        # Each template once (a campaign's rows share one), not joined to every row.
+        templates = with_reconnect(
+            lambda: Template.objects.in_bulk({d.template_id for d in self.rows if d.template_id})
+        )
+        for delivery in self.rows:
+            if delivery.template_id:
+                delivery.template = templates[delivery.template_id]
         self.group_contexts = with_reconnect(
             lambda: group_contexts({d.run_id for d in self.rows if d.run_id is not None})
         )

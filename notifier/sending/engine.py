@@ -86,8 +86,8 @@ class _Batch:
         ``wire.request_size()`` at a time (``wire``: one batch request in
         flight where the transport has a batch API, else one message per
         request on up to ``NOTIFIER_SEND_THREADS`` sender threads, a hand-over
-        taking one per free connection), so the next messages render while
-        the previous ones are on the wire. Database and journal writes stay
+        of several queued for them), so the next messages render while the
+        previous ones are on the wire. Database and journal writes stay
         on this thread."""
         try:
             self.wire = Wire(transport, messages=len(rows))
@@ -179,7 +179,7 @@ class _Batch:
         rate_limit_wait(
             transport=self.wire.transport, per_second=self.wire.rate, messages=len(items)
         )
-        while self.wire.free_connections() < self.wire.connections_for(len(items)):
+        while not self.wire.has_room(len(items)):
             self.collect(wait=True)
         self.collect(wait=False)  # every answer back so far goes with this hand-off
         if self.stopped:  # an answer said the transport is failing: hand nothing more

@@ -17,7 +17,7 @@ then ``failed`` with ``failure_kind = transient_exhausted``.
 import random
 import smtplib
 import socket
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 
 import requests
@@ -57,7 +57,8 @@ class Outcome:
     fault: str = ""
 
     def as_journal(self) -> dict:
-        return asdict(self)
+        # Every field is a plain value: a copy of them (``asdict`` would deep-copy).
+        return dict(vars(self))
 
     @classmethod
     def from_journal(cls, data: dict) -> "Outcome":

@@ -6,9 +6,11 @@ its messages in requests of that many, over one connection on one sender
 thread: the next request renders while the previous one is on the wire, and
 at most one request is ever in flight (the in-doubt bound, see README).
 Other transports (SMTP) take one message per request, over up to
-``NOTIFIER_SEND_THREADS`` connections, each on its own sender thread; a
-hand-over takes one message per free connection, so the journal marks them
-in one round trip.
+``NOTIFIER_SEND_THREADS`` connections, each on its own sender thread. A
+hand-over takes several messages (half of ``NOTIFIER_SEND_AHEAD``), so the
+journal marks them in one round trip; they queue for the first free
+connection, and never more than ``NOTIFIER_SEND_AHEAD`` are handed over and
+not yet answered (the in-doubt bound).
 Answers come back on a queue, one per message, and are recorded on the
 batch's own thread: database and journal writes never happen on a sender
 thread.
@@ -147,6 +149,11 @@ class Wire:
         self.batch_size = transport_batch_size(transport, first)
         # A batch transport keeps one request in flight: the in-doubt bound.
         threads = 1 if self.batch_size > 1 else max(1, settings.NOTIFIER_SEND_THREADS)
+        # Messages handed over and not yet answered, at most: one request on
+        # a batch transport, else NOTIFIER_SEND_AHEAD queued for the threads.
+        self.ahead = (
+            self.batch_size if self.batch_size > 1 else max(threads, settings.NOTIFIER_SEND_AHEAD)
+        )
         self.connections = [first]
         self.connections += [
             transport_connection(transport) for _ in range(min(threads, messages) - 1)
@@ -165,26 +172,27 @@ class Wire:
             else None
         )
 
-    def free_connections(self) -> int:
-        return self.free.qsize()
-
     def request_size(self) -> int:
         """How many messages the next hand-over takes: a batch request's
-        ``batch_size``; else one per free connection (at least one), so the
-        journal marks them all handed in one round trip and each leaves at
-        once on its own connection (never more in flight than connections)."""
+        ``batch_size``; else half of ``ahead`` (at least one), so the journal
+        marks several in one round trip while those handed over before are
+        still leaving."""
         if self.batch_size > 1:
             return self.batch_size
-        return max(1, self.free_connections())
+        return max(1, (self.ahead + 1) // 2)
 
-    def connections_for(self, messages: int) -> int:
-        """Free connections ``messages`` need: one request, or one each."""
-        return 1 if self.batch_size > 1 else messages
+    def has_room(self, messages: int) -> bool:
+        """Whether ``messages`` (one hand-over) may be handed over now: on a
+        batch transport when no request is in flight, else when no more than
+        ``ahead`` would be handed over and not yet answered."""
+        if self.batch_size > 1:
+            return not self.in_flight
+        return not self.in_flight or self.in_flight + messages <= self.ahead
 
     def send(self, items: list[Item]) -> None:
-        """Hand ``items`` over: one request on a batch transport (at most
-        ``batch_size``), else one request each; there must be a free
-        connection for each request (``connections_for``)."""
+        """Hand ``items`` over (``has_room`` must say so): one request on a
+        batch transport (at most ``batch_size``), else one request each, queued
+        for the first free connection."""
         if self.batch_size > 1:
             self._send_request(items)
         else:
@@ -192,12 +200,14 @@ class Wire:
                 self._send_request([item])
 
     def _send_request(self, items: list[Item]) -> None:
-        conn = self.free.get()
         self.in_flight += len(items)
         context = contextvars.copy_context()  # the sender thread logs with it
         free, answers, transport = self.free, self.answers, self.transport
 
         def transmit() -> None:
+            # As many threads as connections: one is free for each request
+            # that starts.
+            conn = free.get()
             try:
                 if self.batch_size > 1:
                     outcomes = context.run(_transmit_batch, conn, items, transport)
@@ -206,8 +216,6 @@ class Wire:
                     outcomes = [context.run(_transmit, conn, message, delivery, transport)]
             except BaseException as exc:  # never leave the batch waiting
                 outcomes = [Outcome(UNKNOWN, error=f"Sender thread failed: {exc!r}") for _ in items]
-            # Answers first: a batch that sees the connection free finds its
-            # answers queued, and journals them with its next hand-off.
             for (delivery, _message), outcome in zip(items, outcomes, strict=True):
                 answers.put((delivery, outcome))
             free.put(conn)

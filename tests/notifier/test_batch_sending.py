@@ -2,6 +2,9 @@
 mapped to its row's outcome, against the fake ESP; and the engine sending in
 requests of ``BATCH_SIZE`` with one journal round trip per request."""
 
+import threading
+import time
+
 import pytest
 from django.core.mail import EmailMultiAlternatives, get_connection
 
@@ -220,29 +223,46 @@ def test_smtp_keeps_one_message_per_request(smtp_sink, batch_of, settings):
     assert len(smtp_sink.messages) == 3
 
 
-def test_smtp_hands_one_message_per_free_connection_in_one_journal_trip(
+def test_smtp_hands_several_messages_over_per_journal_trip_within_the_bound(
     smtp_sink, settings, monkeypatch, handoffs
 ):
-    settings.NOTIFIER_SEND_THREADS = 3
-    in_flight = []
+    settings.NOTIFIER_SEND_THREADS = 2
+    settings.NOTIFIER_SEND_AHEAD = 6
+    lock = threading.Lock()
+    on_wire, most_on_wire, unanswered = [0], [0], []
+    real_transmit = wire._transmit
     real_send = wire.Wire._send_request
 
-    def counting(self, items):
-        in_flight.append(len(self.connections) - self.free_connections() + 1)
-        real_send(self, items)
+    def transmitting(*args):
+        with lock:
+            on_wire[0] += 1
+            most_on_wire[0] = max(most_on_wire[0], on_wire[0])
+        time.sleep(0.005)  # a slower server: messages queue for the connections
+        try:
+            return real_transmit(*args)
+        finally:
+            with lock:
+                on_wire[0] -= 1
 
-    monkeypatch.setattr(wire.Wire, "_send_request", counting)
-    deliveries = _queue(12, transport="smtp")
-    assert deliveries_send_batch(delivery_ids=[d.id for d in deliveries]) == {"sent": 12}
-    assert len(smtp_sink.messages) == 12
-    # The first hand-over takes one message per connection (all free), in
-    # one round trip; no hand-over ever takes more than the connections, and
-    # no more messages are ever on the wire than connections.
+    def handing(self, items):
+        real_send(self, items)
+        unanswered.append(self.in_flight)
+
+    monkeypatch.setattr(wire, "_transmit", transmitting)
+    monkeypatch.setattr(wire.Wire, "_send_request", handing)
+    deliveries = _queue(24, transport="smtp")
+    assert deliveries_send_batch(delivery_ids=[d.id for d in deliveries]) == {"sent": 24}
+    assert sorted(m["rcpt_tos"][0] for m in smtp_sink.messages) == sorted(
+        d.recipient.email for d in deliveries
+    )
+    # Hand-overs of half the ahead count, each one journal round trip; never
+    # more than NOTIFIER_SEND_AHEAD handed over and unanswered (the in-doubt
+    # bound), never more on the wire at once than connections.
     sizes = [len(ids) for ids, _answers in handoffs]
-    assert sizes[0] == 3
-    assert max(sizes) <= 3 and sum(sizes) == 12
-    assert len(handoffs) < 12
-    assert max(in_flight) <= 3
+    assert sizes == [3] * 8
+    assert max(unanswered) <= 6
+    assert max(unanswered) > 2  # some waited for a connection
+    assert most_on_wire[0] <= 2
 
 
 def test_smtp_messages_carry_random_boundaries_and_both_parts(smtp_sink):

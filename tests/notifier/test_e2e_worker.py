@@ -104,7 +104,9 @@ def test_smtp_transport_end_to_end(celery_worker_process, smtp_sink):
 def _kill_mid_batch(
     start_worker, fake_esp, *, threads: int, arrived: int, batch_size: int = 1, hang_at: int = 4
 ) -> tuple[list, dict]:
-    """Send 12 messages (``batch_size`` per request); the ESP accepts request
+    """Send 12 messages (``batch_size`` per request; without batch requests
+    no more handed over ahead of their answers than ``threads``, so each is
+    on the wire as soon as it is handed over); the ESP accepts request
     ``hang_at`` and never answers; SIGKILL the worker once ``arrived``
     messages reached the ESP, let the lease expire and a second worker
     recover. Returns (ids, rows by status)."""
@@ -123,6 +125,7 @@ def _kill_mid_batch(
         NOTIFIER_LEASE_SECONDS=3,
         ESP_READ_TIMEOUT=60,
         NOTIFIER_SEND_THREADS=threads,
+        NOTIFIER_SEND_AHEAD=threads,
         ESP_BATCH_SIZE=batch_size,
     )
     send_deliveries.apply_async(args=[ids], queue="kill-test")

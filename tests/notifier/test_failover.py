@@ -29,6 +29,7 @@ def esp_falls_back_to_smtp(settings, smtp_sink):
     transports["esp"]["FALLBACK"] = ["smtp"]
     settings.NOTIFIER_TRANSPORTS = transports
     settings.NOTIFIER_SEND_THREADS = 1  # each answer is read before the next hand-off
+    settings.NOTIFIER_SEND_AHEAD = 1
     return smtp_sink
 
 

@@ -38,6 +38,7 @@ def test_after_a_lost_journal_only_marked_rows_are_in_doubt(fake_esp, settings, 
     settings.NOTIFIER_HANDOFF_MARK_AHEAD = 3
     settings.NOTIFIER_INDOUBT_INDEX_DELAY = 0
     settings.NOTIFIER_SEND_THREADS = 1  # one message per hand-over
+    settings.NOTIFIER_SEND_AHEAD = 1
     esp = settings.NOTIFIER_TRANSPORTS["esp"]
     settings.NOTIFIER_TRANSPORTS = {**settings.NOTIFIER_TRANSPORTS, "esp": {**esp, "BATCH_SIZE": 1}}
     rows = _rows(6)

@@ -2,7 +2,7 @@
 
 import importlib
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from django.utils import timezone
@@ -330,6 +330,40 @@ def test_outcome_write_keeps_a_status_a_webhook_already_advanced(fake_esp):
     delivery.refresh_from_db()
     assert delivery.status == "delivered"
     assert delivery.esp_message_id == "esp-9"
+
+
+def test_outcome_write_stores_every_field_exactly(fake_esp):
+    """Times to the microsecond (whatever their offset), a claim token, text
+    with quotes, backslashes and non-ASCII, nulls: read back as written."""
+    import uuid
+    from datetime import timezone as dt_timezone
+
+    from notifier.sending.persist import OUTCOME_FIELDS, deliveries_write
+
+    rows = _queue(2)
+    token = uuid.uuid4()
+    Delivery.objects.filter(pk__in=[r.pk for r in rows]).update(
+        status="sending", claim_token=token
+    )
+    moment = datetime(2026, 11, 30, 21, 5, 7, 123456, tzinfo=dt_timezone(timedelta(hours=-5)))
+    first, second = rows
+    first.status, first.attempts, first.claim_token = "retry", 3, token
+    first.next_attempt_at, first.lease_expires_at = moment, moment + timedelta(microseconds=1)
+    first.status_reason = 'He said "no" \\ l\'école — 550 5.1.1 {x}'
+    first.last_error, first.esp_message_id = "line 1\nline 2\ttab", "ésp-1"
+    first.failure_kind, first.dispatched_at, first.sent_at = "", None, None
+    first.updated_at = moment
+    second.status, second.attempts, second.claim_token = "sent", 1, None
+    second.next_attempt_at = second.lease_expires_at = second.dispatched_at = None
+    second.sent_at = second.updated_at = timezone.now()
+    second.status_reason = second.last_error = ""
+    second.esp_message_id, second.failure_kind = "m-2", ""
+
+    assert deliveries_write(rows, claim_token=token) == 2
+    for row in rows:
+        stored = Delivery.objects.get(pk=row.pk)
+        for field in OUTCOME_FIELDS:
+            assert getattr(stored, field) == getattr(row, field), field
 
 
 def test_stored_message_over_the_render_limits_fails_with_the_reason(fake_esp, settings):
