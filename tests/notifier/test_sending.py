@@ -342,9 +342,7 @@ def test_outcome_write_stores_every_field_exactly(fake_esp):
 
     rows = _queue(2)
     token = uuid.uuid4()
-    Delivery.objects.filter(pk__in=[r.pk for r in rows]).update(
-        status="sending", claim_token=token
-    )
+    Delivery.objects.filter(pk__in=[r.pk for r in rows]).update(status="sending", claim_token=token)
     moment = datetime(2026, 11, 30, 21, 5, 7, 123456, tzinfo=dt_timezone(timedelta(hours=-5)))
     first, second = rows
     first.status, first.attempts, first.claim_token = "retry", 3, token

@@ -278,3 +278,83 @@ def test_refused_data_command_gets_no_message(code, status):
     assert refused.value.smtp_code == code
     assert classify_exception(refused.value).status == status
     assert _verbs(received)[1:] == ["MAIL", "RCPT", "DATA", "RSET", "QUIT"]
+
+
+def _addresses() -> list[str]:
+    names = [
+        "",
+        "Reader 5",
+        "A",
+        "Jo Smith",
+        "1 2",
+        "x" * 100,
+        "Dr. Who",
+        "O'Brien",
+        "José",
+        "Reader  5",
+        " lead",
+        "trail ",
+        "a\tb",
+        "Ann <x>",
+        '"Quoted"',
+    ]
+    locals_ = [
+        "u5",
+        "first.last",
+        "a+tag",
+        "o'reilly",
+        "w!#$%&'*+/=?^_`{|}~-",
+        "a..b",
+        ".a",
+        "a.",
+        'q"x',
+        "ü",
+        "a b",
+        "(c)a",
+    ]
+    domains = [
+        "bench.example",
+        "EXAMPLE.com",
+        "a-b.c",
+        "-ab.c",
+        "ab-.c",
+        "x" * 63 + ".com",
+        "x" * 64 + ".com",
+        "bücher.de",
+        "localhost",
+        "1.2.3.4",
+        "[1.2.3.4]",
+        "a..b",
+        "a.b.",
+        "",
+        "a_b.c",
+    ]
+    out = []
+    for local in locals_:
+        for domain in domains:
+            bare = f"{local}@{domain}"
+            out += [bare, f"<{bare}>", f"{bare}>"]
+            out += [f"{name} <{bare}>" for name in names if name]
+    return [*out, "Reader 5 <u5@bench.example", "no-at-sign", "a@b@c.d", "Reader 5 u5@b.c"]
+
+
+def test_plain_recipients_skip_the_parse_and_come_out_as_django_gives_them():
+    """``sanitized_recipient`` equals Django's ``sanitize_address`` on every
+    address it takes as it is; all others go through Django's."""
+    from django.core.mail.message import sanitize_address
+
+    from notifier.sending.smtp import _PLAIN_ADDRESS, sanitized_recipient
+
+    plain = 0
+    for address in _addresses():
+        try:
+            expected = sanitize_address(address, "utf-8")
+        except Exception as exc:
+            assert not _PLAIN_ADDRESS.fullmatch(address), address
+            with pytest.raises(type(exc)):
+                sanitized_recipient(address, "utf-8")
+            continue
+        assert sanitized_recipient(address, "utf-8") == expected, address
+        plain += bool(_PLAIN_ADDRESS.fullmatch(address))
+    assert plain > 100  # the common forms take the fast path
+    assert sanitized_recipient(("Ann", "ann@example.com"), "utf-8") == "Ann <ann@example.com>"
