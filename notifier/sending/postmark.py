@@ -18,13 +18,16 @@ exception Anymail raises for a single send: what it means for the rows
 request alike.
 """
 
+import functools
 import re
 
 import requests
 from anymail.backends import postmark
 from anymail.exceptions import AnymailError, AnymailRequestsAPIError
 from anymail.message import AnymailRecipientStatus, AnymailStatus
-from anymail.utils import CaseInsensitiveCasePreservingDict, parse_address_list
+from anymail.utils import CaseInsensitiveCasePreservingDict, EmailAddress, parse_address_list
+
+from notifier.sending.addresses import plain_address_parts
 
 # Postmark's limits for one /email/batch request.
 MAX_BATCH_MESSAGES = 500
@@ -44,6 +47,35 @@ class PostmarkEntryError(AnymailError):
         self.error_code = error_code
 
 
+def addresses_parsed(value, field: str | None = None) -> list[EmailAddress]:
+    """Anymail's ``parse_address_list(value, field)``; plain addresses
+    (``addresses``) are taken apart without its parse, to equal objects."""
+    items = [value] if isinstance(value, str) else value
+    if isinstance(items, list | tuple) and items:
+        parts = [plain_address_parts(item) for item in items]
+        if None not in parts:
+            return [
+                EmailAddress(display_name=name, username=local, domain=domain)
+                for name, local, domain in parts
+            ]
+    return parse_address_list(value, field=field)
+
+
+class _Payload(postmark.PostmarkPayload):
+    """Anymail's Postmark payload, its addresses read by ``addresses_parsed``."""
+
+    base_message_attrs = tuple(
+        (
+            attr,
+            combiner,
+            functools.partial(addresses_parsed, field=attr)
+            if converter is parse_address_list
+            else converter,
+        )
+        for attr, combiner, converter in postmark.PostmarkPayload.base_message_attrs
+    )
+
+
 class EmailBackend(postmark.EmailBackend):
     """Anymail's Postmark backend, plus ``send_batch`` (``batch_size``
     messages per request; option ``batch_size`` in the transport's OPTIONS)."""
@@ -51,6 +83,9 @@ class EmailBackend(postmark.EmailBackend):
     def __init__(self, batch_size: int = MAX_BATCH_MESSAGES, **kwargs):
         super().__init__(**kwargs)
         self.batch_size = max(1, min(int(batch_size), MAX_BATCH_MESSAGES))
+
+    def build_message_payload(self, message, defaults):
+        return _Payload(message, defaults, self)
 
     def send_batch(self, messages: list) -> list[PostmarkEntryError | None]:
         """Send ``messages`` (at most ``batch_size``) in one request.
@@ -126,7 +161,7 @@ class EmailBackend(postmark.EmailBackend):
                 message_id=result.get("MessageID"),
                 status="queued" if "delivery may be delayed" in text else "sent",
             )
-            to = [r.addr_spec for r in parse_address_list(result.get("To") or "")]
+            to = [r.addr_spec for r in addresses_parsed(result.get("To") or "")]
             for addr in to or [r.addr_spec for r in payload.to_emails]:
                 status[addr] = sent
             for r in payload.cc_and_bcc_emails:

@@ -31,6 +31,8 @@ from django.conf import settings
 from django.core.mail.backends import smtp
 from django.core.mail.message import sanitize_address
 
+from notifier.sending.addresses import plain_address_parts
+
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 # More recipients than this go the unpipelined way: their answers, unread
 # while the commands are still being written, must fit in the socket buffers
@@ -193,21 +195,9 @@ def _sanitized_sender(address: str, encoding: str) -> str:
     return sanitize_address(address, encoding)
 
 
-# A plain address: an optional name of ASCII words (letters and digits, one
-# space between), then a dot-atom local part at an ASCII host name (labels of
-# at most 63 letters, digits and inner hyphens), in angle brackets after a
-# name. Django's ``sanitize_address`` (a full RFC 5322 parse: a tenth of the
-# CPU of an SMTP send) returns such an address unchanged; any other goes
-# through it.
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_PLAIN_ADDRESS = re.compile(
-    rf"(?:([A-Za-z0-9]+(?: [A-Za-z0-9]+)*) <)?{_ATEXT}(?:\.{_ATEXT})*@{_LABEL}(?:\.{_LABEL})*(?(1)>)"
-)
-
-
 def sanitized_recipient(address, encoding: str) -> str:
-    """``sanitize_address(address, encoding)``, without parsing a plain one."""
-    if type(address) is str and len(address) <= 320 and _PLAIN_ADDRESS.fullmatch(address):
+    """``sanitize_address(address, encoding)``, without parsing a plain one
+    (``addresses``): Django returns such an address unchanged."""
+    if plain_address_parts(address) is not None:
         return address
     return sanitize_address(address, encoding)
