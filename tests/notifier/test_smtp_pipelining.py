@@ -278,4 +278,3 @@ def test_refused_data_command_gets_no_message(code, status):
     assert refused.value.smtp_code == code
     assert classify_exception(refused.value).status == status
     assert _verbs(received)[1:] == ["MAIL", "RCPT", "DATA", "RSET", "QUIT"]
-
