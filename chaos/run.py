@@ -73,9 +73,10 @@ def indoubt_bound(kills: int) -> int:
     their answers: NOTIFIER_SEND_AHEAD, at least the sender threads)."""
     from django.conf import settings
 
+    from notifier.sending.wire import send_ahead
+
     batch = settings.NOTIFIER_TRANSPORTS["esp"].get("BATCH_SIZE") or 1
-    ahead = max(settings.NOTIFIER_SEND_THREADS, settings.NOTIFIER_SEND_AHEAD)
-    return kills * (batch if batch > 1 else ahead)
+    return kills * (batch if batch > 1 else send_ahead())
 
 
 class ChaosStack:

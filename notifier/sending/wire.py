@@ -68,6 +68,13 @@ def transport_rate(name: str) -> float:
     return settings.NOTIFIER_TRANSPORTS[name].get("RATE_LIMIT") or 0
 
 
+def send_ahead() -> int:
+    """On a transport without a batch API: messages a batch may have handed
+    over and not yet answered (``NOTIFIER_SEND_AHEAD``, at least one per
+    sender thread); a killed worker leaves at most this many in doubt."""
+    return max(1, settings.NOTIFIER_SEND_THREADS, settings.NOTIFIER_SEND_AHEAD)
+
+
 def row_log_context(delivery: Delivery):
     """Log lines inside name ``delivery``, its row id and its run."""
     return log_context(delivery_id=delivery.id, delivery=str(delivery.uuid), run_id=delivery.run_id)
@@ -151,9 +158,7 @@ class Wire:
         threads = 1 if self.batch_size > 1 else max(1, settings.NOTIFIER_SEND_THREADS)
         # Messages handed over and not yet answered, at most: one request on
         # a batch transport, else NOTIFIER_SEND_AHEAD queued for the threads.
-        self.ahead = (
-            self.batch_size if self.batch_size > 1 else max(threads, settings.NOTIFIER_SEND_AHEAD)
-        )
+        self.ahead = self.batch_size if self.batch_size > 1 else send_ahead()
         self.connections = [first]
         self.connections += [
             transport_connection(transport) for _ in range(min(threads, messages) - 1)
