@@ -61,14 +61,18 @@ def deliveries_dispatch(*, ids_by_kind: dict[str, list[int]], batch_size: int | 
     return published
 
 
-def deliveries_send_here(*, ids: list[int], batch_size: int | None = None) -> dict[str, int]:
+def deliveries_send_here(
+    *, ids: list[int], unmarked: list[int] | None = None, batch_size: int | None = None
+) -> dict[str, int]:
     """Send these rows in this process, a batch at a time, as the batch tasks
     would (a digest build sends what it built, so the first digests leave
     while later ones are still being built instead of queueing behind every
     build). The rows are marked dispatched first, as for a task: the sweeper
     leaves them to this process, and takes them up again if it dies (claims
-    are conditional; a row handed over is never sent twice). Returns counts
-    per resulting status.
+    are conditional; a row handed over is never sent twice). ``unmarked``:
+    the ones of ``ids`` still to be marked (the others were written
+    dispatched); all of them when not given. Returns counts per resulting
+    status.
     """
     from notifier.sending import deliveries_send_batch
 
@@ -76,7 +80,9 @@ def deliveries_send_here(*, ids: list[int], batch_size: int | None = None) -> di
         return {}
     batch_size = batch_size or settings.NOTIFIER_BATCH_SIZE
     counts: dict[str, int] = defaultdict(int)
-    _mark_dispatched(ids)
+    to_mark = ids if unmarked is None else unmarked
+    if to_mark:
+        _mark_dispatched(to_mark)
     for chunk in chunked(sorted(ids), batch_size):
         try:
             sent = deliveries_send_batch(delivery_ids=chunk)

@@ -23,6 +23,7 @@ from notifier.services.digests import (
     hourly_window,
 )
 from notifier.services.digests import scheduling as digests_scheduling
+from notifier.services.retries import deliveries_dispatch_due
 from notifier.services.suppressions import suppression_add
 from tests.notifier.factories import RecipientFactory, TopicFactory
 
@@ -180,9 +181,14 @@ def test_a_build_that_fails_midway_leaves_everything_pending_then_builds_once(mo
     assert Notification.objects.filter(digest=delivery).count() == 3
 
 
-def test_a_digest_committed_but_not_dispatched_is_dispatched_by_the_rerun(
-    django_capture_on_commit_callbacks,
+def test_a_digest_written_dispatched_but_never_published_is_left_to_the_sweeper(
+    django_capture_on_commit_callbacks, monkeypatch, settings
 ):
+    published = []
+    monkeypatch.setattr(
+        "notifier.tasks.send_deliveries.apply_async",
+        lambda args, queue: published.append((args[0], queue)),
+    )
     ann = RecipientFactory()
     _event(ann, TopicFactory(), "x", T0)
     window, cutoff = hourly_window(now=T0 + timedelta(hours=1))
@@ -190,11 +196,15 @@ def test_a_digest_committed_but_not_dispatched_is_dispatched_by_the_rerun(
     with django_capture_on_commit_callbacks(execute=False):  # died before on_commit ran
         digests_build(**args)
     delivery = Delivery.objects.get()
-    assert delivery.dispatched_at is None
-    with django_capture_on_commit_callbacks(execute=True):
+    # Written dispatched (no UPDATE marks it afterwards), yet never published.
+    assert delivery.dispatched_at is not None and published == []
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
         assert digests_build(**args)["existing"] == 1
-    delivery.refresh_from_db()
-    assert delivery.dispatched_at is not None and Delivery.objects.count() == 1
+    assert callbacks == [] and published == []  # a rerun does not publish it again
+    # The sweeper does, once NOTIFIER_REDISPATCH_SECONDS have passed.
+    settings.NOTIFIER_REDISPATCH_SECONDS = 0
+    assert deliveries_dispatch_due() == 1
+    assert published == [([delivery.pk], "digests")] and Delivery.objects.count() == 1
 
 
 def test_suppressed_recipient_gets_a_recorded_digest_that_is_never_sent(

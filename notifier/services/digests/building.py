@@ -74,14 +74,20 @@ def _create_digests(
     written = []
     for rid, content in contents.items():
         reason = suppressed.get(rid)
+        due = _held_until(recipients[rid], now) or now
         written.append(
             {
                 "recipient_id": rid,
                 "idempotency_key": digest_key(frequency=frequency, recipient_id=rid, window=window),
                 "context": digest_body(content),
-                "next_attempt_at": _held_until(recipients[rid], now) or now,
+                "next_attempt_at": due,
                 "status": Delivery.Status.PENDING if reason is None else Delivery.Status.SUPPRESSED,
                 "status_reason": reason or "",
+                # A digest due now is sent (or dispatched) right after the
+                # commit: written dispatched, as the dispatch would mark it
+                # (one UPDATE of every digest less). One held for quiet hours
+                # is left to the sweeper, when due.
+                "dispatched_at": now if reason is None and due <= now else None,
             }
         )
     ids = deliveries_insert_keyed(
@@ -149,9 +155,10 @@ def _mark_included(*, rows: list[tuple], deliveries: dict[int, _Built], now: dat
 
 def _build_once(
     *, recipient_ids: list[int], frequency: str, window: str, cutoff: datetime, send_here: bool
-) -> tuple[dict[str, int], list[int]]:
-    """(counts, ids of the digests to send now); those are dispatched after
-    the commit unless ``send_here`` (the caller sends them)."""
+) -> tuple[dict[str, int], list[int], list[int]]:
+    """(counts, ids of the digests to send now, those of them not yet marked
+    dispatched); they are dispatched after the commit unless ``send_here``
+    (the caller sends them)."""
     keys = {
         rid: digest_key(frequency=frequency, recipient_id=rid, window=window)
         for rid in sorted(set(recipient_ids))
@@ -160,12 +167,16 @@ def _build_once(
     with transaction.atomic():
         existing = digest_deliveries_by_key(keys=list(keys.values()))
         counts["existing"] = len(existing)
-        # Built by an earlier attempt that died before dispatching.
+        # Built by an earlier attempt that died before dispatching. (One that
+        # died after writing them dispatched, which a build does for the
+        # digests due now, left them to the sweeper, as a death after
+        # marking them dispatched would.)
         to_dispatch = [
             pk
             for pk, status, dispatched_at in existing.values()
             if status == Delivery.Status.PENDING and dispatched_at is None
         ]
+        unmarked = list(to_dispatch)
         todo = [rid for rid, key in keys.items() if key not in existing]
         rows = _lock_pending(recipient_ids=todo, frequency=frequency, cutoff=cutoff) if todo else []
         if rows:
@@ -184,7 +195,7 @@ def _build_once(
             transaction.on_commit(
                 lambda: deliveries_dispatch(ids_by_kind={Delivery.Kind.DIGEST: to_dispatch})
             )
-    return counts, to_dispatch
+    return counts, to_dispatch, unmarked
 
 
 def digests_build(
@@ -215,13 +226,13 @@ def digests_build(
     send_here = send_here and not connection.in_atomic_block
     args = dict(recipient_ids=recipient_ids, frequency=frequency, window=window, cutoff=cutoff)
     try:
-        counts, due = _build_once(**args, send_here=send_here)
+        counts, due, unmarked = _build_once(**args, send_here=send_here)
     except IntegrityError:
         # Another build created one of these digests between our look-up and
         # our insert (only notifications committed late can cause this); it
         # has committed now, so a second pass skips it.
         logger.info("A %s digest of %s was built concurrently; retrying", frequency, window)
-        counts, due = _build_once(**args, send_here=send_here)
+        counts, due, unmarked = _build_once(**args, send_here=send_here)
     if send_here and due:
-        deliveries_send_here(ids=due)
+        deliveries_send_here(ids=due, unmarked=unmarked)
     return counts

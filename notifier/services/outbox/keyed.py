@@ -17,6 +17,7 @@ ROW_FIELDS = (
     "next_attempt_at",
     "status",
     "status_reason",
+    "dispatched_at",
 )
 
 
