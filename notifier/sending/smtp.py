@@ -61,8 +61,8 @@ class PipeliningMixin:
             self.command_encoding = "utf-8"
         mail_args = " ".join(options)
         rcpt_args = " ".join(rcpt_options)
-        commands = [_command("mail", f"FROM:{smtplib.quoteaddr(from_addr)}", mail_args)]
-        commands += [_command("rcpt", f"TO:{smtplib.quoteaddr(to)}", rcpt_args) for to in to_addrs]
+        commands = [_command("mail", f"FROM:{_quoted_sender(from_addr)}", mail_args)]
+        commands += [_command("rcpt", f"TO:{quoted_address(to)}", rcpt_args) for to in to_addrs]
         commands.append("data\r\n")
         self.send("".join(commands))
 
@@ -193,6 +193,25 @@ class EmailBackend(smtp.EmailBackend):
 @functools.lru_cache(maxsize=64)
 def _sanitized_sender(address: str, encoding: str) -> str:
     return sanitize_address(address, encoding)
+
+
+def quoted_address(address) -> str:
+    """``smtplib.quoteaddr(address)`` (the ``<local@domain>`` of a MAIL FROM
+    or RCPT TO command), without parsing a plain one (``addresses``)."""
+    parts = plain_address_parts(address)
+    if parts is not None:
+        return f"<{parts[1]}@{parts[2]}>"
+    return smtplib.quoteaddr(address)
+
+
+@functools.lru_cache(maxsize=64)
+def _quoted_sender_cached(address: str) -> str:
+    return quoted_address(address)
+
+
+def _quoted_sender(address) -> str:
+    """The sender is the same for a whole run: quoted once per process."""
+    return _quoted_sender_cached(address) if type(address) is str else quoted_address(address)
 
 
 def sanitized_recipient(address, encoding: str) -> str:

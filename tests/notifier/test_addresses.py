@@ -1,6 +1,7 @@
 """Plain addresses read without a parse (``notifier.sending.addresses``) come
-out exactly as Django's ``sanitize_address`` and Anymail's
-``parse_address_list`` give them; every other address goes through those."""
+out exactly as Django's ``sanitize_address``, smtplib's ``quoteaddr`` and
+Anymail's ``parse_address_list`` give them; every other address goes through
+those."""
 
 import pytest
 from anymail.utils import parse_address_list
@@ -8,7 +9,7 @@ from django.core.mail.message import sanitize_address
 
 from notifier.sending.addresses import plain_address_parts
 from notifier.sending.postmark import addresses_parsed
-from notifier.sending.smtp import sanitized_recipient
+from notifier.sending.smtp import quoted_address, sanitized_recipient
 
 
 def _addresses() -> list[str]:
@@ -105,6 +106,14 @@ def test_smtp_recipients_come_out_as_django_sanitizes_them():
             sanitize_address, address, "utf-8"
         ), address
     assert sanitized_recipient(("Ann", "ann@example.com"), "utf-8") == "Ann <ann@example.com>"
+
+
+def test_smtp_envelope_addresses_come_out_as_smtplib_quotes_them():
+    import smtplib
+
+    for address in _addresses():
+        assert _outcome(quoted_address, address) == _outcome(smtplib.quoteaddr, address), address
+    assert quoted_address("Reader 5 <u5@bench.example>") == "<u5@bench.example>"
 
 
 def _parsed(call, value):
