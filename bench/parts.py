@@ -149,11 +149,12 @@ def wait_rows_done(deliveries, n: int, timeout: float, *, arrived, interval: flo
     failed (never arriving) is still seen to be done."""
     deadline = time.monotonic() + timeout
     full_at = time.monotonic() + FULL_COUNT_EVERY
-    while time.monotonic() < deadline:
-        if (arrived() or time.monotonic() >= full_at) and rows_done(deliveries, n):
+    while (now := time.monotonic()) < deadline:
+        due = now >= full_at
+        if due:
+            full_at = now + FULL_COUNT_EVERY
+        if (due or arrived()) and rows_done(deliveries, n):
             return time.monotonic()
-        if time.monotonic() >= full_at:
-            full_at = time.monotonic() + FULL_COUNT_EVERY
         time.sleep(interval)
     raise TimeoutError(f"{deliveries.count()} of {n} rows, not all sent after {timeout}s")
 

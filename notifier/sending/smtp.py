@@ -205,13 +205,9 @@ def quoted_address(address) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _quoted_sender_cached(address: str) -> str:
-    return quoted_address(address)
-
-
-def _quoted_sender(address) -> str:
+def _quoted_sender(address: str) -> str:
     """The sender is the same for a whole run: quoted once per process."""
-    return _quoted_sender_cached(address) if type(address) is str else quoted_address(address)
+    return quoted_address(address)
 
 
 def sanitized_recipient(address, encoding: str) -> str:

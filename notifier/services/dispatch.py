@@ -31,7 +31,7 @@ def chunked(ids: Sequence[int], size: int) -> Iterable[list[int]]:
         yield list(ids[start : start + size])
 
 
-def _mark_dispatched(ids: list[int]) -> None:
+def deliveries_mark_dispatched(ids: list[int]) -> None:
     """Before any task or send takes them: the sweeper leaves the rows alone
     until ``NOTIFIER_REDISPATCH_SECONDS`` have passed."""
     Delivery.objects.filter(id__in=ids).update(dispatched_at=timezone.now())
@@ -45,7 +45,7 @@ def deliveries_dispatch(*, ids_by_kind: dict[str, list[int]], batch_size: int | 
     all_ids = [i for ids in ids_by_kind.values() for i in ids]
     if not all_ids:
         return 0
-    _mark_dispatched(all_ids)
+    deliveries_mark_dispatched(all_ids)
     published = 0
     for kind, ids in ids_by_kind.items():
         queue = QUEUE_FOR_KIND.get(kind, "transactional")
@@ -61,18 +61,15 @@ def deliveries_dispatch(*, ids_by_kind: dict[str, list[int]], batch_size: int | 
     return published
 
 
-def deliveries_send_here(
-    *, ids: list[int], unmarked: list[int] | None = None, batch_size: int | None = None
-) -> dict[str, int]:
+def deliveries_send_here(*, ids: list[int], batch_size: int | None = None) -> dict[str, int]:
     """Send these rows in this process, a batch at a time, as the batch tasks
     would (a digest build sends what it built, so the first digests leave
     while later ones are still being built instead of queueing behind every
-    build). The rows are marked dispatched first, as for a task: the sweeper
-    leaves them to this process, and takes them up again if it dies (claims
-    are conditional; a row handed over is never sent twice). ``unmarked``:
-    the ones of ``ids`` still to be marked (the others were written
-    dispatched); all of them when not given. Returns counts per resulting
-    status.
+    build). The rows are dispatched already, as for a task (the build writes
+    them so, or marks them, in its transaction): the sweeper leaves them to
+    this process, and takes them up again if it dies (claims are
+    conditional; a row handed over is never sent twice). Returns counts per
+    resulting status.
     """
     from notifier.sending import deliveries_send_batch
 
@@ -80,9 +77,6 @@ def deliveries_send_here(
         return {}
     batch_size = batch_size or settings.NOTIFIER_BATCH_SIZE
     counts: dict[str, int] = defaultdict(int)
-    to_mark = ids if unmarked is None else unmarked
-    if to_mark:
-        _mark_dispatched(to_mark)
     for chunk in chunked(sorted(ids), batch_size):
         try:
             sent = deliveries_send_batch(delivery_ids=chunk)

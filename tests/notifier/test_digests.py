@@ -206,6 +206,15 @@ def test_a_digest_written_dispatched_but_never_published_is_left_to_the_sweeper(
     assert deliveries_dispatch_due() == 1
     assert published == [([delivery.pk], "digests")] and Delivery.objects.count() == 1
 
+    # One built but never marked (its build died before the marking): the
+    # rerun marks and publishes it.
+    Delivery.objects.filter(pk=delivery.pk).update(dispatched_at=None)
+    published.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert digests_build(**args)["existing"] == 1
+    delivery.refresh_from_db()
+    assert delivery.dispatched_at is not None and published == [([delivery.pk], "digests")]
+
 
 def test_suppressed_recipient_gets_a_recorded_digest_that_is_never_sent(
     django_capture_on_commit_callbacks,

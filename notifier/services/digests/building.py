@@ -21,7 +21,12 @@ from notifier.services.digests.entries import (
     digest_contexts,
 )
 from notifier.services.digests.windows import DIGEST_FREQUENCIES, digest_key
-from notifier.services.dispatch import chunked, deliveries_dispatch, deliveries_send_here
+from notifier.services.dispatch import (
+    chunked,
+    deliveries_dispatch,
+    deliveries_mark_dispatched,
+    deliveries_send_here,
+)
 from notifier.services.outbox import deliveries_insert_keyed
 from notifier.services.quiet_hours import quiet_hours_end, recipient_quiet_windows
 from notifier.services.suppressions import suppression_reasons
@@ -155,9 +160,9 @@ def _mark_included(*, rows: list[tuple], deliveries: dict[int, _Built], now: dat
 
 def _build_once(
     *, recipient_ids: list[int], frequency: str, window: str, cutoff: datetime, send_here: bool
-) -> tuple[dict[str, int], list[int], list[int]]:
-    """(counts, ids of the digests to send now, those of them not yet marked
-    dispatched); they are dispatched after the commit unless ``send_here``
+) -> tuple[dict[str, int], list[int]]:
+    """(counts, ids of the digests to send now, every one of them marked
+    dispatched); they are published after the commit unless ``send_here``
     (the caller sends them)."""
     keys = {
         rid: digest_key(frequency=frequency, recipient_id=rid, window=window)
@@ -167,16 +172,17 @@ def _build_once(
     with transaction.atomic():
         existing = digest_deliveries_by_key(keys=list(keys.values()))
         counts["existing"] = len(existing)
-        # Built by an earlier attempt that died before dispatching. (One that
-        # died after writing them dispatched, which a build does for the
-        # digests due now, left them to the sweeper, as a death after
-        # marking them dispatched would.)
+        # Built by an earlier attempt that died before dispatching: marked
+        # now, as the new ones are written. (One that died after writing them
+        # dispatched, which a build does for the digests due now, left them
+        # to the sweeper, as a death after marking them would.)
         to_dispatch = [
             pk
             for pk, status, dispatched_at in existing.values()
             if status == Delivery.Status.PENDING and dispatched_at is None
         ]
-        unmarked = list(to_dispatch)
+        if to_dispatch:
+            deliveries_mark_dispatched(to_dispatch)
         todo = [rid for rid, key in keys.items() if key not in existing]
         rows = _lock_pending(recipient_ids=todo, frequency=frequency, cutoff=cutoff) if todo else []
         if rows:
@@ -195,7 +201,7 @@ def _build_once(
             transaction.on_commit(
                 lambda: deliveries_dispatch(ids_by_kind={Delivery.Kind.DIGEST: to_dispatch})
             )
-    return counts, to_dispatch, unmarked
+    return counts, to_dispatch
 
 
 def digests_build(
@@ -226,13 +232,13 @@ def digests_build(
     send_here = send_here and not connection.in_atomic_block
     args = dict(recipient_ids=recipient_ids, frequency=frequency, window=window, cutoff=cutoff)
     try:
-        counts, due, unmarked = _build_once(**args, send_here=send_here)
+        counts, due = _build_once(**args, send_here=send_here)
     except IntegrityError:
         # Another build created one of these digests between our look-up and
         # our insert (only notifications committed late can cause this); it
         # has committed now, so a second pass skips it.
         logger.info("A %s digest of %s was built concurrently; retrying", frequency, window)
-        counts, due, unmarked = _build_once(**args, send_here=send_here)
+        counts, due = _build_once(**args, send_here=send_here)
     if send_here and due:
-        deliveries_send_here(ids=due, unmarked=unmarked)
+        deliveries_send_here(ids=due)
     return counts
