@@ -447,14 +447,25 @@ class Delivery(models.Model):
         NOTIFICATION = "notification", "Notification"
 
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
-    # Indexed by delivery_one_per_run_recipient, which leads with it.
+    # Indexed by delivery_one_per_run_recipient, which leads with it. The
+    # three references are checked per statement by triggers on PostgreSQL,
+    # not per row by constraints (migration 0020); SQLite keeps constraints.
     recipient = models.ForeignKey(
-        Recipient, on_delete=models.PROTECT, related_name="deliveries", db_index=False
+        Recipient,
+        on_delete=models.PROTECT,
+        related_name="deliveries",
+        db_index=False,
+        db_constraint=False,
     )
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.TRANSACTIONAL)
     # What: a template plus context, or inline content (template is null).
     template = models.ForeignKey(
-        Template, null=True, blank=True, on_delete=models.PROTECT, related_name="deliveries"
+        Template,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="deliveries",
+        db_constraint=False,
     )
     subject = models.CharField(max_length=500, blank=True)
     html_body = models.TextField(blank=True)
@@ -474,6 +485,7 @@ class Delivery(models.Model):
         related_name="deliveries",
         db_column="run_id",
         db_index=False,
+        db_constraint=False,
     )
     # Unique where set (a partial unique index: campaign rows carry none).
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
