@@ -90,21 +90,24 @@ def _case_sql(column: str, sentences: dict[str, str]) -> tuple[str, list]:
     return f"CASE {column} {whens} END", params
 
 
-def suppression_reason_sql(*, email: str, status: str) -> tuple[str, list]:
-    """``suppression_reasons`` as one SQL expression over the columns named
-    ``email`` and ``status`` of a recipient row: the sentence, or '' when the
-    recipient may be mailed. Returns (sql, params)."""
+def suppression_reason_sql(*, email: str, status: str) -> tuple[str, str, list]:
+    """``suppression_reasons`` in SQL over the columns named ``email`` and
+    ``status`` of a recipient row: ``(join, reason, params)``, where ``join``
+    is a ``LEFT JOIN`` clause to put after the relation those columns come
+    from (no parameters), and ``reason`` the sentence, or '' when the
+    recipient may be mailed (``params`` are the reason's).
+
+    A join, not a look-up per member: the planner reads the active
+    suppressions once (a hash of them against a million members), or probes
+    ``suppression_one_active_per_email`` where that is cheaper. Its
+    condition is the unique index's own (``s.email <> ''``, one active row
+    per address), so a member matches at most one row."""
     table = connection.ops.quote_name(Suppression._meta.db_table)
     by_reason, reason_params = _case_sql("s.reason", NOT_SENT_FOR_REASON)
     by_status, status_params = _case_sql(status, NOT_SENT_FOR_STATUS)
-    # ``s.email <> ''`` is the unique index's own condition: with it each
-    # member is one index probe, without it a scan of every suppression.
-    sql = f"""COALESCE(
-        (SELECT {by_reason} FROM {table} s
-          WHERE s.email = {email} AND s.lifted_at IS NULL AND s.email <> '' LIMIT 1),
-        {by_status},
-        '')"""
-    return sql, [*reason_params, *status_params]
+    join = f"LEFT JOIN {table} s ON s.email = {email} AND s.lifted_at IS NULL AND s.email <> ''"
+    reason = f"COALESCE({by_reason}, {by_status}, '')"
+    return join, reason, [*reason_params, *status_params]
 
 
 def suppression_add(*, email: str, reason: str, note: str = "") -> Suppression:

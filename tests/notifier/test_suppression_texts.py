@@ -15,10 +15,10 @@ pytestmark = pytest.mark.django_db
 
 
 def _sql_reason(recipient: Recipient) -> str:
-    sql, params = suppression_reason_sql(email="m.email", status="m.status")
+    join, sql, params = suppression_reason_sql(email="m.email", status="m.status")
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT {sql} FROM (SELECT %s AS email, %s AS status) m",
+            f"SELECT {sql} FROM (SELECT %s AS email, %s AS status) m {join}",
             [*params, recipient.email, recipient.status],
         )
         return cursor.fetchone()[0]

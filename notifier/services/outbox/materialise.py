@@ -88,7 +88,7 @@ def _insert_sql(*, explicit: dict, audience_sql: str, audience_params: list) -> 
     (see ``delivery_columns_sql``)."""
     q = connection.ops.quote_name
     # The reason a member is not mailed ('' when they are).
-    reason_sql, reason_params = suppression_reason_sql(email="m.email", status="m.status")
+    join_sql, reason_sql, reason_params = suppression_reason_sql(email="m.email", status="m.status")
     explicit = {
         "uuid": (uuid_sql(), []),
         "recipient": ("a.id", []),
@@ -106,6 +106,7 @@ def _insert_sql(*, explicit: dict, audience_sql: str, audience_params: list) -> 
         FROM (
             SELECT m.id AS id, m.time_zone AS time_zone, {reason_sql} AS reason
             FROM ({audience_sql}) m
+            {join_sql}
             {_not_flattened_sql()}
         ) a
         WHERE true
