@@ -45,19 +45,20 @@ REFERENCES = (
 # One advisory lock key for the protocol above.
 REFERENCES_LOCK = "hashtextextended('notifier_delivery references', 0)"
 
-# A writer's side. With ``{rows}`` the rows written (the transition table, or
-# NEW as a one-row relation) and ``{prefix}`` what the message calls the write.
+# A writer's side: the lock, then one check per reference (``_writer_body``,
+# with ``rows`` the rows written: the transition table, or NEW as a one-row
+# relation; ``prefix`` what the message calls the write).
 WRITER_LOCK = f"""
     IF current_setting('transaction_isolation') = 'read committed' THEN
         PERFORM pg_advisory_xact_lock_shared({REFERENCES_LOCK});
     ELSE
-        PERFORM 1 FROM notifier_recipient t
-            WHERE t.id IN (SELECT r.recipient_id FROM {{rows}} r) FOR KEY SHARE OF t;
-        PERFORM 1 FROM notifier_deliverygroup t
-            WHERE t.id IN (SELECT r.run_id FROM {{rows}} r) FOR KEY SHARE OF t;
-        PERFORM 1 FROM notifier_template t
-            WHERE t.id IN (SELECT r.template_id FROM {{rows}} r) FOR KEY SHARE OF t;
-    END IF;
+{{key_share_locks}}    END IF;
+"""
+
+# A snapshot older than the check: lock what the rows name, as a foreign key
+# check does (PostgreSQL then refuses a row deleted since the snapshot).
+WRITER_KEY_SHARE = """        PERFORM 1 FROM {table} t
+            WHERE t.id IN (SELECT r.{column} FROM {rows} r) FOR KEY SHARE OF t;
 """
 
 WRITER_CHECK = """
@@ -73,7 +74,11 @@ WRITER_CHECK = """
 
 
 def _writer_body(rows: str, prefix: str) -> str:
-    return WRITER_LOCK.format(rows=rows) + "".join(
+    locks = "".join(
+        WRITER_KEY_SHARE.format(rows=rows, column=column, table=table)
+        for column, table in REFERENCES
+    )
+    return WRITER_LOCK.format(key_share_locks=locks) + "".join(
         WRITER_CHECK.format(rows=rows, prefix=prefix, column=column, table=table)
         for column, table in REFERENCES
     )
@@ -174,14 +179,15 @@ CREATE TRIGGER notifier_delivery_referenced_rekeyed
 """
 
 
-def _foreign_keys(cursor, connection) -> dict[str, str]:
-    """notifier_delivery's foreign key constraints: column -> name."""
+def _foreign_keys(cursor, connection) -> list[str]:
+    """The names of notifier_delivery's foreign key constraints on the three columns."""
     constraints = connection.introspection.get_constraints(cursor, "notifier_delivery")
-    return {
-        info["columns"][0]: name
+    columns = {column for column, _table in REFERENCES}
+    return [
+        name
         for name, info in constraints.items()
-        if info["foreign_key"] and info["columns"][0] in dict(REFERENCES)
-    }
+        if info["foreign_key"] and info["columns"][0] in columns
+    ]
 
 
 def checks_per_statement(apps, schema_editor):
@@ -189,7 +195,7 @@ def checks_per_statement(apps, schema_editor):
     if connection.vendor != "postgresql":
         return
     with connection.cursor() as cursor:
-        for name in _foreign_keys(cursor, connection).values():
+        for name in _foreign_keys(cursor, connection):
             cursor.execute(f'ALTER TABLE notifier_delivery DROP CONSTRAINT "{name}"')
         cursor.execute(WRITERS)
         cursor.execute(DELETERS)
