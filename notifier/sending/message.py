@@ -8,9 +8,7 @@ engine of ``notifier.templating``.
 """
 
 from collections.abc import Callable
-from email.policy import Compat32
 from email.utils import formataddr
-from uuid import uuid4
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
@@ -18,6 +16,7 @@ from django.core.mail import EmailMultiAlternatives
 from notifier import templating
 from notifier.email_html import email_html_compile
 from notifier.models import Delivery, DeliveryGroup, Recipient
+from notifier.sending.mime import SHORT_HEADERS, new_boundary
 from notifier.services.recipients import recipient_render_data
 from notifier.services.templates import template_sent_html
 
@@ -94,50 +93,18 @@ def inline_html_document(html: str) -> str:
         return html
 
 
-class _ShortHeaders(Compat32):
-    """The standard library's ``compat32`` policy (Django's), writing a
-    header that needs no folding or encoding (printable ASCII, no surrounding
-    space, one line within ``max_line_length``) as it is: ``compat32`` would
-    write the same bytes after running it through ``email.header.Header``
-    (a third of the MIME cost of an SMTP send). Any other header goes the
-    ``compat32`` way."""
-
-    def _as_is(self, name, value) -> str | None:
-        if (
-            type(value) is str
-            and len(name) + 2 + len(value) <= (self.max_line_length or 1_000_000)
-            and value.isascii()
-            and value.isprintable()
-            and value == value.strip()
-        ):
-            return f"{name}: {value}{self.linesep}"
-        return None
-
-    def fold(self, name, value):
-        line = self._as_is(name, value)
-        return super().fold(name, value) if line is None else line
-
-    def fold_binary(self, name, value):
-        line = self._as_is(name, value)
-        return super().fold_binary(name, value) if line is None else line.encode("ascii")
-
-
-_SHORT_HEADERS = _ShortHeaders()
-
-
 class OutboundMessage(EmailMultiAlternatives):
-    """A message whose MIME parts get random 128-bit boundaries up front:
-    the standard library would otherwise make one per part and compile a
-    regular expression to search the body for it (a fifth of the MIME cost
-    of an SMTP send). A random boundary of that size is never in a body.
-    Its headers are written by ``_ShortHeaders``."""
+    """A message whose MIME parts get random 128-bit boundaries up front
+    (``mime.new_boundary``) and whose headers are written by
+    ``mime.ShortHeaders``. The SMTP backend writes it without the tree when
+    it can (``mime.message_bytes``)."""
 
     def message(self, **kwargs):
         mime = super().message(**kwargs)
         for part in mime.walk():
             if part.is_multipart() and part.get_boundary() is None:
-                part.set_boundary(f"=_{uuid4().hex}")
-        mime.policy = _SHORT_HEADERS  # the generator writes every part with it
+                part.set_boundary(new_boundary())
+        mime.policy = SHORT_HEADERS  # the generator writes every part with it
         return mime
 
 

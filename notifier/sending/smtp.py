@@ -32,6 +32,7 @@ from django.core.mail.backends import smtp
 from django.core.mail.message import sanitize_address
 
 from notifier.sending.addresses import plain_address_parts
+from notifier.sending.mime import message_bytes
 
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 # More recipients than this go the unpipelined way: their answers, unread
@@ -170,7 +171,8 @@ class EmailBackend(smtp.EmailBackend):
     def _send(self, email_message):
         """Django's ``_send``, with the sender's address checked and encoded
         once per process, not once per message (the same for a whole run),
-        and plain recipient addresses taken as they are (``sanitized_recipient``)."""
+        plain recipient addresses taken as they are (``sanitized_recipient``)
+        and the message written by ``mime.message_bytes``."""
         if not email_message.recipients():
             return False
         encoding = email_message.encoding or settings.DEFAULT_CHARSET
@@ -180,9 +182,9 @@ class EmailBackend(smtp.EmailBackend):
             else sanitize_address(email_message.from_email, encoding)
         )
         recipients = [sanitized_recipient(addr, encoding) for addr in email_message.recipients()]
-        message = email_message.message()
+        message = message_bytes(email_message, linesep="\r\n")
         try:
-            self.connection.sendmail(from_email, recipients, message.as_bytes(linesep="\r\n"))
+            self.connection.sendmail(from_email, recipients, message)
         except smtplib.SMTPException:
             if not self.fail_silently:
                 raise

@@ -133,7 +133,13 @@ def _kill_mid_batch(
     time.sleep(0.5)
     doomed.kill()
 
-    assert Delivery.objects.filter(id__in=ids, status="sending").count() >= 12 - arrived + 1
+    # On failure, say what each row and the ESP saw (a rare failure under
+    # load left no row in `sending`: which state they were in is the clue).
+    rows = list(
+        Delivery.objects.filter(id__in=ids).order_by("id").values_list("status", "last_error")
+    )
+    seen = (rows, fake_esp.requests, [m["To"] for m in fake_esp.messages])
+    assert sum(status == "sending" for status, _ in rows) >= 12 - arrived + 1, seen
     time.sleep(3.5)  # the lease expires
     start_worker("rescuer", queues="transactional,maintenance")
     _sweep_until(
