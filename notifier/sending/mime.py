@@ -138,8 +138,9 @@ def _text_parts(message: EmailMessage, encoding: str) -> list | None:
         texts.append((content, subtype))
     parts = []
     for text, subtype in texts:
-        if type(text) is not str:
+        if not isinstance(text, str):
             return None
+        text = str(text)  # a SafeString, as templates render, is a str to MIME
         try:
             encoded = text.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates: let Django say so

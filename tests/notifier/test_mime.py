@@ -9,6 +9,7 @@ from unittest import mock
 import pytest
 from django.core.mail import EmailMessage, EmailMultiAlternatives
 from django.core.mail.message import BadHeaderError
+from django.utils.safestring import mark_safe
 
 from notifier.sending import mime
 from notifier.sending.message import OutboundMessage
@@ -169,6 +170,15 @@ def test_single_word_headers_too_long_for_a_line_are_folded_as_compat32_folds_th
         for linesep in ("\n", "\r\n"):
             ours = mime.SHORT_HEADERS.clone(linesep=linesep).fold_binary(name, value)
             assert ours == compat32.clone(linesep=linesep).fold_binary(name, value), (name, value)
+
+
+def test_a_rendered_message_is_written_without_the_tree():
+    """Rendered bodies are SafeStrings: still the usual shape."""
+    message = _message(mark_safe("Subject"), mark_safe("text"), mark_safe("<p>html</p>"))
+    ours, django = _both(message)
+    assert ours == django
+    with mock.patch.object(OutboundMessage, "message", side_effect=AssertionError("tree")):
+        mime.message_bytes(message)
 
 
 def test_a_message_of_another_shape_goes_djangos_way():
