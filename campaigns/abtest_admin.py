@@ -25,7 +25,7 @@ from campaigns.models import (
     WinnerMetric,
 )
 from campaigns.selectors import ABReport, run_ab_report
-from campaigns.services.abtests import run_ab_send_winner
+from campaigns.services.abtests import run_ab_choose_winner
 from notifier import templating
 
 CHANGE_CAMPAIGN = "campaigns.change_campaign"
@@ -157,6 +157,21 @@ def run_ab_decision_html(test: RunABTest, *, on_results_page: bool = False) -> s
     )
     if on_results_page:
         results = ""
+    if test.chosen and not test.winner:
+        if run.status == CampaignRun.Status.RUNNING:
+            state = "its messages for the rest of the audience are being written"
+        elif run.status in CampaignRun.ACTIVE:
+            state = "it goes to the rest of the audience once the run resumes"
+        else:
+            state = f"the run was {run.get_status_display().lower()} before it went to the rest"
+        return format_html(
+            "Run {}: variant <strong>{}</strong> was chosen by {}; {}. {}",
+            run.pk,
+            test.chosen,
+            test.decided_by.get_username() if test.decided_by else "staff",
+            state,
+            results,
+        )
     if test.winner:
         return format_html(
             "Run {}: variant <strong>{}</strong> won on {} and went to {} more recipients. {} {}",
@@ -199,6 +214,9 @@ def run_ab_context(run: CampaignRun) -> dict:
         "ab": report,
         "ab_statements": [report.statement("opens"), report.statement("clicks")],
         "ab_decision": run_ab_decision_html(test, on_results_page=True),
+        # The chosen winner's rows are being written: the page reloads itself.
+        "ab_writing": bool(test.chosen and not test.winner)
+        and run.status == CampaignRun.Status.RUNNING,
         "ab_metric": test.get_metric_display().lower(),
     }
 
@@ -218,16 +236,16 @@ def choose_winner_view(model_admin, request, pk):
         return HttpResponseRedirect(results_url)
     error = ""
     if request.method == "POST":
+        winner = request.POST.get("winner", "")
         try:
-            added = run_ab_send_winner(
-                run_id=run.pk, winner=request.POST.get("winner", ""), user=request.user
-            )
+            run_ab_choose_winner(run_id=run.pk, winner=winner, user=request.user)
         except CampaignError as exc:
             error = str(exc)
         else:
             model_admin.message_user(
                 request,
-                f"Variant {request.POST['winner']} is going to {added} more recipients.",
+                f"Variant {winner} goes to the rest of the audience: its messages are being "
+                "written now, and this page shows how many once they are.",
                 messages.SUCCESS,
             )
             return HttpResponseRedirect(results_url)

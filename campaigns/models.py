@@ -434,6 +434,8 @@ class RunABTest(models.Model):
     Undecided while ``winner`` is empty; the run does not close then. The
     decision and the rows of the rest of the audience commit together
     (``campaigns.services.abtests``), so a second trigger finds it decided.
+    Staff's choice is recorded first as ``chosen`` (with ``decided_by``): a
+    worker then writes the rest's rows with it and makes it the winner.
     """
 
     run = models.OneToOneField(
@@ -452,6 +454,9 @@ class RunABTest(models.Model):
     )
     decision = models.TextField(blank=True, help_text="Why this variant won, in words.")
     rest = models.PositiveIntegerField("rest of the audience", default=0)
+    # Staff's choice, waiting for a worker to write the rest's rows with it
+    # (a large audience's rows take longer than a web request should).
+    chosen = models.CharField(max_length=1, blank=True)
 
     class Meta:
         verbose_name = "A/B test of a run"

@@ -5,10 +5,13 @@ on ``maintenance`` so they never wait behind a large run's batches. All are
 safe to run twice (launches lock the run, claims are conditional).
 """
 
+import logging
+
 from celery import shared_task
 
+from campaigns.errors import CampaignError
 from campaigns.models import CampaignRun
-from campaigns.services.abtests import run_ab_tests_decide_due
+from campaigns.services.abtests import run_ab_send_winner, run_ab_tests_decide_due
 from campaigns.services.campaigns import campaign_run_create
 from campaigns.services.runs import (
     campaign_run_finalise,
@@ -16,6 +19,8 @@ from campaigns.services.runs import (
     campaign_run_send_batch,
     campaign_runs_maintain,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(name="campaigns.launch_campaign", acks_late=True, ignore_result=True)
@@ -47,6 +52,18 @@ def finish_run(run_id: int) -> bool:
 @shared_task(name="campaigns.maintain_runs", acks_late=True, ignore_result=True)
 def maintain_runs() -> dict[str, int]:
     return campaign_runs_maintain()
+
+
+@shared_task(name="campaigns.send_ab_winner", acks_late=True, ignore_result=True)
+def send_ab_winner(run_id: int) -> int:
+    """The A/B winner staff chose, to the rest of the audience. A run paused
+    or cancelled since the choice is not sent now (beat sends it once the
+    run runs again)."""
+    try:
+        return run_ab_send_winner(run_id=run_id)
+    except CampaignError as exc:
+        logger.warning("Run %s: the chosen A/B winner waits: %s", run_id, exc)
+        return 0
 
 
 @shared_task(name="campaigns.decide_ab_tests", acks_late=True, ignore_result=True)

@@ -5,6 +5,8 @@ the test share: each recipient's bucket (``campaigns.splits``, a hash of run
 and recipient) picks their variant. At the test's ``decide_at`` (a due time
 in the database that beat's ``campaigns.decide_ab_tests`` polls, never a
 Celery countdown), or when staff choose, the winner goes to the rest.
+Staff's choice is recorded at once and a worker writes the rest's rows
+(``run_ab_choose_winner``): for a large audience that is a launch's work.
 
 Invariants:
 
@@ -18,7 +20,9 @@ Invariants:
   (beat again, the button pressed twice, a redelivered task) finds a winner
   and writes nothing. A worker that dies before the commit leaves the test
   undecided (the next tick decides); after it, the rows are written
-  dispatched and the sweeper sends them if the fan-out was lost.
+  dispatched and the sweeper sends them if the fan-out was lost. A choice
+  staff recorded is decided the same way by its task, or by the next tick
+  if the task was lost; another choice is refused meanwhile.
 * **The run stays open** while its test is undecided
   (``campaign_run_finalise`` asks ``run_ab_test_pending``).
 """
@@ -27,6 +31,7 @@ import logging
 from datetime import datetime, timedelta
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from campaigns.errors import CampaignError
@@ -194,42 +199,92 @@ def run_ab_winner_pick(*, test: RunABTest) -> tuple[str, str]:
     return leader.label, f"{words} {statement}" if statement else words
 
 
+def _who(user) -> str:
+    return user.get_username() if user is not None else "staff"
+
+
+def _refuse_decision(*, run: CampaignRun | None, test: RunABTest | None) -> None:
+    """Why the run's test cannot be decided now (a CampaignError), if it cannot."""
+    if run is None or test is None:
+        raise CampaignError("This run has no A/B test.")
+    if test.winner:
+        raise CampaignError(f"Variant {test.winner} already won; the rest of the audience has it.")
+    if run.status != CampaignRun.Status.RUNNING:
+        raise CampaignError(
+            f"The run is {run.get_status_display().lower()}: a winner is sent only while it runs."
+        )
+
+
+def _refuse_choice(*, run: CampaignRun | None, test: RunABTest | None, winner: str) -> None:
+    """Why staff cannot choose ``winner`` now (a CampaignError), if they cannot."""
+    _refuse_decision(run=run, test=test)
+    if test.chosen and test.chosen != winner:
+        raise CampaignError(
+            f"Variant {test.chosen} was chosen by {_who(test.decided_by)}; its messages for "
+            "the rest of the audience are being written."
+        )
+    if test.variant(winner) is None:
+        labels = ", ".join(v["label"] for v in test.variants)
+        raise CampaignError(f"Choose one of the variants ({labels}).")
+
+
+def _locked(run_id: int) -> tuple[CampaignRun | None, RunABTest | None]:
+    from campaigns.services.runs import _run_locked
+
+    run = _run_locked(run_id)
+    test = RunABTest.objects.select_for_update().filter(run_id=run_id).first()
+    return run, test
+
+
+def run_ab_choose_winner(*, run_id: int, winner: str, user=None) -> None:
+    """Staff's choice of the winner: checked and recorded now (``chosen``),
+    its rows for the rest of the audience written by a worker
+    (``send_ab_winner``, on the maintenance queue): for a large audience
+    that is a launch's work, longer than a web request should take. Beat
+    sends a recorded choice whose task was lost (``run_ab_tests_decide_due``).
+    Refused (CampaignError) for a decided test, another choice already
+    recorded, a run that is not running, or an unknown variant."""
+    from campaigns.tasks import send_ab_winner
+
+    with transaction.atomic():
+        run, test = _locked(run_id)
+        _refuse_choice(run=run, test=test, winner=winner)
+        if test.chosen:
+            return  # the same choice again (pressed twice): already on its way
+        test.chosen = winner
+        test.decided_by = user if user is not None and user.is_authenticated else None
+        test.save(update_fields=["chosen", "decided_by"])
+        transaction.on_commit(
+            lambda: send_ab_winner.apply_async(args=[run_id], queue="maintenance")
+        )
+    logger.info("Run %s: variant %s chosen by %s", run_id, winner, _who(user))
+
+
 def run_ab_send_winner(*, run_id: int, winner: str | None = None, user=None) -> int:
     """Decide the run's A/B test and write the rest's rows with the winner.
 
-    ``winner`` is staff's choice (a variant's label); None picks by the
-    test's metric (refused for a manual test). Returns the rows written: 0
-    when the test was already decided by a trigger without a choice (beat
-    again, a redelivered task); a staff choice on a decided test is refused.
+    ``winner`` is staff's choice (a variant's label); None sends the choice
+    staff recorded (``run_ab_choose_winner``), else picks by the test's
+    metric (refused for a manual test). Returns the rows written: 0 when the
+    test was already decided by a trigger without a choice (beat again, a
+    redelivered task); a staff choice on a decided test is refused.
     """
-    from campaigns.services.runs import _run_locked, run_fan_out
+    from campaigns.services.runs import run_fan_out
 
     with transaction.atomic():
-        run = _run_locked(run_id)
-        test = RunABTest.objects.select_for_update().filter(run_id=run_id).first()
-        if run is None or test is None:
-            raise CampaignError("This run has no A/B test.")
-        if test.winner:
-            if winner is None:
-                return 0
-            raise CampaignError(
-                f"Variant {test.winner} already won; the rest of the audience has it."
-            )
-        if run.status != CampaignRun.Status.RUNNING:
-            raise CampaignError(
-                f"The run is {run.get_status_display().lower()}: a winner is sent only "
-                "while it runs."
-            )
+        run, test = _locked(run_id)
+        if test is not None and test.winner and winner is None:
+            return 0
+        if winner is None and test is not None and test.chosen:
+            winner, user = test.chosen, test.decided_by
         if winner is None:
+            _refuse_decision(run=run, test=test)
             if test.metric == WinnerMetric.MANUAL:
                 raise CampaignError("This test waits for you to choose the winner.")
             winner, words = run_ab_winner_pick(test=test)
         else:
-            if test.variant(winner) is None:
-                labels = ", ".join(v["label"] for v in test.variants)
-                raise CampaignError(f"Choose one of the variants ({labels}).")
-            who = user.get_username() if user is not None else "staff"
-            words = f"{winner} was chosen by {who}."
+            _refuse_choice(run=run, test=test, winner=winner)
+            words = f"{winner} was chosen by {_who(user)}."
         added = _materialise(
             run=run,
             group_id=run.pk,
@@ -251,17 +306,15 @@ def run_ab_send_winner(*, run_id: int, winner: str | None = None, user=None) -> 
 
 
 def run_ab_tests_decide_due() -> dict[str, int]:
-    """Beat: send the winner of every automatic test whose wait is over (of
-    running runs: a paused run's test waits for the resume). One test's
-    error is logged and never stops the others."""
+    """Beat: send the winner of every automatic test whose wait is over, and
+    the choice staff recorded whose task has not sent it (lost, or the run
+    was paused meanwhile); of running runs only: a paused run's test waits
+    for the resume. One test's error is logged and never stops the others."""
     result = {"decided": 0, "failed": 0}
-    due = (
-        RunABTest.objects.filter(
-            winner="", decide_at__lte=timezone.now(), run__status=CampaignRun.Status.RUNNING
-        )
-        .exclude(metric=WinnerMetric.MANUAL)
-        .values_list("run_id", flat=True)
-    )
+    automatic_due = Q(decide_at__lte=timezone.now()) & ~Q(metric=WinnerMetric.MANUAL)
+    due = RunABTest.objects.filter(
+        automatic_due | ~Q(chosen=""), winner="", run__status=CampaignRun.Status.RUNNING
+    ).values_list("run_id", flat=True)
     for run_id in list(due):
         try:
             run_ab_send_winner(run_id=run_id)

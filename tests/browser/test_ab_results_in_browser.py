@@ -8,6 +8,7 @@ import pytest
 from django.test import Client
 
 from campaigns.models import RunABTest
+from campaigns.tasks import send_ab_winner
 from notifier.models import Delivery
 from tests.browser.conftest import screenshot_path
 from tests.browser.test_campaign_page_in_browser import _log_in
@@ -23,6 +24,8 @@ def test_the_results_page_shows_both_variants_and_the_confidence(
     from playwright.sync_api import expect
 
     monkeypatch.setattr("campaigns.services.runs.run_fan_out", lambda *, run_id: 0)
+    queued = []
+    monkeypatch.setattr(send_ab_winner, "apply_async", lambda **task: queued.append(task))
     campaign = ab_campaign(
         people=2000,
         subjects=("Our spring news", "Spring: 20% off for you, {{ recipient.first_name }}"),
@@ -65,8 +68,21 @@ def test_the_results_page_shows_both_variants_and_the_confidence(
     expect(page.locator("#winner-form")).to_contain_text("This cannot be undone")
     page.check('input[name="winner"][value="B"]')
     page.click("text=Send the chosen variant to the rest")
-    expect(page.locator(".messagelist")).to_contain_text("Variant B is going to")
-    expect(page.locator('#ab-variants tr[data-variant="B"]')).to_contain_text("winner")
+    # The choice is recorded; a worker writes the rest's rows (here the
+    # test runs its task once it has seen the page say so).
+    expect(page.locator(".messagelist")).to_contain_text("Variant B goes to the rest")
+    expect(page.locator("#ab-decision")).to_contain_text(
+        "variant B was chosen by mia; its messages for the rest of the audience are being written"
+    )
+    page.screenshot(path=screenshot_path("ab-results-choosing"), full_page=True)
+    assert queued == [{"args": [run.pk], "queue": "maintenance"}]
+    assert rows.count() < 2000
+    send_ab_winner(run.pk)
+    # The page reloads itself while the rows are written.
+    expect(page.locator('#ab-variants tr[data-variant="B"]')).to_contain_text(
+        "winner", timeout=10_000
+    )
+    expect(page.locator("#ab-decision")).to_contain_text("variant B won on")
     page.screenshot(path=screenshot_path("ab-results-decided"), full_page=True)
     assert RunABTest.objects.get(run=run).winner == "B"
     assert rows.count() == 2000

@@ -3,6 +3,7 @@ form error, nothing saved, never a 500), the results page and the
 "choose the winner now" page."""
 
 from datetime import UTC, datetime
+from unittest import mock
 
 import pytest
 from django.contrib.auth.models import Permission, User
@@ -11,6 +12,7 @@ from django.utils import timezone
 from campaigns.errors import CampaignError
 from campaigns.models import Campaign, CampaignVariant, RunABTest
 from campaigns.services.campaigns import campaign_run_create
+from campaigns.tasks import send_ab_winner
 from notifier.models import Delivery
 from tests.campaigns.factories import CampaignFactory, ContactListFactory, campaign_form_data
 from tests.campaigns.test_ab_tests import ab_campaign, launched
@@ -146,22 +148,46 @@ def test_the_results_page_shows_each_variant_with_its_sample_and_confidence(mark
     assert test.winner == ""
 
 
-def test_choosing_the_winner_confirms_then_sends_once(marketer, manual_run):
+def test_choosing_the_winner_confirms_records_then_a_worker_sends_it_once(
+    marketer, manual_run, django_capture_on_commit_callbacks
+):
+    """The choice is recorded in the request; the rest's rows (a launch's
+    work for a large audience) are written by the task it queues."""
     url = f"/admin/campaigns/campaignrun/{manual_run.pk}/winner/"
+    results = f"/admin/campaigns/campaignrun/{manual_run.pk}/results/"
     confirm = marketer.get(url).content.decode()
     assert "This cannot be undone" in confirm and 'value="B"' in confirm
     assert marketer.post(url, {"winner": "Z"}).status_code == 400
     assert RunABTest.objects.get(run=manual_run).winner == ""
-    response = marketer.post(url, {"winner": "B"}, follow=True)
+    before = Delivery.objects.filter(run_id=manual_run.pk).count()
+    with (
+        mock.patch.object(send_ab_winner, "apply_async") as queued,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        response = marketer.post(url, {"winner": "B"}, follow=True)
     assert response.status_code == 200
-    assert any("Variant B is going to" in str(m) for m in response.context["messages"])
-    total = Delivery.objects.filter(run_id=manual_run.pk).count()
-    assert total == 1000
+    assert any("Variant B goes to the rest" in str(m) for m in response.context["messages"])
+    queued.assert_called_once_with(args=[manual_run.pk], queue="maintenance")
+    assert Delivery.objects.filter(run_id=manual_run.pk).count() == before
+    test = RunABTest.objects.get(run=manual_run)
+    assert (test.chosen, test.winner, test.decided_by.username) == ("B", "", "mia")
+    page = marketer.get(results).content.decode()
+    assert "variant <strong>B</strong> was chosen by mia; its messages for the rest" in page
+    assert 'http-equiv="refresh"' in page
+    other = marketer.post(url, {"winner": "A"})
+    assert other.status_code == 400 and "Variant B was chosen by mia" in other.content.decode()
+    assert "being written" in marketer.get(url).content.decode()
+
+    assert send_ab_winner(manual_run.pk) == 1000 - before  # the worker
+    assert Delivery.objects.filter(run_id=manual_run.pk).count() == 1000
     again = marketer.post(url, {"winner": "A"})
     assert again.status_code == 400 and "Variant B already won" in again.content.decode()
+    assert send_ab_winner(manual_run.pk) == 0  # a redelivered task writes nothing
     assert Delivery.objects.filter(run_id=manual_run.pk).count() == 1000
     test = RunABTest.objects.get(run=manual_run)
     assert test.winner == "B" and test.decided_by.username == "mia"
+    assert test.decision == "B was chosen by mia."
+    assert 'http-equiv="refresh"' not in marketer.get(results).content.decode()
     page = marketer.get(f"{ADMIN}/{manual_run.campaign_id}/change/").content.decode()
     assert "variant <strong>B</strong> won on 2026-03-02 09:00" in page
 

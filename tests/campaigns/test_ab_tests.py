@@ -4,6 +4,7 @@ test_ab_e2e_worker.py)."""
 
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from unittest import mock
 
 import pytest
 from django.utils import timezone
@@ -12,10 +13,15 @@ from campaigns.abstats import compare, comparison_in_words, higher_confidence
 from campaigns.errors import CampaignError
 from campaigns.models import CampaignRun, CampaignVariant, Recipient, RunABTest
 from campaigns.selectors import run_ab_group_results, run_ab_report
-from campaigns.services.abtests import run_ab_send_winner, run_ab_tests_decide_due
+from campaigns.services.abtests import (
+    run_ab_choose_winner,
+    run_ab_send_winner,
+    run_ab_tests_decide_due,
+)
 from campaigns.services.campaigns import campaign_run_create
 from campaigns.services.runs import campaign_run_finalise, campaign_run_launch
 from campaigns.splits import BUCKETS, SplitBucket, bucket_of, variant_ranges
+from campaigns.tasks import send_ab_winner
 from notifier.models import Delivery
 from tests.campaigns.factories import CampaignFactory, ContactListFactory
 
@@ -275,3 +281,74 @@ def test_a_decision_that_dies_before_its_commit_leaves_the_test_to_the_next_tick
     assert RunABTest.objects.get(run=run).winner == ""
     assert run_ab_tests_decide_due()["decided"] == 1
     assert Delivery.objects.filter(run_id=run.pk).count() == 600
+
+
+@pytest.mark.django_db
+def test_a_recorded_choice_whose_task_was_lost_is_sent_by_the_next_tick(
+    clock, fan_outs, admin_user
+):
+    """Staff's choice is recorded before its task is queued; if the task
+    never runs (lost with the broker), beat sends the choice, manual test or
+    not, and only once."""
+    campaign = ab_campaign(people=300, metric="manual")
+    run = launched(campaign)
+    before = Delivery.objects.filter(run_id=run.pk).count()
+    with mock.patch.object(send_ab_winner, "apply_async"):  # published, then lost
+        run_ab_choose_winner(run_id=run.pk, winner="B", user=admin_user)
+        run_ab_choose_winner(run_id=run.pk, winner="B", user=admin_user)  # pressed twice
+    with pytest.raises(CampaignError, match="Variant B was chosen by admin"):
+        run_ab_choose_winner(run_id=run.pk, winner="A", user=admin_user)
+    with pytest.raises(CampaignError, match="Variant B was chosen by admin"):
+        run_ab_send_winner(run_id=run.pk, winner="A", user=admin_user)
+    assert Delivery.objects.filter(run_id=run.pk).count() == before
+    assert run_ab_tests_decide_due() == {"decided": 1, "failed": 0}
+    assert run_ab_tests_decide_due() == {"decided": 0, "failed": 0}
+    test = RunABTest.objects.get(run=run)
+    assert (test.winner, test.decided_by, test.decision) == (
+        "B",
+        admin_user,
+        "B was chosen by admin.",
+    )
+    rest = Delivery.objects.filter(run_id=run.pk, context__ab_group="rest")
+    assert set(rest.values_list("subject", flat=True)) == {"Subject B"}
+    assert Delivery.objects.filter(run_id=run.pk).count() == 300 == before + test.rest
+    assert send_ab_winner(run.pk) == 0  # the task, arriving late: nothing more
+
+
+@pytest.mark.django_db
+def test_a_choice_waits_for_a_paused_run_to_resume(clock, fan_outs, admin_user):
+    from campaigns.abtest_admin import run_ab_decision_html
+    from campaigns.services.runs import campaign_run_pause, campaign_run_resume
+
+    campaign = ab_campaign(people=200, metric="manual")
+    run = launched(campaign)
+    before = Delivery.objects.filter(run_id=run.pk).count()
+    with mock.patch.object(send_ab_winner, "apply_async"):
+        run_ab_choose_winner(run_id=run.pk, winner="A", user=admin_user)
+    campaign_run_pause(run=CampaignRun.objects.get(pk=run.pk))
+    assert send_ab_winner(run.pk) == 0  # the task finds the run paused: it waits
+    assert run_ab_tests_decide_due()["decided"] == 0
+    test = RunABTest.objects.get(run=run)
+    assert "goes to the rest of the audience once the run resumes" in run_ab_decision_html(test)
+    campaign_run_resume(run=CampaignRun.objects.get(pk=run.pk))
+    assert run_ab_tests_decide_due()["decided"] == 1
+    assert RunABTest.objects.get(run=run).winner == "A"
+    assert before < Delivery.objects.filter(run_id=run.pk).count() == 200
+
+
+@pytest.mark.django_db
+def test_a_choice_for_a_run_cancelled_before_its_task_is_never_sent(clock, fan_outs, admin_user):
+    from campaigns.abtest_admin import run_ab_decision_html
+    from campaigns.services.runs import campaign_run_cancel
+
+    other = launched(ab_campaign(people=100, metric="manual"))
+    with mock.patch.object(send_ab_winner, "apply_async"):
+        run_ab_choose_winner(run_id=other.pk, winner="B", user=admin_user)
+    campaign_run_cancel(run=CampaignRun.objects.get(pk=other.pk))
+    assert run_ab_tests_decide_due()["decided"] == 0
+    assert send_ab_winner(other.pk) == 0
+    test = RunABTest.objects.get(run=other)
+    assert test.winner == "" and "was cancelled before it went to the rest" in (
+        run_ab_decision_html(test)
+    )
+    assert not Delivery.objects.filter(run_id=other.pk, context__ab_group="rest").exists()
