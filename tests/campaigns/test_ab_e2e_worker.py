@@ -111,3 +111,34 @@ def test_b_wins_and_goes_to_the_rest_exactly_once(celery_worker_process, fake_es
         expected = "Our spring news" if group == "A" else "Spring: 20% off for you, "
         assert by_address[email].startswith(expected), (email, group, by_address[email])
     assert sum(s.startswith("Spring") for s in by_address.values()) == 2000 - seen["A"]
+
+
+def test_staffs_choice_is_written_and_sent_by_the_worker_once(
+    celery_worker_process, fake_esp, admin_client
+):
+    """The winner page records the choice and returns; the worker's
+    ``send_ab_winner`` writes the rest's rows and they go out: one message
+    per recipient, the rest with the chosen subject."""
+    people = bulk_people("pick", 500)
+    audience = ContactListFactory()
+    members(audience, people)
+    campaign = CampaignFactory(ab_test_share=20, ab_winner_metric="manual", ab_wait_minutes=60)
+    campaign.contact_lists.set([audience])
+    for position, label in enumerate(SUBJECTS):
+        CampaignVariant.objects.create(
+            campaign=campaign, position=position, subject=SUBJECTS[label]
+        )
+    run = campaign_run_create(campaign_id=campaign.pk, trigger="manual")
+    run = campaign_run_launch(run_id=run.pk)
+    wait_for(lambda: run_status_counts(run_id=run.pk) == {"sent": run.recipients}, timeout=120)
+
+    response = admin_client.post(f"/admin/campaigns/campaignrun/{run.pk}/winner/", {"winner": "A"})
+    assert response.status_code == 302
+    run = wait_closed(run.pk, timeout=180)
+    test = RunABTest.objects.get(run=run)
+    assert (test.chosen, test.winner, test.decision) == ("A", "A", "A was chosen by admin.")
+    assert run_status_counts(run_id=run.pk) == {"sent": 500}
+    addresses = [_address(m["To"]) for m in fake_esp.messages]
+    assert len(addresses) == len(set(addresses)) == 500
+    rest = {_address(m["To"]) for m in fake_esp.messages if m["Subject"] == SUBJECTS["A"]}
+    assert len(rest) == 500 - Delivery.objects.filter(run_id=run.pk, context__ab_group="B").count()
