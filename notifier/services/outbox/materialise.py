@@ -40,7 +40,8 @@ def uuid_sql() -> str:
 
 def _not_flattened_sql() -> str:
     """A clause that keeps the planner from flattening the audience subquery
-    into the INSERT, so each member's reason is looked up once.
+    into the INSERT, so each member's reason (a COALESCE over the joined
+    suppression) is computed once, not once per column that reads it.
 
     PostgreSQL takes a bare ``OFFSET 0``; SQLite's grammar needs a LIMIT before
     an OFFSET (``LIMIT -1`` is "no limit"), and a LIMIT stops its flattening too.
