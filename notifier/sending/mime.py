@@ -30,6 +30,7 @@ from django.core.mail.message import (
 from django.core.mail.utils import DNS_NAME
 
 _NEWLINES = re.compile(r"\r\n|\r|\n")  # the generator's line ends (email.generator.NLCRE)
+_SUBTYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")  # a media subtype's name (RFC 6838)
 # A printable ASCII subject without surrounding space this long or shorter is
 # what ``Header(subject).encode()`` returns for it (its lines are 76 long).
 _SHORT_SUBJECT = 76
@@ -139,8 +140,8 @@ def _text_parts(message: EmailMessage, encoding: str) -> list | None:
         texts.append((content, subtype))
     parts = []
     for text, subtype in texts:
-        if not isinstance(text, str):
-            return None
+        if not isinstance(text, str) or not _SUBTYPE.fullmatch(subtype):
+            return None  # parameters in a subtype ("html; charset=...") are Django's to merge
         text = str(text)  # a SafeString, as templates render, is a str to MIME
         try:
             encoded = text.encode("utf-8")

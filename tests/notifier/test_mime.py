@@ -57,6 +57,13 @@ def _message(subject, text, html=None, to=("ana@example.com",), headers=None, **
     return message
 
 
+def _html_body_with_amp():
+    message = _message("s", "<p>b</p>")
+    message.content_subtype = "html"
+    message.attach_alternative("<p>⚡</p>", "text/x-amp-html")
+    return message
+
+
 LONG_LINE = "word " * 250  # 1,250 characters on one line: quoted-printable
 CASES = {
     "ascii": _message("Spring sale", "Hello\nthere\n", "<p>Hello</p>"),
@@ -109,6 +116,7 @@ CASES = {
         "s", "t", "f@example.com", ["t@example.com"], headers={"Date": DATE}
     ),
     "plain EmailMessage": EmailMessage("s", "body", "f@example.com", ["t@example.com"]),
+    "html body, amp alternative": _html_body_with_amp(),
     "trailing spaces": _message("s  ", "line with trailing space \n", " <p> </p> "),
     "dots and From": _message("s", ".\n..\nFrom me\n", ".<p>"),
 }
@@ -189,7 +197,9 @@ def test_a_message_of_another_shape_goes_djangos_way():
     latin.encoding = "iso-8859-1"
     calendar = _message("s", "t")
     calendar.attach_alternative(b"BEGIN:VCALENDAR", "application/ics")
-    for message in (with_file, latin, calendar):
+    with_parameters = _message("s", "t", "h")
+    with_parameters.attach_alternative("<p>x</p>", "text/html; charset=iso-8859-1")
+    for message in (with_file, latin, calendar, with_parameters):
         with mock.patch.object(type(message), "message", wraps=message.message) as tree:
             ours, django = _both(message)
         assert tree.called
