@@ -1,8 +1,17 @@
-"""Demo lists, a segment and a draft campaign for ``make run`` (idempotent)."""
+"""Demo lists, a segment and draft campaigns (one with an A/B test) for
+``make run`` (idempotent)."""
 
 from django.db import transaction
 
-from campaigns.models import Campaign, ContactList, ListMembership, Segment, SegmentCondition
+from campaigns.models import (
+    Campaign,
+    CampaignVariant,
+    ContactList,
+    ListMembership,
+    Segment,
+    SegmentCondition,
+    WinnerMetric,
+)
 from notifier.models import Recipient, SenderIdentity, Template
 
 DEMO_CONTEXT = {
@@ -43,3 +52,22 @@ def demo_campaigns_setup() -> None:
     if created:
         campaign.contact_lists.set([newsletter])
         campaign.segments.set([pro])
+    # An A/B test to try: half the list gets one of two subjects, and the
+    # marketer chooses the winner on the run's results page.
+    ab, created = Campaign.objects.get_or_create(
+        name="Spring offer (A/B demo)",
+        defaults={
+            "template": template,
+            "context": DEMO_CONTEXT,
+            "sender": sender,
+            "ab_test_share": 50,
+            "ab_winner_metric": WinnerMetric.MANUAL,
+            "ab_wait_minutes": 60,
+        },
+    )
+    if created:
+        ab.contact_lists.set([newsletter])
+        for position, subject in enumerate(
+            ("Spring is here at {{ product }}", "{{ recipient.first_name }}, 20% off this spring")
+        ):
+            CampaignVariant.objects.create(campaign=ab, position=position, subject=subject)
