@@ -217,7 +217,9 @@ def run_ab_context(run: CampaignRun) -> dict:
         # The chosen winner's rows are being written: the page reloads itself.
         "ab_writing": bool(test.chosen and not test.winner)
         and run.status == CampaignRun.Status.RUNNING,
-        "ab_metric": test.get_metric_display().lower(),
+        "ab_metric": "staff's choice"
+        if test.metric == WinnerMetric.MANUAL
+        else test.get_metric_display().lower(),
     }
 
 

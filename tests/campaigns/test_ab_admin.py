@@ -145,6 +145,7 @@ def test_the_results_page_shows_each_variant_with_its_sample_and_confidence(mark
     assert f"<td>{a.count()}</td>" in page and f"<td>{b.count()}</td>" in page
     assert "B&#x27;s open rate is higher than A&#x27;s with 99 % confidence." in page
     assert "testing; waiting for you to choose the winner" in page
+    assert "winner by staff&#x27;s choice</h2>" in page
     assert test.winner == ""
 
 
