@@ -64,8 +64,8 @@ def comparison_in_words(comparison: Comparison, *, rate_name: str) -> str:
     c = comparison
     if c.confidence is None:
         return (
-            f"{c.leader} and {c.other}: not yet meaningful (fewer than {MIN_SAMPLE} "
-            "messages sent to one of them)."
+            f"{c.leader}'s and {c.other}'s {rate_name}s: not yet meaningful (fewer than "
+            f"{MIN_SAMPLE} messages sent to one of them)."
         )
     if c.tied:
         return f"{c.leader} and {c.other} have the same {rate_name} so far: not yet meaningful."

@@ -138,8 +138,8 @@ def test_comparisons_in_words():
     slight = comparison_in_words(compare(("A", 40, 200), ("B", 44, 200)), rate_name="open rate")
     assert slight.startswith("B's open rate is higher than A's, but not yet meaningful (")
     assert "95 % is needed" in slight
-    assert "not yet meaningful" in comparison_in_words(
-        compare(("A", 3, 10), ("B", 9, 10)), rate_name="click rate"
+    assert comparison_in_words(compare(("A", 3, 10), ("B", 9, 10)), rate_name="click rate") == (
+        "B's and A's click rates: not yet meaningful (fewer than 30 messages sent to one of them)."
     )
     tie = comparison_in_words(compare(("A", 10, 100), ("B", 10, 100)), rate_name="open rate")
     assert tie == "A and B have the same open rate so far: not yet meaningful."
