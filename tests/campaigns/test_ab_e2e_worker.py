@@ -36,6 +36,19 @@ def clock(monkeypatch):
     return lambda at: offset.update(by=at - real_now())
 
 
+def _ab_campaign(prefix: str, people: int, *, metric: str):
+    """A campaign to ``people`` new recipients testing SUBJECTS on 20 %."""
+    audience = ContactListFactory()
+    members(audience, bulk_people(prefix, people))
+    campaign = CampaignFactory(ab_test_share=20, ab_winner_metric=metric, ab_wait_minutes=60)
+    campaign.contact_lists.set([audience])
+    for position, label in enumerate(SUBJECTS):
+        CampaignVariant.objects.create(
+            campaign=campaign, position=position, subject=SUBJECTS[label]
+        )
+    return campaign
+
+
 def _address(to: str) -> str:
     return to.split("<")[-1].rstrip(">")
 
@@ -44,15 +57,7 @@ def test_b_wins_and_goes_to_the_rest_exactly_once(celery_worker_process, fake_es
     """Acceptance: 2,000 recipients, two subjects, a 20 % test share; the
     fake ESP's opens make B the winner, which goes to the other 80 %; every
     recipient gets one message, however often the winner send is triggered."""
-    people = bulk_people("ab", 2000)
-    audience = ContactListFactory()
-    members(audience, people)
-    campaign = CampaignFactory(ab_test_share=20, ab_winner_metric="opens", ab_wait_minutes=60)
-    campaign.contact_lists.set([audience])
-    for position, label in enumerate(SUBJECTS):
-        CampaignVariant.objects.create(
-            campaign=campaign, position=position, subject=SUBJECTS[label]
-        )
+    campaign = _ab_campaign("ab", 2000, metric="opens")
 
     # The launch happened 65 minutes ago (the worker's rows are due at once).
     launched_at = timezone.now() - timedelta(minutes=65)
@@ -119,15 +124,7 @@ def test_staffs_choice_is_written_and_sent_by_the_worker_once(
     """The winner page records the choice and returns; the worker's
     ``send_ab_winner`` writes the rest's rows and they go out: one message
     per recipient, the rest with the chosen subject."""
-    people = bulk_people("pick", 500)
-    audience = ContactListFactory()
-    members(audience, people)
-    campaign = CampaignFactory(ab_test_share=20, ab_winner_metric="manual", ab_wait_minutes=60)
-    campaign.contact_lists.set([audience])
-    for position, label in enumerate(SUBJECTS):
-        CampaignVariant.objects.create(
-            campaign=campaign, position=position, subject=SUBJECTS[label]
-        )
+    campaign = _ab_campaign("pick", 500, metric="manual")
     run = campaign_run_create(campaign_id=campaign.pk, trigger="manual")
     run = campaign_run_launch(run_id=run.pk)
     wait_for(lambda: run_status_counts(run_id=run.pk) == {"sent": run.recipients}, timeout=120)
