@@ -254,8 +254,10 @@ def run_ab_choose_winner(*, run_id: int, winner: str, user=None) -> None:
         test.chosen = winner
         test.decided_by = user if user is not None and user.is_authenticated else None
         test.save(update_fields=["chosen", "decided_by"])
+        # Robust: with the broker down the choice stays recorded (and the
+        # page says so); beat's next tick sends it.
         transaction.on_commit(
-            lambda: send_ab_winner.apply_async(args=[run_id], queue="maintenance")
+            lambda: send_ab_winner.apply_async(args=[run_id], queue="maintenance"), robust=True
         )
     logger.info("Run %s: variant %s chosen by %s", run_id, winner, _who(user))
 

@@ -315,6 +315,19 @@ def test_a_recorded_choice_whose_task_was_lost_is_sent_by_the_next_tick(
     assert send_ab_winner(run.pk) == 0  # the task, arriving late: nothing more
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_choice_made_while_the_broker_is_down_is_kept_for_the_next_tick(
+    clock, fan_outs, admin_user
+):
+    campaign = ab_campaign(people=100, metric="manual")
+    run = launched(campaign)
+    with mock.patch.object(send_ab_winner, "apply_async", side_effect=ConnectionError("down")):
+        run_ab_choose_winner(run_id=run.pk, winner="B", user=admin_user)  # no error for staff
+    assert RunABTest.objects.get(run=run).chosen == "B"
+    assert run_ab_tests_decide_due()["decided"] == 1
+    assert RunABTest.objects.get(run=run).winner == "B"
+
+
 @pytest.mark.django_db
 def test_a_choice_waits_for_a_paused_run_to_resume(clock, fan_outs, admin_user):
     from campaigns.abtest_admin import run_ab_decision_html
