@@ -174,3 +174,21 @@ def test_in_repeatable_read_a_writer_is_still_checked_and_a_deleter_is_refused()
         Recipient.objects.filter(pk=spare.pk)._raw_delete(connection.alias)
     assert Recipient.objects.filter(pk=spare.pk).exists()
     assert Delivery.objects.count() == 1
+
+
+@pytest.mark.postgresql  # SQLite has no TRUNCATE
+def test_a_table_whose_rows_deliveries_name_cannot_be_truncated_without_them():
+    delivery = DeliveryFactory(run_id=7)
+    for statement in (
+        "TRUNCATE notifier_deliverygroup",
+        "TRUNCATE notifier_template CASCADE",
+        "TRUNCATE notifier_recipient CASCADE",
+    ):
+        with pytest.raises(IntegrityError), transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(statement)
+    assert Delivery.objects.filter(pk=delivery.pk).exists()
+    assert DeliveryGroup.objects.filter(pk=7).exists()
+    # With the deliveries in the same statement (as Django's flush does) it goes.
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("TRUNCATE notifier_deliverygroup, notifier_delivery CASCADE")
+    assert not DeliveryGroup.objects.exists() and not Delivery.objects.exists()
