@@ -36,6 +36,12 @@ _SUBTYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")  # a media subtype's 
 _SHORT_SUBJECT = 76
 
 
+def _plain(value: str) -> bool:
+    """Printable ASCII without surrounding space: a header value nothing
+    needs to encode."""
+    return value.isascii() and value.isprintable() and value == value.strip()
+
+
 class ShortHeaders(Compat32):
     """The standard library's ``compat32`` policy (Django's), writing the
     headers campaign mail is made of without running them through
@@ -48,12 +54,7 @@ class ShortHeaders(Compat32):
     header goes the ``compat32`` way."""
 
     def _as_is(self, name, value) -> str | None:
-        if not (
-            type(value) is str
-            and value.isascii()
-            and value.isprintable()
-            and value == value.strip()
-        ):
+        if type(value) is not str or not _plain(value):
             return None
         if len(name) + 2 + len(value) <= (self.max_line_length or 1_000_000):
             return f"{name}: {value}{self.linesep}"
@@ -156,8 +157,7 @@ def _text_part(text: str, encoded: bytes, subtype: str) -> tuple[list, str]:
     ASCII, quoted-printable when a line is longer than RFC 5322 allows (as
     Django decides), 8bit otherwise. The body keeps its line ends (the
     caller writes them as the line separator)."""
-    long_lines = _has_long_lines(text)
-    if long_lines:
+    if _has_long_lines(text):
         cte, body = "quoted-printable", quoprimime.body_encode(encoded.decode("latin1"))
     elif text.isascii():
         cte, body = "7bit", text
@@ -237,15 +237,13 @@ def _message_headers(message: EmailMessage, encoding: str) -> list[tuple[str, st
 
 def _stored(name: str, value, encoding: str) -> tuple[str, str]:
     """``forbid_multi_line_headers(name, value, encoding)``, which runs every
-    ASCII subject through ``Header``: not a short printable one, which it
-    returns unchanged."""
+    ASCII subject through ``Header``: not a short printable one (a rendered
+    subject is a SafeString), which it returns unchanged, as a str."""
     if (
         name == "Subject"
-        and type(value) is str
+        and isinstance(value, str)
         and len(value) <= _SHORT_SUBJECT
-        and value.isascii()
-        and value.isprintable()
-        and value == value.strip()
+        and _plain(value)
     ):
-        return name, value
+        return name, str(value)
     return forbid_multi_line_headers(name, value, encoding)

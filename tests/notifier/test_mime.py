@@ -185,8 +185,15 @@ def test_a_rendered_message_is_written_without_the_tree():
     message = _message(mark_safe("Subject"), mark_safe("text"), mark_safe("<p>html</p>"))
     ours, django = _both(message)
     assert ours == django
-    with mock.patch.object(OutboundMessage, "message", side_effect=AssertionError("tree")):
+    with (
+        mock.patch.object(OutboundMessage, "message", side_effect=AssertionError("tree")),
+        mock.patch.object(
+            mime, "forbid_multi_line_headers", wraps=mime.forbid_multi_line_headers
+        ) as stored,
+    ):
         mime.message_bytes(message)
+    # Nor is its short subject run through ``Header``.
+    assert "Subject" not in [call.args[0] for call in stored.call_args_list]
 
 
 def test_a_message_of_another_shape_goes_djangos_way():
