@@ -25,7 +25,7 @@ from campaigns.models import (
     WinnerMetric,
 )
 from campaigns.selectors import ABReport, run_ab_report
-from campaigns.services.abtests import run_ab_choose_winner
+from campaigns.services.abtests import run_ab_choose_winner, staff_name
 from notifier import templating
 
 CHANGE_CAMPAIGN = "campaigns.change_campaign"
@@ -157,7 +157,7 @@ def run_ab_decision_html(test: RunABTest, *, on_results_page: bool = False) -> s
     )
     if on_results_page:
         results = ""
-    if test.chosen and not test.winner:
+    if test.choice_pending:
         if run.status == CampaignRun.Status.RUNNING:
             state = "its messages for the rest of the audience are being written"
         elif run.status in CampaignRun.ACTIVE:
@@ -168,7 +168,7 @@ def run_ab_decision_html(test: RunABTest, *, on_results_page: bool = False) -> s
             "Run {}: variant <strong>{}</strong> was chosen by {}; {}. {}",
             run.pk,
             test.chosen,
-            test.decided_by.get_username() if test.decided_by else "staff",
+            staff_name(test.decided_by),
             state,
             results,
         )
@@ -215,8 +215,7 @@ def run_ab_context(run: CampaignRun) -> dict:
         "ab_statements": [report.statement("opens"), report.statement("clicks")],
         "ab_decision": run_ab_decision_html(test, on_results_page=True),
         # The chosen winner's rows are being written: the page reloads itself.
-        "ab_writing": bool(test.chosen and not test.winner)
-        and run.status == CampaignRun.Status.RUNNING,
+        "ab_writing": test.choice_pending and run.status == CampaignRun.Status.RUNNING,
         "ab_metric": "staff's choice"
         if test.metric == WinnerMetric.MANUAL
         else test.get_metric_display().lower(),

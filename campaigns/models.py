@@ -472,6 +472,11 @@ class RunABTest(models.Model):
     def variant(self, label: str) -> dict | None:
         return next((v for v in self.variants if v["label"] == label), None)
 
+    @property
+    def choice_pending(self) -> bool:
+        """Staff chose a winner whose rows for the rest are not written yet."""
+        return bool(self.chosen) and not self.winner
+
 
 class SignupForm(models.Model):
     """A public signup form for one or more lists, with double opt-in.

@@ -199,8 +199,14 @@ def run_ab_winner_pick(*, test: RunABTest) -> tuple[str, str]:
     return leader.label, f"{words} {statement}" if statement else words
 
 
-def _who(user) -> str:
+def staff_name(user) -> str:
+    """Who made a decision, in words: a username, or "staff"."""
     return user.get_username() if user is not None else "staff"
+
+
+def _staff(user):
+    """The user to record as ``decided_by`` (None for nobody logged in)."""
+    return user if user is not None and user.is_authenticated else None
 
 
 def _refuse_decision(*, run: CampaignRun | None, test: RunABTest | None) -> None:
@@ -220,7 +226,7 @@ def _refuse_choice(*, run: CampaignRun | None, test: RunABTest | None, winner: s
     _refuse_decision(run=run, test=test)
     if test.chosen and test.chosen != winner:
         raise CampaignError(
-            f"Variant {test.chosen} was chosen by {_who(test.decided_by)}; its messages for "
+            f"Variant {test.chosen} was chosen by {staff_name(test.decided_by)}; its messages for "
             "the rest of the audience are being written."
         )
     if test.variant(winner) is None:
@@ -252,14 +258,14 @@ def run_ab_choose_winner(*, run_id: int, winner: str, user=None) -> None:
         if test.chosen:
             return  # the same choice again (pressed twice): already on its way
         test.chosen = winner
-        test.decided_by = user if user is not None and user.is_authenticated else None
+        test.decided_by = _staff(user)
         test.save(update_fields=["chosen", "decided_by"])
         # Robust: with the broker down the choice stays recorded (and the
         # page says so); beat's next tick sends it.
         transaction.on_commit(
             lambda: send_ab_winner.apply_async(args=[run_id], queue="maintenance"), robust=True
         )
-    logger.info("Run %s: variant %s chosen by %s", run_id, winner, _who(user))
+    logger.info("Run %s: variant %s chosen by %s", run_id, winner, staff_name(user))
 
 
 def run_ab_send_winner(*, run_id: int, winner: str | None = None, user=None) -> int:
@@ -286,7 +292,7 @@ def run_ab_send_winner(*, run_id: int, winner: str | None = None, user=None) -> 
             winner, words = run_ab_winner_pick(test=test)
         else:
             _refuse_choice(run=run, test=test, winner=winner)
-            words = f"{winner} was chosen by {_who(user)}."
+            words = f"{winner} was chosen by {staff_name(user)}."
         added = _materialise(
             run=run,
             group_id=run.pk,
@@ -296,7 +302,7 @@ def run_ab_send_winner(*, run_id: int, winner: str | None = None, user=None) -> 
         )
         test.winner = winner
         test.decided_at = timezone.now()
-        test.decided_by = user if user is not None and user.is_authenticated else None
+        test.decided_by = _staff(user)
         test.decision = words
         test.rest = added
         test.save(update_fields=["winner", "decided_at", "decided_by", "decision", "rest"])

@@ -75,6 +75,14 @@ def test_the_results_page_shows_both_variants_and_the_confidence(
         "variant B was chosen by mia; its messages for the rest of the audience are being written"
     )
     page.screenshot(path=screenshot_path("ab-results-choosing"), full_page=True)
+    results_url = page.url
+    page.goto(f"{admin}campaigns/campaignrun/{run.pk}/winner/")
+    expect(page.locator("#winner-decided")).to_contain_text(
+        "Variant B was chosen by mia; its messages for the rest of the audience are being written"
+    )
+    expect(page.locator("#winner-form")).to_have_count(0)
+    page.screenshot(path=screenshot_path("ab-choose-winner-pending"), full_page=True)
+    page.goto(results_url)
     assert queued == [{"args": [run.pk], "queue": "maintenance"}]
     assert rows.count() < 2000
     send_ab_winner(run.pk)
